@@ -1,0 +1,84 @@
+"""tapegrad: a numpy deep-learning framework whose every operation is a plugin.
+
+The core is small: ``Variable``, ``Parameter``, ``Graph`` (a tape of forward operations),
+the ``Operation``/``Loss`` contract, the plugin registry and ``gradcheck``. Operations,
+first-party included, arrive through pluggy entry points in group ``tapegrad``, loaded
+the first time an operation is looked up: ``import tapegrad`` imports no plugin.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .broadcast import as_shape, broadcast_shape, unbroadcast
+from .errors import (
+    AmbiguousOperationError,
+    BackwardError,
+    GraphError,
+    InputTypeError,
+    NonFiniteError,
+    OperationError,
+    ParameterLoadError,
+    PluginWarning,
+    RegistrationError,
+    ShapeError,
+    TapegradError,
+    TrainingError,
+    UnknownOperationError,
+)
+from .gradcheck import GradcheckReport, gradcheck, numerical_gradient_check
+from .graph import Graph
+from .hookspecs import hookimpl, hookspec
+from .operation import Context, Loss, Operation, Sample
+from .parameter import Parameter
+from .registry import OperationInfo, PluginInfo, Registry, default_registry, register_operation
+from .variable import Variable
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AmbiguousOperationError",
+    "BackwardError",
+    "Context",
+    "GradcheckReport",
+    "Graph",
+    "GraphError",
+    "InputTypeError",
+    "Loss",
+    "NonFiniteError",
+    "Operation",
+    "OperationError",
+    "OperationInfo",
+    "Parameter",
+    "ParameterLoadError",
+    "PluginInfo",
+    "PluginWarning",
+    "Registry",
+    "RegistrationError",
+    "Sample",
+    "ShapeError",
+    "TapegradError",
+    "Trainer",
+    "TrainingError",
+    "UnknownOperationError",
+    "Variable",
+    "__version__",
+    "as_shape",
+    "broadcast_shape",
+    "default_registry",
+    "gradcheck",
+    "hookimpl",
+    "hookspec",
+    "numerical_gradient_check",
+    "register_operation",
+    "unbroadcast",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # Training utilities live apart from the autodiff core and load on first use.
+    if name == "Trainer":
+        from .training import Trainer
+
+        return Trainer
+    raise AttributeError(f"module 'tapegrad' has no attribute {name!r}")

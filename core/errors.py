@@ -1,0 +1,75 @@
+"""Every error tapegrad raises on purpose, in one place.
+
+Each is a subclass of ``TapegradError`` and of the builtin a caller would expect
+(``ValueError`` or ``TypeError``), so ``except ValueError`` keeps working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "TapegradError",
+    "ShapeError",
+    "InputTypeError",
+    "OperationError",
+    "UnknownOperationError",
+    "AmbiguousOperationError",
+    "RegistrationError",
+    "BackwardError",
+    "ParameterLoadError",
+    "GraphError",
+    "NonFiniteError",
+    "TrainingError",
+    "PluginWarning",
+]
+
+
+class TapegradError(Exception):
+    """Base class of every error tapegrad raises on purpose."""
+
+
+class OperationError(TapegradError, ValueError):
+    """An operation received a value it cannot work with (wrong range, NaN, bad argument)."""
+
+
+class ShapeError(OperationError):
+    """Shapes, ranks or axes do not fit what the operation expects."""
+
+
+class InputTypeError(TapegradError, TypeError):
+    """An input of the wrong type: non-numeric data, the wrong number of inputs, bad arguments."""
+
+
+class UnknownOperationError(TapegradError, ValueError):
+    """No registered operation has the requested name."""
+
+
+class AmbiguousOperationError(TapegradError, ValueError):
+    """Several plugins offer the requested name; qualify it as ``"plugin:Name"``."""
+
+
+class RegistrationError(TapegradError, ValueError):
+    """A run-time registration clashes with an existing name or is not an Operation."""
+
+
+class GraphError(TapegradError, ValueError):
+    """A Graph used out of order (an op outside a graph, a graph in the wrong state)."""
+
+
+class BackwardError(GraphError):
+    """``backward`` cannot run: nothing to differentiate, or an op returned unusable gradients."""
+
+
+class ParameterLoadError(TapegradError, ValueError):
+    """A parameter file does not match the parameters it is loaded into."""
+
+
+class NonFiniteError(OperationError):
+    """A non-finite value (NaN or infinity) reached a place where it would spread silently."""
+
+
+class TrainingError(TapegradError, ValueError):
+    """Training data or training progress that cannot go on (mismatched data, diverged loss)."""
+
+
+class PluginWarning(UserWarning):
+    """A plugin could not be loaded, or was blocked; everything else keeps working."""

@@ -1,0 +1,158 @@
+"""Layers with trainable parameters or graph randomness: Affine, Embedding, Dropout, LayerNorm."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+import tapegrad as tg
+from tapegrad import OperationError, ShapeError
+
+from ._util import integer_labels, need_rank
+
+
+class Affine(tg.Operation):
+    """``x @ W + b``: (..., input_size) -> (..., output_size).
+    W is (input_size, output_size), standard normal / sqrt(input_size); b is (output_size,),
+    zeros (absent with bias=False). Saves the input."""
+
+    def __init__(self, input_size: int, output_size: int, bias: bool = True) -> None:
+        self.input_size = int(input_size)
+        self.output_size = int(output_size)
+        self.W = self.parameter("W", (self.input_size, self.output_size))
+        self.b = self.parameter("b", (self.output_size,), init="zeros") if bias else None
+
+    def forward(self, ctx: tg.Context, x: np.ndarray) -> np.ndarray:
+        if x.ndim == 0 or x.shape[-1] != self.input_size:
+            raise ShapeError(
+                f"{self._label()}: expected input of shape (batch, {self.input_size}), got {x.shape}"
+            )
+        ctx.save(x)
+        out = x @ self.W.value
+        if self.b is not None:
+            out += self.b.value
+        return out
+
+    def backward(self, ctx: tg.Context, grad: np.ndarray) -> np.ndarray | None:
+        (x,) = ctx.saved
+        if x.ndim == 2:
+            self.W.add_grad(x.T @ grad)
+            if self.b is not None:
+                self.b.add_grad(grad.sum(axis=0))
+        else:
+            flat = grad.reshape(-1, self.output_size)
+            self.W.add_grad(x.reshape(-1, self.input_size).T @ flat)
+            if self.b is not None:
+                self.b.add_grad(flat.sum(axis=0))
+        if not isinstance(ctx.inputs[0], tg.Variable):
+            return None  # a constant input (data): its gradient is never used
+        return grad @ self.W.value.T
+
+    @classmethod
+    def samples(cls, rng: np.random.Generator) -> Iterator[tg.Sample]:
+        yield tg.Sample(args=[4, 3], inputs=[rng.standard_normal((1, 4))], name="batch1")
+        yield tg.Sample(args=[4, 3], inputs=[rng.standard_normal((6, 4))], name="batch6")
+        yield tg.Sample(args=[4, 3], kwargs={"bias": False}, inputs=[rng.standard_normal((6, 4))], name="no_bias")
+        yield tg.Sample(args=[4, 2], inputs=[rng.standard_normal((2, 3, 4))], name="sequence")
+
+
+class Embedding(tg.Operation):
+    """Rows of W (vocab_size, embed_size) for integer ids of any shape: (...) -> (..., embed_size).
+    Only the rows used receive gradient. Saves the ids."""
+
+    def __init__(self, vocab_size: int, embed_size: int) -> None:
+        self.vocab_size = int(vocab_size)
+        self.embed_size = int(embed_size)
+        self.W = self.parameter("W", (self.vocab_size, self.embed_size), init=lambda shape, rng: rng.standard_normal(shape))
+
+    def forward(self, ctx: tg.Context, ids: np.ndarray) -> np.ndarray:
+        ids = integer_labels(self, ids, self.vocab_size, what="id")
+        ctx.save(ids)
+        return self.W.value[ids]
+
+    def backward(self, ctx: tg.Context, grad: np.ndarray) -> None:
+        (ids,) = ctx.saved
+        dW = np.zeros_like(self.W.value)
+        np.add.at(dW, ids.ravel(), grad.reshape(-1, self.embed_size))
+        self.W.add_grad(dW)
+        return None
+
+    @classmethod
+    def samples(cls, rng: np.random.Generator) -> Iterator[tg.Sample]:
+        yield tg.Sample(args=[7, 3], inputs=[np.array([2])], name="one_id")
+        yield tg.Sample(args=[7, 3], inputs=[np.array([[0, 6, 2], [2, 2, 5]])], name="repeated_ids")
+
+
+class Dropout(tg.Operation):
+    """Zeroes each element with probability p at train time and scales the rest by 1/(1-p);
+    the identity in eval mode. Draws from the graph's seeded generator. Saves the mask."""
+
+    differs_in_eval = True
+
+    def __init__(self, p: float = 0.5) -> None:
+        p = float(p)
+        if not 0.0 <= p < 1.0:
+            raise OperationError(f"Dropout: p must be in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, ctx: tg.Context, x: np.ndarray) -> np.ndarray:
+        if not ctx.training or self.p == 0.0:
+            ctx.save(None)
+            return x.copy()
+        keep = ctx.rng.random(x.shape) >= self.p
+        mask = keep * np.asarray(1.0 / (1.0 - self.p), dtype=x.dtype)
+        ctx.save(mask)
+        return x * mask
+
+    def backward(self, ctx: tg.Context, grad: np.ndarray) -> np.ndarray:
+        (mask,) = ctx.saved
+        return grad if mask is None else grad * mask
+
+    @classmethod
+    def samples(cls, rng: np.random.Generator) -> Iterator[tg.Sample]:
+        yield tg.Sample(args=[0.5], inputs=[rng.standard_normal((1, 6))], name="batch1")
+        yield tg.Sample(args=[0.2], inputs=[rng.standard_normal((8, 5))], name="batch8")
+        yield tg.Sample(args=[0.0], inputs=[rng.standard_normal((3, 2))], name="p0")
+
+
+class LayerNorm(tg.Operation):
+    """Normalise over the last axis, then scale by gamma and shift by beta (both (size,)).
+    (..., size) -> (..., size). Saves the normalised input and 1/std."""
+
+    def __init__(self, size: int, eps: float = 1e-5) -> None:
+        self.size = int(size)
+        self.eps = float(eps)
+        self.gamma = self.parameter("gamma", (self.size,), init="ones")
+        self.beta = self.parameter("beta", (self.size,), init="zeros")
+
+    def forward(self, ctx: tg.Context, x: np.ndarray) -> np.ndarray:
+        need_rank(self, x, 1)
+        if x.shape[-1] != self.size:
+            raise ShapeError(f"{self._label()}: expected the last axis to have size {self.size}, got shape {x.shape}")
+        centred = x - x.mean(axis=-1, keepdims=True)
+        inv_std = 1.0 / np.sqrt((centred * centred).mean(axis=-1, keepdims=True) + self.eps)
+        xhat = centred * inv_std
+        ctx.save(xhat, inv_std)
+        return xhat * self.gamma.value + self.beta.value
+
+    def backward(self, ctx: tg.Context, grad: np.ndarray) -> np.ndarray:
+        xhat, inv_std = ctx.saved
+        flat_g = grad.reshape(-1, self.size)
+        self.gamma.add_grad((flat_g * xhat.reshape(-1, self.size)).sum(axis=0))
+        self.beta.add_grad(flat_g.sum(axis=0))
+        dxhat = grad * self.gamma.value
+        return inv_std * (
+            dxhat - dxhat.mean(axis=-1, keepdims=True) - xhat * (dxhat * xhat).mean(axis=-1, keepdims=True)
+        )
+
+    @classmethod
+    def samples(cls, rng: np.random.Generator) -> Iterator[tg.Sample]:
+        yield tg.Sample(args=[5], inputs=[rng.standard_normal((1, 5))], name="batch1")
+        yield tg.Sample(args=[5], inputs=[rng.standard_normal((4, 5)) * 3 + 1], name="batch4")
+        yield tg.Sample(args=[4], kwargs={"eps": 1e-3}, inputs=[rng.standard_normal((2, 3, 4))], name="rank3_eps")
+
+
+@tg.hookimpl
+def tapegrad_operations() -> list[type[tg.Operation]]:
+    return [Affine, Embedding, Dropout, LayerNorm]

@@ -1,0 +1,326 @@
+"""Elementwise and array math: Add, Subtract, Multiply, Divide, Matmul, Sum, Mean,
+Reshape, Transpose, Concat, Exp, Log. Binary ops broadcast like numpy; their gradients
+are summed back over the broadcast axes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from functools import reduce
+from typing import Any
+
+import numpy as np
+
+import tapegrad as tg
+from tapegrad import OperationError, ShapeError, broadcast_shape, unbroadcast
+from tapegrad.broadcast import as_shape
+
+from ._util import axes, need_rank
+
+_LOG_MAX = {np.dtype(np.float64): 709.0, np.dtype(np.float32): 88.0, np.dtype(np.float16): 11.0}
+
+
+def _binary_samples(rng: np.random.Generator, positive_b: bool = False) -> Iterator[tg.Sample]:
+    def b(shape: tuple[int, ...]) -> np.ndarray:
+        x = rng.standard_normal(shape)
+        return np.abs(x) + 0.5 if positive_b else x
+
+    yield tg.Sample(inputs=[rng.standard_normal((1, 3)), b((1, 3))], name="batch1")
+    yield tg.Sample(inputs=[rng.standard_normal((4, 3)), b((4, 3))], name="batch4")
+    yield tg.Sample(inputs=[rng.standard_normal((4, 3)), b((3,))], name="broadcast_row")
+    yield tg.Sample(inputs=[rng.standard_normal((2, 1, 3)), b((4, 1))], name="broadcast_both")
+    yield tg.Sample(inputs=[rng.standard_normal(()), b((2, 3))], name="broadcast_scalar")
+
+
+class Add(tg.Operation):
+    """Sum of any number of inputs, broadcasting. Saves only the input shapes."""
+
+    def forward(self, ctx: tg.Context, *xs: np.ndarray) -> np.ndarray:
+        shapes = [x.shape for x in xs]
+        if len(set(shapes)) > 1:
+            broadcast_shape(self._label(), *xs)
+        ctx.save(*shapes)
+        if len(xs) == 2:
+            return xs[0] + xs[1]
+        return reduce(np.add, xs[1:], np.array(xs[0], copy=True)) if len(xs) > 1 else xs[0].copy()
+
+    def backward(self, ctx: tg.Context, grad: np.ndarray) -> tuple[np.ndarray, ...]:
+        return tuple(grad if s == grad.shape else unbroadcast(grad, s) for s in ctx.saved)
+
+    @classmethod
+    def samples(cls, rng: np.random.Generator) -> Iterator[tg.Sample]:
+        yield from _binary_samples(rng)
+        yield tg.Sample(inputs=[rng.standard_normal((2, 3))], name="one_input")
+        yield tg.Sample(inputs=[rng.standard_normal((2, 3)) for _ in range(3)], name="three_inputs")
+
+
+class Subtract(tg.Operation):
+    """``a - b``, broadcasting. Saves the input shapes."""
+
+    def forward(self, ctx: tg.Context, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        if a.shape != b.shape:
+            broadcast_shape(self._label(), a, b)
+        ctx.save(a.shape, b.shape)
+        return a - b
+
+    def backward(self, ctx: tg.Context, grad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        sa, sb = ctx.saved
+        return unbroadcast(grad, sa), unbroadcast(-grad, sb)
+
+    @classmethod
+    def samples(cls, rng: np.random.Generator) -> Iterator[tg.Sample]:
+        yield from _binary_samples(rng)
+
+
+class Multiply(tg.Operation):
+    """Elementwise ``a * b``, broadcasting. Saves both inputs."""
+
+    def forward(self, ctx: tg.Context, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        if a.shape != b.shape:
+            broadcast_shape(self._label(), a, b)
+        ctx.save(a, b)
+        return a * b
+
+    def backward(self, ctx: tg.Context, grad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        a, b = ctx.saved
+        return unbroadcast(grad * b, a.shape), unbroadcast(grad * a, b.shape)
+
+    @classmethod
+    def samples(cls, rng: np.random.Generator) -> Iterator[tg.Sample]:
+        yield from _binary_samples(rng)
+
+
+class Divide(tg.Operation):
+    """Elementwise ``a / b``, broadcasting; a zero in ``b`` raises OperationError. Saves b and a/b."""
+
+    def forward(self, ctx: tg.Context, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        if a.shape != b.shape:
+            broadcast_shape(self._label(), a, b)
+        if not np.all(b):
+            raise OperationError(f"{self._label()}: division by zero (the divisor holds {np.sum(b == 0)} zero(s))")
+        out = a / b
+        ctx.save(a.shape, b, out)
+        return out
+
+    def backward(self, ctx: tg.Context, grad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        shape_a, b, out = ctx.saved
+        grad_a = grad / b
+        return unbroadcast(grad_a, shape_a), unbroadcast(-grad_a * out, b.shape)
+
+    @classmethod
+    def samples(cls, rng: np.random.Generator) -> Iterator[tg.Sample]:
+        yield from _binary_samples(rng, positive_b=True)
+        yield tg.Sample(inputs=[rng.standard_normal((3, 2)), -np.abs(rng.standard_normal((3, 2))) - 0.5], name="negative")
+
+
+class Matmul(tg.Operation):
+    """Matrix product ``a @ b`` of arrays with at least 2 dimensions (batch dims broadcast).
+    (..., n, k) @ (..., k, m) -> (..., n, m); saves both inputs."""
+
+    def forward(self, ctx: tg.Context, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        need_rank(self, a, 2, "first input")
+        need_rank(self, b, 2, "second input")
+        if a.shape[-1] != b.shape[-2]:
+            raise ShapeError(
+                f"{self._label()}: inner dimensions differ: {a.shape} @ {b.shape} "
+                f"({a.shape[-1]} != {b.shape[-2]})"
+            )
+        if a.ndim > 2 or b.ndim > 2:
+            broadcast_shape(self._label(), a[..., :1, :1], b[..., :1, :1])
+        ctx.save(a, b)
+        return a @ b
+
+    def backward(self, ctx: tg.Context, grad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        a, b = ctx.saved
+        if a.ndim == 2 and b.ndim == 2:
+            return grad @ b.T, a.T @ grad
+        grad_a = grad @ np.swapaxes(b, -1, -2)
+        grad_b = np.swapaxes(a, -1, -2) @ grad
+        return unbroadcast(grad_a, a.shape), unbroadcast(grad_b, b.shape)
+
+    @classmethod
+    def samples(cls, rng: np.random.Generator) -> Iterator[tg.Sample]:
+        yield tg.Sample(inputs=[rng.standard_normal((1, 4)), rng.standard_normal((4, 3))], name="batch1")
+        yield tg.Sample(inputs=[rng.standard_normal((5, 4)), rng.standard_normal((4, 3))], name="batch5")
+        yield tg.Sample(inputs=[rng.standard_normal((2, 3, 4)), rng.standard_normal((4, 2))], name="batched")
+        yield tg.Sample(inputs=[rng.standard_normal((2, 3, 4)), rng.standard_normal((2, 4, 2))], name="batched_both")
+
+
+class Sum(tg.Operation):
+    """Sum over ``axis`` (None: all), optionally keeping reduced dims. Saves the input shape."""
+
+    def __init__(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> None:
+        self.axis = axis
+        self.keepdims = keepdims
+
+    def forward(self, ctx: tg.Context, x: np.ndarray) -> np.ndarray:
+        ax = axes(self, self.axis, x.ndim)
+        ctx.save(x.shape, ax)
+        return np.asarray(x.sum(axis=ax, keepdims=self.keepdims))
+
+    def backward(self, ctx: tg.Context, grad: np.ndarray) -> np.ndarray:
+        shape, ax = ctx.saved
+        return _expand(grad, shape, ax, self.keepdims)
+
+    @classmethod
+    def samples(cls, rng: np.random.Generator) -> Iterator[tg.Sample]:
+        yield from _reduction_samples(rng)
+
+
+class Mean(tg.Operation):
+    """Mean over ``axis`` (None: all), optionally keeping reduced dims. Saves the input shape."""
+
+    def __init__(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> None:
+        self.axis = axis
+        self.keepdims = keepdims
+
+    def forward(self, ctx: tg.Context, x: np.ndarray) -> np.ndarray:
+        ax = axes(self, self.axis, x.ndim)
+        count = x.size if ax is None else int(np.prod([x.shape[i] for i in ax]))
+        if count == 0:
+            raise ShapeError(f"{self._label()}: mean over an empty axis (input shape {x.shape})")
+        ctx.save(x.shape, ax, count)
+        return np.asarray(x.mean(axis=ax, keepdims=self.keepdims))
+
+    def backward(self, ctx: tg.Context, grad: np.ndarray) -> np.ndarray:
+        shape, ax, count = ctx.saved
+        return _expand(grad / count, shape, ax, self.keepdims)
+
+    @classmethod
+    def samples(cls, rng: np.random.Generator) -> Iterator[tg.Sample]:
+        yield from _reduction_samples(rng)
+
+
+def _expand(grad: np.ndarray, shape: tuple[int, ...], ax: tuple[int, ...] | None, keepdims: bool) -> np.ndarray:
+    if ax is None:
+        ax = tuple(range(len(shape)))
+    if not keepdims:
+        grad = np.expand_dims(grad, ax)
+    return np.broadcast_to(grad, shape)
+
+
+def _reduction_samples(rng: np.random.Generator) -> Iterator[tg.Sample]:
+    yield tg.Sample(inputs=[rng.standard_normal((1, 3))], name="all")
+    yield tg.Sample(kwargs={"axis": 0}, inputs=[rng.standard_normal((4, 3))], name="axis0")
+    yield tg.Sample(kwargs={"axis": -1, "keepdims": True}, inputs=[rng.standard_normal((4, 3))], name="last_keepdims")
+    yield tg.Sample(kwargs={"axis": (0, 2)}, inputs=[rng.standard_normal((2, 3, 4))], name="two_axes")
+    yield tg.Sample(kwargs={"keepdims": True}, inputs=[rng.standard_normal((2, 3))], name="all_keepdims")
+
+
+class Reshape(tg.Operation):
+    """Reshape to ``shape`` (one entry may be -1). Saves the input shape."""
+
+    def __init__(self, shape: Any) -> None:
+        self.shape = as_shape(shape)
+
+    def forward(self, ctx: tg.Context, x: np.ndarray) -> np.ndarray:
+        try:
+            out = x.reshape(self.shape)
+        except ValueError:
+            raise ShapeError(f"{self._label()}: cannot reshape an input of shape {x.shape} (size {x.size}) to {self.shape}") from None
+        ctx.save(x.shape)
+        return out
+
+    def backward(self, ctx: tg.Context, grad: np.ndarray) -> np.ndarray:
+        return grad.reshape(ctx.saved[0])
+
+    @classmethod
+    def samples(cls, rng: np.random.Generator) -> Iterator[tg.Sample]:
+        yield tg.Sample(args=[(1, 6)], inputs=[rng.standard_normal((2, 3))], name="flatten")
+        yield tg.Sample(args=[(3, -1)], inputs=[rng.standard_normal((2, 3, 2))], name="infer")
+
+
+class Transpose(tg.Operation):
+    """Permute axes (None: reverse them), like ``numpy.transpose``. Saves nothing but the axes."""
+
+    def __init__(self, axes: Any = None) -> None:
+        self.axes = None if axes is None else tuple(int(a) for a in axes)
+
+    def forward(self, ctx: tg.Context, x: np.ndarray) -> np.ndarray:
+        if self.axes is not None and sorted(a % max(x.ndim, 1) for a in self.axes) != list(range(x.ndim)):
+            raise ShapeError(f"{self._label()}: axes {self.axes} are not a permutation of the {x.ndim} axes of shape {x.shape}")
+        return np.transpose(x, self.axes)
+
+    def backward(self, ctx: tg.Context, grad: np.ndarray) -> np.ndarray:
+        if self.axes is None:
+            return np.transpose(grad)
+        return np.transpose(grad, np.argsort([a % grad.ndim for a in self.axes]))
+
+    @classmethod
+    def samples(cls, rng: np.random.Generator) -> Iterator[tg.Sample]:
+        yield tg.Sample(inputs=[rng.standard_normal((2, 3))], name="matrix")
+        yield tg.Sample(args=[(1, 2, 0)], inputs=[rng.standard_normal((2, 3, 4))], name="permute")
+
+
+class Concat(tg.Operation):
+    """Join inputs along ``axis`` (the seed's HStack is axis=1, VStack axis=0).
+    Saves the split points."""
+
+    def __init__(self, axis: int = 0) -> None:
+        self.axis = int(axis)
+
+    def forward(self, ctx: tg.Context, *xs: np.ndarray) -> np.ndarray:
+        first = xs[0]
+        (axis,) = axes(self, self.axis, first.ndim) or (0,)
+        for x in xs[1:]:
+            if x.ndim != first.ndim or x.shape[:axis] + x.shape[axis + 1 :] != first.shape[:axis] + first.shape[axis + 1 :]:
+                listed = ", ".join(str(x.shape) for x in xs)
+                raise ShapeError(f"{self._label()}: inputs must match except along axis {self.axis}, got {listed}")
+        ctx.save(axis, np.cumsum([x.shape[axis] for x in xs[:-1]]))
+        return np.concatenate(xs, axis=axis)
+
+    def backward(self, ctx: tg.Context, grad: np.ndarray) -> tuple[np.ndarray, ...]:
+        axis, splits = ctx.saved
+        return tuple(np.split(grad, splits, axis=axis))
+
+    @classmethod
+    def samples(cls, rng: np.random.Generator) -> Iterator[tg.Sample]:
+        yield tg.Sample(args=[0], inputs=[rng.standard_normal((1, 3)), rng.standard_normal((2, 3))], name="vstack")
+        yield tg.Sample(args=[1], inputs=[rng.standard_normal((2, 1)), rng.standard_normal((2, 3)), rng.standard_normal((2, 2))], name="hstack")
+        yield tg.Sample(args=[-1], inputs=[rng.standard_normal((2, 2, 2)), rng.standard_normal((2, 2, 1))], name="last_axis")
+
+
+class Exp(tg.Operation):
+    """Elementwise ``exp(x)``; an input whose exponential overflows raises OperationError. Saves the output."""
+
+    def forward(self, ctx: tg.Context, x: np.ndarray) -> np.ndarray:
+        if x.size and x.max() > _LOG_MAX.get(x.dtype, 709.0):
+            raise OperationError(
+                f"{self._label()}: exp overflows {x.dtype} for inputs above {_LOG_MAX.get(x.dtype, 709.0)} "
+                f"(largest input {x.max()})"
+            )
+        out = np.exp(x)
+        ctx.save(out)
+        return out
+
+    def backward(self, ctx: tg.Context, grad: np.ndarray) -> np.ndarray:
+        return grad * ctx.saved[0]
+
+    @classmethod
+    def samples(cls, rng: np.random.Generator) -> Iterator[tg.Sample]:
+        yield tg.Sample(inputs=[rng.standard_normal((1, 3))], name="batch1")
+        yield tg.Sample(inputs=[rng.standard_normal((4, 3))], name="batch4")
+        yield tg.Sample(inputs=[np.array([[-700.0, -30.0, 0.0, 5.0]])], name="wide_range")
+
+
+class Log(tg.Operation):
+    """Elementwise natural log; inputs <= 0 raise OperationError. Saves the input."""
+
+    def forward(self, ctx: tg.Context, x: np.ndarray) -> np.ndarray:
+        if x.size and not x.min() > 0:
+            raise OperationError(f"{self._label()}: log needs positive inputs, got a minimum of {x.min()}")
+        ctx.save(x)
+        return np.log(x)
+
+    def backward(self, ctx: tg.Context, grad: np.ndarray) -> np.ndarray:
+        return grad / ctx.saved[0]
+
+    @classmethod
+    def samples(cls, rng: np.random.Generator) -> Iterator[tg.Sample]:
+        yield tg.Sample(inputs=[np.abs(rng.standard_normal((1, 3))) + 0.5], name="batch1")
+        yield tg.Sample(inputs=[np.abs(rng.standard_normal((4, 3))) + 0.1], name="batch4")
+        yield tg.Sample(inputs=[np.array([[1e-3, 1.0, 1e3]])], name="wide_range")
+
+
+@tg.hookimpl
+def tapegrad_operations() -> list[type[tg.Operation]]:
+    return [Add, Subtract, Multiply, Divide, Matmul, Sum, Mean, Reshape, Transpose, Concat, Exp, Log]

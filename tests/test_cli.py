@@ -1,0 +1,70 @@
+import json
+
+import pytest
+
+from tapegrad.cli import main
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_ops_lists_every_op_with_its_provider(capsys):
+    code, out, _ = run(capsys, "ops")
+    assert code == 0
+    assert "Affine" in out and "layers" in out and "tapegrad==" in out
+    code, out, _ = run(capsys, "ops", "--json")
+    rows = json.loads(out)
+    affine = next(r for r in rows if r["name"] == "Affine")
+    assert affine["plugin"] == "layers" and affine["distribution"] == "tapegrad"
+    assert len({r["name"] for r in rows}) >= 25
+
+
+def test_plugins_lists_status(capsys, monkeypatch):
+    monkeypatch.setenv("TAPEGRAD_DISABLE_PLUGINS", "losses")
+    code, out, _ = run(capsys, "plugins", "--json")
+    status = {p["name"]: p for p in json.loads(out)}
+    assert status["losses"]["status"] == "blocked" and status["layers"]["status"] == "ok"
+    assert status["math"]["operations"] >= 5
+    code, out, _ = run(capsys, "plugins")
+    assert "blocked" in out
+
+
+def test_check_exit_codes(capsys):
+    code, out, _ = run(capsys, "check", "Sigmoid", "Affine")
+    assert code == 0 and "Sigmoid" in out and "0 failed" in out
+    code, _, err = run(capsys, "check", "Sigmod")
+    assert code == 2 and "did you mean 'Sigmoid'" in err
+    code, _, err = run(capsys, "check", "--plugin", "nope")
+    assert code == 2 and "no operation matched" in err
+    code, out, _ = run(capsys, "check", "Affine", "--plugin", "layers", "--json", "--fast")
+    assert code == 0 and all(r["outcome"] == "passed" for r in json.loads(out))
+
+
+def test_check_fails_with_exit_1_on_a_broken_op(capsys):
+    import numpy as np
+
+    import tapegrad as tg
+
+    @tg.register_operation(plugin="clibroken")
+    class Broken(tg.Operation):
+        def forward(self, ctx, x):
+            return x * 2
+
+        def backward(self, ctx, grad):
+            return grad
+
+        @classmethod
+        def samples(cls, rng):
+            yield tg.Sample(inputs=[np.ones((2, 2))])
+
+    code, out, _ = run(capsys, "check", "--plugin", "clibroken")
+    assert code == 1 and "FAIL" in out and "check_gradient_inputs" in out
+
+
+def test_usage_errors_exit_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["nonsense"])
+    assert exc.value.code == 2
