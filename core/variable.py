@@ -107,10 +107,6 @@ class Variable:
             self._owned = True
         return grad
 
-    def _grad_refs(self) -> int:
-        grad = self._grad
-        return getrefcount(grad)
-
     @grad.setter
     def grad(self, value: Any) -> None:
         if value is self._grad and value is not None:
@@ -133,6 +129,10 @@ class Variable:
             )
         self._grad = array
         self._owned = True
+
+    def _grad_refs(self) -> int:
+        grad = self._grad
+        return getrefcount(grad)
 
     def add_grad(self, grad: np.ndarray) -> None:
         """Add ``grad`` into ``.grad`` without ever writing into ``grad`` itself.
