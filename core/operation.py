@@ -71,6 +71,17 @@ class Context:
         self.outputs: Any = None
         self.saved: tuple[Any, ...] = ()
 
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for attributes never set: authors may keep their own (ctx.mask = ...).
+        raise AttributeError(
+            f"this Context has no attribute {name!r}: set it in forward or loss (ctx.{name} = ...) "
+            "before backward reads it"
+        )
+
+    if TYPE_CHECKING:  # authors' own attributes type-check; no runtime __setattr__ cost
+
+        def __setattr__(self, name: str, value: Any) -> None: ...
+
     def save(self, *arrays: Any) -> None:
         """Keep ``arrays`` for ``backward`` (read back as ``ctx.saved``)."""
         self.saved = arrays

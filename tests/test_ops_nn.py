@@ -1,0 +1,161 @@
+"""Activations, layers and losses: forward values against closed-form numpy, stability, bad inputs."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+import tapegrad as tg
+
+
+def apply(name, *inputs, graph=None, **kwargs):
+    g = graph or tg.Graph(seed=0)
+    op = g.get_operation(name, **kwargs)
+    return g, op, op(*[tg.Variable(x) if isinstance(x, np.ndarray) else x for x in inputs])
+
+
+def softmax(z, axis=-1):
+    e = np.exp(z - z.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, ref",
+    [
+        ("Sigmoid", {}, lambda x: 1 / (1 + np.exp(-x))),
+        ("Tanh", {}, np.tanh),
+        ("Relu", {}, lambda x: np.maximum(x, 0)),
+        ("LeakyRelu", {"alpha": 0.1}, lambda x: np.where(x > 0, x, 0.1 * x)),
+        ("Softmax", {}, softmax),
+        ("Softmax", {"axis": 0}, lambda x: softmax(x, 0)),
+        ("LogSoftmax", {}, lambda x: np.log(softmax(x))),
+    ],
+)
+def test_activations_match_closed_forms(name, kwargs, ref, rng):
+    x = rng.standard_normal((4, 5))
+    _, _, out = apply(name, x, **kwargs)
+    assert np.allclose(out.value, ref(x))
+
+
+@pytest.mark.parametrize("name", ["Sigmoid", "Tanh", "Softmax", "LogSoftmax", "SoftmaxLoss", "SigmoidCrossEntropyLoss"])
+def test_large_magnitudes_stay_finite_without_warnings(name):
+    x = np.array([[-800.0, -1e3, 0.0, 1e3, 800.0]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        g, op, out = apply(name, x)
+        assert np.isfinite(out.value).all()
+        if name == "SoftmaxLoss":
+            assert np.isfinite(op.loss(np.array([3])))
+        elif name == "SigmoidCrossEntropyLoss":
+            assert np.isfinite(op.loss(np.array([[0.0, 1.0, 1.0, 0.0, 1.0]])))
+        else:
+            g.backward(grads={out: np.ones_like(x)})
+            return
+        g.backward()
+
+
+def test_affine_matches_numpy_and_initialises_as_documented():
+    g = tg.Graph(seed=0)
+    aff = g.get_operation("Affine", [400, 50])
+    assert aff.W.shape == (400, 50) and aff.b.shape == (50,) and not aff.b.value.any()
+    assert abs(aff.W.value.std() - 1 / 20) < 0.002
+    x = np.random.default_rng(1).standard_normal((3, 400))
+    assert np.allclose(aff(tg.Variable(x)).value, x @ aff.W.value)
+    no_bias = g.get_operation("Affine", [4, 2], bias=False)
+    assert set(no_bias.parameters()) == {"W"}
+
+
+def test_affine_wrong_width_names_the_op_and_shapes():
+    g = tg.Graph()
+    aff = g.get_operation("Affine", [64, 30])
+    with pytest.raises(tg.ShapeError, match=r"Affine \(affine_0\): expected input of shape \(batch, 64\), got \(8, 63\)"):
+        aff(tg.Variable(np.ones((8, 63))))
+
+
+def test_embedding_gathers_rows_and_sends_gradient_only_to_used_rows():
+    g = tg.Graph(seed=0)
+    emb = g.get_operation("Embedding", [6, 3])
+    ids = np.array([[1, 4], [1, 0]])
+    out = emb(ids)
+    assert np.array_equal(out.value, emb.W.value[ids])
+    g.backward(grads={out: np.ones((2, 2, 3))})
+    assert np.array_equal(emb.W.grad[:, 0], [1, 2, 0, 0, 1, 0])
+
+
+@pytest.mark.parametrize("ids, match", [(np.array([0, 6]), "id 6 is out of range"), (np.array([-1]), "id -1"), (np.array([0.5]), "integer")])
+def test_embedding_rejects_ids_outside_the_vocabulary(ids, match):
+    g = tg.Graph()
+    emb = g.get_operation("Embedding", vocab_size=6, embed_size=2)
+    with pytest.raises((tg.ShapeError, tg.InputTypeError), match=match):
+        emb(ids)
+
+
+def test_dropout_scales_at_train_time_is_identity_in_eval_and_is_seeded():
+    x = np.ones((200, 50))
+    _, _, a = apply("Dropout", x, graph=tg.Graph(seed=1), p=0.3)
+    _, _, b = apply("Dropout", x, graph=tg.Graph(seed=1), p=0.3)
+    assert np.array_equal(a.value, b.value)
+    kept = a.value != 0
+    assert abs(kept.mean() - 0.7) < 0.02 and np.allclose(a.value[kept], 1 / 0.7)
+    g = tg.Graph(seed=1).eval()
+    _, _, c = apply("Dropout", x, graph=g, p=0.3)
+    assert np.array_equal(c.value, x)
+
+
+@pytest.mark.parametrize("p", [-0.1, 1.0, 1.5])
+def test_dropout_rejects_p_outside_unit_interval(p):
+    with pytest.raises(tg.OperationError, match=r"p must be in \[0, 1\)"):
+        tg.Graph().get_operation("Dropout", [p])
+
+
+def test_layernorm_normalises_the_last_axis(rng):
+    x = rng.standard_normal((3, 8)) * 5 + 2
+    g, ln, out = apply("LayerNorm", x, size=8)
+    ref = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5)
+    assert np.allclose(out.value, ref)
+    with pytest.raises(tg.ShapeError, match="LayerNorm.*size 8"):
+        ln(tg.Variable(np.ones((2, 7))))
+
+
+def test_softmax_loss_value_and_gradient(rng):
+    z = rng.standard_normal((5, 4))
+    labels = np.array([0, 3, 1, 1, 2])
+    g, op, probs = apply("SoftmaxLoss", z)
+    value = op.loss(labels)
+    p = softmax(z)
+    assert np.allclose(probs.value, p)
+    assert value == pytest.approx(-np.log(p[np.arange(5), labels]).mean())
+    zv = g.forward_ops[0].inputs[0]
+    g.backward()
+    onehot = np.eye(4)[labels]
+    assert np.allclose(zv.grad, (p - onehot) / 5)
+
+
+@pytest.mark.parametrize("labels, match", [(np.array([0, 4]), "label 4 is out of range"), (np.array([0]), "expected 2 labels"), (np.array([0.5, 1.0]), "integer")])
+def test_softmax_loss_rejects_bad_labels(labels, match):
+    _, op, _ = apply("SoftmaxLoss", np.zeros((2, 4)))
+    with pytest.raises((tg.ShapeError, tg.InputTypeError), match=match):
+        op.loss(labels)
+
+
+def test_softmax_loss_needs_rank_2_logits():
+    with pytest.raises(tg.ShapeError, match=r"SoftmaxLoss.*\(batch, classes\)"):
+        apply("SoftmaxLoss", np.zeros(4))
+
+
+def test_square_loss_is_half_squared_error_averaged_over_the_batch(rng):
+    y, t = rng.standard_normal((4, 3)), rng.standard_normal((4, 3))
+    _, op, _ = apply("SquareLoss", y)
+    assert op.loss(t) == pytest.approx(0.5 * ((y - t) ** 2).sum() / 4)
+    with pytest.raises(tg.ShapeError, match="SquareLoss"):
+        op.loss(np.zeros((4, 2)))
+
+
+def test_sigmoid_cross_entropy_matches_the_naive_formula_where_it_is_finite(rng):
+    x, t = rng.standard_normal((3, 4)), rng.uniform(0, 1, (3, 4))
+    _, op, probs = apply("SigmoidCrossEntropyLoss", x)
+    s = 1 / (1 + np.exp(-x))
+    assert np.allclose(probs.value, s)
+    assert op.loss(t) == pytest.approx(-(t * np.log(s) + (1 - t) * np.log(1 - s)).mean())
+    with pytest.raises(tg.ShapeError, match=r"\[0, 1\]"):
+        op.loss(t + 1)
