@@ -1,0 +1,128 @@
+"""Optimizers: ``SGD`` and ``Adam``. Each updates the trainable variables it was given."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from .errors import InputTypeError
+from .parameter import Parameter
+from .variable import Variable
+
+__all__ = ["Optimizer", "SGD", "Adam"]
+
+
+def _variables(parameter: Any) -> list[Variable]:
+    if isinstance(parameter, Parameter):
+        found: Iterable[Any] = parameter.variable_dict.values()
+    elif isinstance(parameter, Mapping):
+        found = parameter.values()
+    elif hasattr(parameter, "graph") and hasattr(parameter.graph, "parameter"):
+        found = parameter.graph.parameter.variable_dict.values()
+    elif hasattr(parameter, "parameter") and isinstance(parameter.parameter, Parameter):
+        found = parameter.parameter.variable_dict.values()
+    else:
+        found = parameter
+    variables = list(found)
+    bad = [v for v in variables if not isinstance(v, Variable)]
+    if bad:
+        raise InputTypeError(f"optimizer: expected a Parameter store or Variables, got {type(bad[0]).__name__}")
+    return variables
+
+
+class Optimizer:
+    """Base class: holds the variables (a Parameter store, a dict, a list, or a model/graph)."""
+
+    def __init__(self, parameter: Any, lr: float) -> None:
+        if not lr > 0:
+            raise InputTypeError(f"{type(self).__name__}: lr must be positive, got {lr}")
+        self.variables = _variables(parameter)
+        self.lr = float(lr)
+
+    @property
+    def trainable(self) -> list[Variable]:
+        return [v for v in self.variables if v.trainable and v.value.dtype.kind == "f"]
+
+    def zero_grad(self) -> None:
+        """Reset every gradient to zeros (lazily)."""
+        for v in self.variables:
+            v._grad = None
+            v._owned = False
+
+    def step(self) -> None:
+        raise NotImplementedError
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with optional momentum and L2 weight decay."""
+
+    def __init__(self, parameter: Any, lr: float, momentum: float = 0.0, weight_decay: float = 0.0) -> None:
+        super().__init__(parameter, lr)
+        if not 0.0 <= momentum < 1.0:
+            raise InputTypeError(f"SGD: momentum must be in [0, 1), got {momentum}")
+        self.momentum = float(momentum)
+        self.weight_decay = float(weight_decay)
+        self._velocity: dict[int, np.ndarray] = {}
+
+    def step(self) -> None:
+        lr, momentum, decay = self.lr, self.momentum, self.weight_decay
+        for v in self.variables:
+            grad = v._grad
+            if grad is None or not v.trainable:
+                continue  # no gradient: zeros, nothing to do
+            if decay:
+                grad = grad + decay * v.value
+            if momentum:
+                buf = self._velocity.get(id(v))
+                if buf is None:
+                    buf = self._velocity[id(v)] = np.array(grad, dtype=v.value.dtype)
+                else:
+                    buf *= momentum
+                    buf += grad
+                grad = buf
+            v.value -= lr * grad
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba) with bias correction and optional L2 weight decay."""
+
+    def __init__(
+        self,
+        parameter: Any,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ) -> None:
+        super().__init__(parameter, lr)
+        self.beta1, self.beta2 = (float(b) for b in betas)
+        if not (0.0 <= self.beta1 < 1.0 and 0.0 <= self.beta2 < 1.0):
+            raise InputTypeError(f"Adam: betas must be in [0, 1), got {betas}")
+        self.eps = float(eps)
+        self.weight_decay = float(weight_decay)
+        self.t = 0
+        self._m: dict[int, np.ndarray] = {}
+        self._v: dict[int, np.ndarray] = {}
+
+    def step(self) -> None:
+        self.t += 1
+        b1, b2 = self.beta1, self.beta2
+        scale = self.lr * np.sqrt(1.0 - b2**self.t) / (1.0 - b1**self.t)
+        for v in self.variables:
+            grad = v._grad
+            if grad is None or not v.trainable:
+                continue
+            if self.weight_decay:
+                grad = grad + self.weight_decay * v.value
+            m = self._m.get(id(v))
+            if m is None:
+                m = self._m[id(v)] = np.zeros_like(v.value)
+                self._v[id(v)] = np.zeros_like(v.value)
+            s = self._v[id(v)]
+            m *= b1
+            m += (1.0 - b1) * grad
+            s *= b2
+            s += (1.0 - b2) * grad * grad
+            v.value -= scale * m / (np.sqrt(s) + self.eps)

@@ -1,0 +1,205 @@
+"""``Trainer``: the seed's training loop (shuffle, step, epoch summary), kept out of the
+autodiff core. tqdm is used for the progress bar when it is installed and output is a terminal."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import NonFiniteError, TrainingError
+from .graph import Graph
+from .optim import Optimizer
+from .variable import Variable
+
+__all__ = ["Trainer", "EpochRecord", "History"]
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    train_loss: float
+    test_accuracy: float | None
+    seconds: float
+
+
+class History(list):  # type: ignore[type-arg]
+    """One ``EpochRecord`` per epoch, with column accessors."""
+
+    @property
+    def train_loss(self) -> list[float]:
+        return [r.train_loss for r in self]
+
+    @property
+    def test_accuracy(self) -> list[float | None]:
+        return [r.test_accuracy for r in self]
+
+    @property
+    def seconds(self) -> list[float]:
+        return [r.seconds for r in self]
+
+
+def _graph_of(model: Any) -> Graph:
+    graph = model if isinstance(model, Graph) else getattr(model, "graph", None)
+    if not isinstance(graph, Graph):
+        raise TrainingError(f"Trainer: the model must have a .graph (or be a Graph), got {type(model).__name__}")
+    return graph
+
+
+def _progress_enabled(progress: bool) -> bool:
+    if not progress:
+        return False
+    try:
+        return bool(sys.stderr.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+class Trainer:
+    """Trains a model (``.graph``, ``forward(x)``, ``loss(y)``) with an optimizer.
+
+    ``train`` shuffles every epoch (seeded), steps through mini-batches, prints the seed's
+    summary line after each epoch (``verbose``) and returns a ``History``. ``test``
+    returns accuracy from one batched forward pass in eval mode.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        optimizer: Optimizer,
+        *,
+        batch_size: int = 1,
+        progress: bool = True,
+        seed: int | None = 0,
+        verbose: bool = True,
+    ) -> None:
+        if int(batch_size) < 1:
+            raise TrainingError(f"Trainer: batch_size must be at least 1, got {batch_size}")
+        self.model = model
+        self.graph = _graph_of(model)
+        self.optimizer = optimizer
+        self.batch_size = int(batch_size)
+        self.progress = progress
+        self.verbose = verbose
+        self.rng = np.random.default_rng(seed)
+
+    # -- validation ----------------------------------------------------------------------
+    def _check_data(self, x: Any, y: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
+        x = np.asarray(x.value if isinstance(x, Variable) else x)
+        y = np.asarray(y.value if isinstance(y, Variable) else y)
+        if x.dtype.kind not in "fiub" or y.dtype.kind not in "fiub":
+            raise TrainingError(f"{what}: expected numeric arrays, got dtypes {x.dtype} and {y.dtype}")
+        if len(x) == 0:
+            raise TrainingError(f"{what}: the data set is empty")
+        if len(x) != len(y):
+            raise TrainingError(f"{what}: x has {len(x)} samples but y has {len(y)}")
+        width = getattr(self.model, "input_size", None)
+        if width is not None and (x.ndim != 2 or x.shape[1] != width):
+            raise TrainingError(f"{what}: the model expects {width} features per sample, got x of shape {x.shape}")
+        if x.dtype.kind != "f":
+            x = x.astype(self.graph.dtype)
+        if y.dtype.kind == "f":
+            if not np.array_equal(y, np.round(y)):
+                raise TrainingError(f"{what}: labels must be integers, got non-integral values")
+            y = y.astype(np.int64)
+        classes = getattr(self.model, "output_size", None)
+        if y.size and (y.min() < 0 or (classes is not None and y.max() >= classes)):
+            bad = y.min() if y.min() < 0 else y.max()
+            limit = f"[0, {classes})" if classes is not None else "non-negative"
+            raise TrainingError(f"{what}: label {bad} is out of range {limit}")
+        return x, y
+
+    # -- training ------------------------------------------------------------------------
+    def train(
+        self, x_train: Any, y_train: Any, x_test: Any = None, y_test: Any = None, epochs: int = 40
+    ) -> History:
+        """Train for ``epochs``; returns per-epoch train loss, test accuracy and seconds."""
+        x, y = self._check_data(x_train, y_train, "Trainer.train")
+        has_test = x_test is not None and y_test is not None
+        if has_test:
+            x_test, y_test = self._check_data(x_test, y_test, "Trainer.train (test set)")
+        if int(epochs) < 1:
+            raise TrainingError(f"Trainer.train: epochs must be at least 1, got {epochs}")
+        history = History()
+        for epoch in range(1, int(epochs) + 1):
+            start = time.perf_counter()
+            train_loss = self._epoch(x, y, epoch, int(epochs))
+            seconds = time.perf_counter() - start
+            accuracy = self.test(x_test, y_test) if has_test else None
+            history.append(EpochRecord(epoch, train_loss, accuracy, seconds))
+            if self.verbose:
+                shown = f"{accuracy:.4f}" if accuracy is not None else "n/a"
+                print(f"=== Epoch {epoch} Summary === train loss: {train_loss:.4f} test accuracy {shown}")
+        return history
+
+    def _epoch(self, x: np.ndarray, y: np.ndarray, epoch: int, epochs: int) -> float:
+        model, graph, optimizer, size = self.model, self.graph, self.optimizer, self.batch_size
+        graph.train()
+        order = self.rng.permutation(len(x))
+        xs, ys = x[order], y[order]
+        steps = (len(x) + size - 1) // size
+        bar = self._bar(steps, epoch, epochs)
+        total = 0.0
+        forward, loss, backward, step, zero_grad = model.forward, model.loss, graph.backward, optimizer.step, optimizer.zero_grad
+        zero_grad()
+        try:
+            for index, begin in enumerate(range(0, len(x), size)):
+                yb = ys[begin : begin + size]
+                forward(xs[begin : begin + size])
+                try:
+                    value = loss(yb)
+                except NonFiniteError:
+                    graph.clear()
+                    self._diverged(epoch, index + 1, steps)
+                backward()
+                step()
+                zero_grad()
+                total += value * len(yb)
+                if bar is not None and index % 64 == 63:
+                    bar.update(64)
+        finally:
+            if bar is not None:
+                bar.close()
+        return total / len(x)
+
+    def _diverged(self, epoch: int, step: int, steps: int) -> None:
+        finite = all(np.isfinite(v.value).all() for v in self.optimizer.variables)
+        state = (
+            "the parameters are those of the last good step"
+            if finite
+            else "WARNING: the parameters already hold non-finite values"
+        )
+        raise TrainingError(
+            f"the loss became non-finite at epoch {epoch}, step {step} of {steps}; training stopped "
+            f"and {state}. Try a smaller learning rate (now {self.optimizer.lr:g})."
+        )
+
+    def _bar(self, steps: int, epoch: int, epochs: int) -> Any:
+        if not _progress_enabled(self.progress):
+            return None
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            return None
+        return tqdm(total=steps, desc=f"epoch {epoch}/{epochs}", leave=False, unit="step", file=sys.stderr)
+
+    # -- evaluation ----------------------------------------------------------------------
+    def predict(self, x: Any) -> np.ndarray:
+        """Class predictions from one batched forward pass in eval mode."""
+        graph = self.graph
+        was_training = graph.train_state
+        graph.eval()
+        try:
+            out = self.model.forward(np.asarray(x.value if isinstance(x, Variable) else x, dtype=graph.dtype))
+        finally:
+            graph.train_state = was_training
+        values = out.value if isinstance(out, Variable) else np.asarray(out)
+        return np.asarray(values.argmax(axis=-1))
+
+    def test(self, x: Any, y: Any) -> float:
+        """Accuracy on ``(x, y)``."""
+        x, y = self._check_data(x, y, "Trainer.test")
+        return float(np.mean(self.predict(x) == y))

@@ -1,0 +1,162 @@
+"""Optimizers, Trainer and the `tapegrad train` / `evaluate` commands."""
+
+import numpy as np
+import pytest
+
+import tapegrad as tg
+from tapegrad.cli import main
+from tapegrad.datasets import load_digits
+from tapegrad.models import MLP
+from tapegrad.optim import SGD, Adam
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits(seed=0)
+
+
+def test_load_digits_is_scaled_and_split(digits):
+    x_train, x_test, y_train, y_test = digits
+    assert x_train.shape == (1347, 64) and x_test.shape == (450, 64)
+    assert x_train.min() >= 0.0 and x_train.max() <= 1.0
+    assert y_train.dtype.kind == "i" and set(np.unique(y_train)) == set(range(10))
+
+
+def test_sgd_and_adam_update_trainable_variables_only():
+    for make in (lambda p: SGD(p, lr=0.1, momentum=0.9, weight_decay=0.01), lambda p: Adam(p, lr=0.1)):
+        g = tg.Graph()
+        w = g.get_variable("w", (3,), init="ones")
+        frozen = g.get_variable("frozen", (3,), init="ones", trainable=False)
+        opt = make(g.parameter)
+        for v in (w, frozen):
+            v.grad = np.ones(3)
+        opt.step()
+        assert (w.value < 1).all() and (frozen.value == 1).all()
+        opt.zero_grad()
+        assert not w.grad.any()
+
+
+def test_sgd_momentum_matches_the_textbook_update():
+    g = tg.Graph()
+    w = g.get_variable("w", (1,), init="zeros")
+    opt = SGD(g.parameter, lr=0.5, momentum=0.9)
+    for _ in range(2):
+        w.grad = np.ones(1)
+        opt.step()
+        opt.zero_grad()
+    assert w.value[0] == pytest.approx(-0.5 * 1 - 0.5 * 1.9)
+
+
+def test_trainer_lowers_the_loss_and_reaches_a_stated_accuracy_on_a_subset(digits, capsys):
+    x_train, x_test, y_train, y_test = digits
+    model = MLP(64, 30, 10, seed=0)
+    trainer = tg.Trainer(model, SGD(model.graph.parameter, 0.3), batch_size=1, seed=0)
+    history = trainer.train(x_train[:300], y_train[:300], x_test, y_test, epochs=5)
+    assert history.train_loss[-1] < history.train_loss[0] * 0.5
+    assert history[-1].test_accuracy >= 0.85
+    assert len(history) == 5 and all(s > 0 for s in history.seconds)
+    out = capsys.readouterr()
+    assert "=== Epoch 5 Summary === train loss:" in out.out and "test accuracy 0." in out.out
+    assert "epoch 1/5" not in out.err, "no progress bar when output is not a terminal"
+
+
+def test_full_default_recipe_reaches_97_percent_for_seed_0(digits):
+    x_train, x_test, y_train, y_test = digits
+    model = MLP(64, 30, 10, seed=0)
+    trainer = tg.Trainer(model, SGD(model.graph.parameter, 0.3), batch_size=1, seed=0, verbose=False)
+    trainer.train(x_train, y_train, epochs=40)
+    assert trainer.test(x_test, y_test) >= 0.97
+
+
+def test_batched_training_and_adam(digits):
+    x_train, x_test, y_train, y_test = digits
+    model = MLP(64, 30, 10, seed=1)
+    trainer = tg.Trainer(model, Adam(model.graph.parameter, 0.01), batch_size=32, seed=1, verbose=False)
+    trainer.train(x_train, y_train, epochs=10)
+    assert trainer.test(x_test, y_test) >= 0.93
+    assert model.graph.forward_ops == [] and model.graph.train_state
+
+
+@pytest.mark.parametrize(
+    "x, y, match",
+    [
+        (np.ones((5, 64)), np.zeros(4, dtype=int), "x has 5 samples but y has 4"),
+        (np.ones((5, 63)), np.zeros(5, dtype=int), "expects 64 features"),
+        (np.ones((5, 64)), np.array([0, 1, 2, 3, 10]), "label 10 is out of range"),
+        (np.ones((5, 64)), np.array([0, 1, 2, 3, -1]), "label -1"),
+        (np.ones((0, 64)), np.zeros(0, dtype=int), "empty"),
+    ],
+)
+def test_trainer_rejects_bad_data(x, y, match):
+    model = MLP(64, 4, 10)
+    with pytest.raises(tg.TrainingError, match=match):
+        tg.Trainer(model, SGD(model.graph.parameter, 0.1), verbose=False).train(x, y, epochs=1)
+
+
+def test_non_finite_loss_stops_with_epoch_and_step_and_keeps_parameters(digits):
+    x_train, _, y_train, _ = digits
+    x = x_train[:20].copy()
+    y = y_train[:20]
+    model = MLP(64, 8, 10, seed=0)
+    trainer = tg.Trainer(model, SGD(model.graph.parameter, 0.1), seed=0, verbose=False)
+    order = np.random.default_rng(0).permutation(20)
+    x[order[6]] = np.nan  # reached at step 7 of epoch 1
+    with pytest.raises(tg.TrainingError, match=r"epoch 1, step 7 of 20.*last good step.*smaller learning rate"):
+        trainer.train(x, y, epochs=2)
+    assert all(np.isfinite(v.value).all() for v in model.graph.parameter)
+    assert model.graph.forward_ops == []
+
+
+def test_cli_train_save_evaluate_round_trip(tmp_path, capsys):
+    path = tmp_path / "mlp.npz"
+    plot = tmp_path / "curve.png"
+    assert main(["train", "--epochs", "2", "--no-progress", "--save", str(path), "--plot", str(plot), "--gradcheck"]) == 0
+    out = capsys.readouterr().out
+    assert "gradient check passed" in out and "affine_0.W match" in out
+    final = float(out.split("final test accuracy: ")[1].split()[0])
+    assert path.exists() and plot.read_bytes()[:4] == b"\x89PNG"
+    assert main(["evaluate", "--load", str(path)]) == 0
+    assert f"test accuracy: {final:.4f}" in capsys.readouterr().out
+
+
+def test_cli_evaluate_refuses_a_file_that_does_not_fit(tmp_path, capsys):
+    path = tmp_path / "small.npz"
+    assert main(["train", "--epochs", "1", "--hidden", "5", "--no-progress", "--save", str(path)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--load", str(path), "--hidden", "30"]) == 1
+    err = capsys.readouterr().err
+    assert "does not fit" in err and "Traceback" not in err
+    assert main(["evaluate", "--load", str(tmp_path / "missing.npz")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv", [["--epochs", "0"], ["--lr", "-1"], ["--lr", "abc"], ["--optimizer", "rmsprop"], ["--batch-size", "x"], ["--seed", "-2"]]
+)
+def test_cli_train_rejects_invalid_values(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", *argv])
+    assert exc.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_cli_plot_without_matplotlib_is_a_clear_message(monkeypatch, capsys, tmp_path):
+    monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)
+    assert main(["train", "--epochs", "1", "--plot", str(tmp_path / "p.png")]) == 2
+    assert "pip install 'tapegrad[plot]'" in capsys.readouterr().err
+
+
+def test_cli_gradcheck_failure_stops_with_non_zero_exit(monkeypatch, capsys):
+    from tapegrad.plugins.layers import Affine
+
+    original = Affine.backward
+
+    def planted(self, ctx, grad):
+        out = original(self, ctx, grad)
+        self.W._grad = self.W._grad * 1.5
+        return out
+
+    monkeypatch.setattr(Affine, "backward", planted)
+    assert main(["train", "--epochs", "1", "--gradcheck", "--no-progress"]) == 1
+    captured = capsys.readouterr()
+    assert "NOT MATCH !" in captured.out and "not training" in captured.err
