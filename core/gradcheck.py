@@ -250,7 +250,7 @@ def _float64(variables: Sequence[Variable]) -> Iterator[None]:
 @contextlib.contextmanager
 def _isolated(graph: Graph) -> Iterator[np.random.Generator]:
     """Train mode, an empty tape and a fixed generator state for every evaluation."""
-    tape, pending, state = list(graph.forward_ops), graph._pending_losses, graph.train_state
+    tape, pending, state = list(graph.forward_ops), list(graph._pending_losses), graph.train_state
     graph.clear()
     graph.train()
     try:
@@ -258,7 +258,7 @@ def _isolated(graph: Graph) -> Iterator[np.random.Generator]:
     finally:
         graph.clear()
         graph.forward_ops.extend(tape)
-        graph._pending_losses = pending
+        graph._pending_losses.extend(pending)
         graph.train_state = state
 
 

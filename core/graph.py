@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import BackwardError, GraphError, InputTypeError
-from .operation import Context, Operation, snake_name
+from .operation import LOSS_OUTPUT, Context, Operation, snake_name
 from .parameter import Init, Parameter
 from .variable import Variable, as_array
 
@@ -47,7 +47,7 @@ class Graph:
         self.forward_ops: list[Context] = []
         self.operations: dict[str, Operation] = {}
         self._registry = registry
-        self._pending_losses = 0
+        self._pending_losses: list[Context] = []  # loss applications to seed in backward
         self._type_counts: dict[str, int] = {}
 
     # -- state ---------------------------------------------------------------------------
@@ -64,7 +64,7 @@ class Graph:
     def clear(self) -> None:
         """Drop the tape and any computed loss without differentiating."""
         self.forward_ops.clear()
-        self._pending_losses = 0
+        self._pending_losses.clear()
 
     @property
     def registry(self) -> Registry:
@@ -141,6 +141,7 @@ class Graph:
                 + ("" if self.forward_ops else "; the tape is empty")
             )
         tape = self.forward_ops
+        pending = self._pending_losses
         ctx: Context | None = None
         try:
             for variable, grad in (grads or {}).items():
@@ -151,39 +152,55 @@ class Graph:
                 variable.add_grad(grad)
             # The hot loop: kept flat on purpose (every Python call here costs ~0.1 us per op).
             for ctx in reversed(tape):
-                op = ctx.op
-                if op._is_loss:
-                    if not ctx.loss_pending:
+                outputs = ctx.outputs
+                if outputs.__class__ is Variable:
+                    grad = outputs._grad
+                    if grad is None:
+                        continue  # output unused: nothing flows back
+                    outputs._owned = False  # the op may hand this array back as an input gradient
+                elif outputs is LOSS_OUTPUT:
+                    if ctx not in pending:
                         continue  # a loss forward whose loss() was never computed contributes nothing
                     grad = loss_grad
                 else:
-                    outputs = ctx.outputs
-                    if outputs.__class__ is Variable:
-                        grad = outputs._grad
-                        if grad is None:
-                            continue  # output unused: nothing flows back
-                        outputs._owned = False  # the op may hand this array back as an input gradient
-                    else:
-                        grad = _output_grads(outputs)
-                        if grad is None:
-                            continue
+                    grad = _output_grads(outputs)
+                    if grad is None:
+                        continue
+                op = ctx.op
                 in_grads = op.backward(ctx, grad)
+                x = ctx.sole_input
+                if x is not None and in_grads.__class__ is np.ndarray:
+                    # fast path: one float Variable in, one array back
+                    if in_grads.shape != x.value.shape:
+                        in_grads = _coerce_grad(op, x, in_grads)
+                    current = x._grad
+                    if current is None:
+                        x._grad = in_grads
+                        x._owned = False
+                    elif x._owned:
+                        current += in_grads
+                    else:
+                        x._grad = current + in_grads
+                        x._owned = True
+                    continue
                 inputs = ctx.inputs
-                if in_grads.__class__ is not tuple:
-                    if len(inputs) != 1:
-                        if in_grads is None or not inputs:
-                            continue
+                if in_grads.__class__ is tuple:
+                    if len(in_grads) != len(inputs):
                         raise BackwardError(
-                            f"{op._label()}: backward returned one gradient for {len(inputs)} inputs; "
-                            "return a tuple with one entry per input (None where there is none)"
+                            f"{op._label()}: backward returned {len(in_grads)} gradients for {len(inputs)} inputs"
                         )
-                    in_grads = (in_grads,)
-                elif len(in_grads) != len(inputs):
+                    pairs: Any = zip(inputs, in_grads)
+                elif len(inputs) == 1:
+                    pairs = ((inputs[0], in_grads),)
+                elif in_grads is None or not inputs:
+                    continue
+                else:
                     raise BackwardError(
-                        f"{op._label()}: backward returned {len(in_grads)} gradients for {len(inputs)} inputs"
+                        f"{op._label()}: backward returned one gradient for {len(inputs)} inputs; "
+                        "return a tuple with one entry per input (None where there is none)"
                     )
-                for x, g in zip(inputs, in_grads):
-                    if g is None or not isinstance(x, Variable):
+                for x, g in pairs:
+                    if g is None or (x.__class__ is not Variable and not isinstance(x, Variable)):
                         continue
                     value = x.value
                     if value.dtype.kind != "f":

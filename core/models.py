@@ -29,7 +29,7 @@ class MLP:
         return self.softmax_loss.forward(self.affine2.forward(self.sigmoid.forward(self.affine1.forward(x))))  # type: ignore[no-any-return]
 
     def loss(self, target: Any) -> float:
-        return self.softmax_loss.loss(target)  # type: ignore[no-any-return]
+        return self.softmax_loss.loss(target)  # type: ignore[attr-defined,no-any-return]
 
     def __repr__(self) -> str:
         return f"MLP({self.input_size}, {self.hidden_size}, {self.output_size})"

@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 __all__ = ["Operation", "Loss", "Context", "Sample"]
 
 _new = object.__new__
+#: ``ctx.outputs`` of a recorded Loss application (its outputs are never differentiated).
+LOSS_OUTPUT = object()
 
 # Exceptions from an author's numpy code that are re-raised as framework errors naming the op.
 _WRAPPED = (ValueError, TypeError, IndexError, ArithmeticError)
@@ -62,14 +64,14 @@ class Context:
     (``graph.forward_ops``) is a list of Contexts.
     """
 
-    __slots__ = ("__dict__", "inputs", "op", "outputs", "saved")
-    loss_pending = False  # set on the instance once loss() queued this application
+    __slots__ = ("__dict__", "inputs", "op", "outputs", "saved", "sole_input")
 
     def __init__(self, op: Operation, inputs: tuple[Any, ...]) -> None:
         self.op = op
         self.inputs = inputs
         self.outputs: Any = None
         self.saved: tuple[Any, ...] = ()
+        self.sole_input: Variable | None = None
 
     def __getattr__(self, name: str) -> Any:
         # Only reached for attributes never set: authors may keep their own (ctx.mask = ...).
@@ -123,41 +125,61 @@ def _arity(func: Callable[..., Any]) -> tuple[int, float]:
     return low, high
 
 
-def _make_forward(impl: Callable[..., Any], low: int, high: float) -> Callable[..., Any]:
+def _make_forward(impl: Callable[..., Any], low: int, high: float, is_loss: bool) -> Callable[..., Any]:
+    one_ok = low <= 1 <= high
+
     def forward(self: Operation, *inputs: Any) -> Any:
-        n = len(inputs)
-        if n == 1:
+        # The hot path of every op: kept flat on purpose (each Python step costs ~30-80 ns).
+        if len(inputs) == 1 and one_ok:
             x = inputs[0]
             cls = x.__class__
+            sole = None
             if cls is Variable:
-                values: Any = (x.value,)
+                value = x.value
+                if value.dtype.kind == "f":
+                    sole = x  # backward's fast path: one float Variable in
             elif cls is np.ndarray and x.dtype.kind in "fiub":
-                values = (x,)  # a constant: used as is, receives no gradient
+                value = x  # a constant: used as is, receives no gradient
             elif cls is Context:
-                # An author's subclass calling super().forward(ctx, ...): the raw implementation.
-                return impl(self, *inputs)
+                return impl(self, x)  # an author's subclass calling super().forward(ctx)
             else:
-                values = (self._constant(x, 0),)
-        elif n and inputs[0].__class__ is Context:
-            return impl(self, *inputs)
+                value = self._constant(x, 0)
+            graph = self.graph
+            if graph is None:
+                self._require_graph()
+            ctx = _new(Context)
+            ctx.op = self
+            ctx.inputs = inputs
+            ctx.saved = ()
+            ctx.sole_input = sole
+            try:
+                out = impl(self, ctx, value)
+            except TapegradError:
+                raise
+            except _WRAPPED as exc:
+                raise self._wrap_error("forward", exc, (value,)) from exc
         else:
+            if inputs and inputs[0].__class__ is Context:
+                return impl(self, *inputs)  # an author's subclass calling super().forward(ctx, ...)
+            n = len(inputs)
+            if n < low or n > high:
+                expected = str(low) if low == high else (f"at least {low}" if high == math.inf else f"{low} to {int(high)}")
+                raise InputTypeError(f"{self._label()}: expected {expected} input(s), got {n}")
             values = [x.value if x.__class__ is Variable else self._constant(x, i) for i, x in enumerate(inputs)]
-        if n < low or n > high:
-            expected = str(low) if low == high else (f"at least {low}" if high == math.inf else f"{low} to {int(high)}")
-            raise InputTypeError(f"{self._label()}: expected {expected} input(s), got {n}")
-        graph = self.graph
-        if graph is None:
-            self._require_graph()
-        ctx = _new(Context)
-        ctx.op = self
-        ctx.inputs = inputs
-        ctx.saved = ()
-        try:
-            out = impl(self, ctx, *values)
-        except TapegradError:
-            raise
-        except _WRAPPED as exc:
-            raise self._wrap_error("forward", exc, values) from exc
+            graph = self.graph
+            if graph is None:
+                self._require_graph()
+            ctx = _new(Context)
+            ctx.op = self
+            ctx.inputs = inputs
+            ctx.saved = ()
+            ctx.sole_input = None
+            try:
+                out = impl(self, ctx, *values)
+            except TapegradError:
+                raise
+            except _WRAPPED as exc:
+                raise self._wrap_error("forward", exc, values) from exc
         if out.__class__ is np.ndarray:
             outputs: Any = _new(Variable)
             outputs.value = out
@@ -170,11 +192,12 @@ def _make_forward(impl: Callable[..., Any], low: int, high: float) -> Callable[.
         else:
             outputs = Variable._wrap(np.asarray(out))
         if graph.train_state:  # type: ignore[union-attr]
-            ctx.outputs = outputs
+            # A loss's own outputs are not differentiated through: backward seeds its loss.
+            ctx.outputs = LOSS_OUTPUT if is_loss else outputs
             graph.forward_ops.append(ctx)  # type: ignore[union-attr]
         else:
             ctx.outputs = None  # not recorded: nothing is kept for backward
-        if self._is_loss:
+        if is_loss:
             self._last_ctx = ctx
         return outputs
 
@@ -208,15 +231,15 @@ def _make_loss(impl: Callable[..., Any]) -> Callable[..., float]:
             )
         graph = self.graph
         if ctx.outputs is not None:  # recorded in train mode
-            if not graph._on_tape(ctx):  # type: ignore[union-attr]
+            tape = graph.forward_ops  # type: ignore[union-attr]
+            if not (tape and tape[-1] is ctx) and not graph._on_tape(ctx):  # type: ignore[union-attr]
                 raise GraphError(
                     f"{self._label()}: loss() refers to a forward pass that backward() already "
                     "consumed (or clear() dropped); run forward again"
                 )
-            if ctx.loss_pending:
-                return value
-            ctx.loss_pending = True
-            graph._pending_losses += 1  # type: ignore[union-attr]
+            pending = graph._pending_losses  # type: ignore[union-attr]
+            if ctx not in pending:
+                pending.append(ctx)
         return value
 
     loss.__doc__ = impl.__doc__
@@ -255,7 +278,7 @@ class Operation:
         impl = cls.__dict__.get("forward")
         if impl is not None and not getattr(impl, "_tapegrad_wrapper", False):
             low, high = _arity(impl)
-            wrapper = _make_forward(impl, low, high)
+            wrapper = _make_forward(impl, low, high, bool(cls._is_loss))
             cls.forward = wrapper  # type: ignore[method-assign]
             cls.__call__ = wrapper  # type: ignore[method-assign]
         loss_impl = cls.__dict__.get("loss")

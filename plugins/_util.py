@@ -48,12 +48,9 @@ def integer_labels(op: Operation, target: np.ndarray, classes: int, what: str = 
         if value < 0 or value >= classes:
             raise ShapeError(f"{op._label()}: {what} {value} is out of range [0, {classes})")
     elif target.size:
-        if target.size <= 8:
-            values = target.ravel().tolist()
-            low, high = min(values), max(values)
-        else:
-            low, high = int(target.min()), int(target.max())
-        if low < 0 or high >= classes:
-            bad = low if low < 0 else high
+        # One reduction checks both ends: negative ints wrap to huge unsigned values.
+        unsigned = target.view(np.dtype(f"u{target.itemsize}")) if target.dtype.kind == "i" else target
+        if unsigned.max() >= classes:
+            bad = int(target.min()) if target.min() < 0 else int(target.max())
             raise ShapeError(f"{op._label()}: {what} {bad} is out of range [0, {classes})")
     return target

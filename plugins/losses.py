@@ -41,8 +41,8 @@ class SoftmaxLoss(tg.Loss):
         ctx.labels = labels
         if n == 1:
             return math.log(total[0, 0]) - float(shifted[0, labels.item()])
-        rows = np.arange(n)
-        return float(np.mean(np.log(total[:, 0]) - shifted[rows, labels]))
+        picked = shifted[np.arange(n), labels]
+        return float(np.add.reduce(np.log(total[:, 0]) - picked)) / n
 
     def backward(self, ctx: tg.Context, grad: float) -> np.ndarray:
         probs = ctx.saved[0]
