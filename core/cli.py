@@ -133,6 +133,15 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
+def cmd_new_plugin(args: argparse.Namespace) -> int:
+    from .scaffold import new_plugin
+
+    root = new_plugin(args.name, args.dir)
+    print(f"wrote plugin {args.name!r} to {root}/")
+    print(f"next: pip install {root} && tapegrad check --plugin {args.name}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tapegrad", description=__doc__)
     parser.add_argument("--version", action="version", version=f"tapegrad {__version__}")
@@ -152,6 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fast", action="store_true", help="random-projection gradient checks for every array")
     p.add_argument("--json", action="store_true", help="print JSON results")
     p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("new-plugin", help="write a ready plugin distribution (pyproject, example op, contract test)")
+    p.add_argument("name", help="plugin and distribution name (lowercase)")
+    p.add_argument("--dir", metavar="PATH", help="where to write it (default: ./NAME)")
+    p.set_defaults(func=cmd_new_plugin)
 
     from . import _cli_train
 

@@ -19,6 +19,7 @@ __all__ = [
     "GraphError",
     "NonFiniteError",
     "TrainingError",
+    "ScaffoldError",
     "PluginWarning",
 ]
 
@@ -69,6 +70,10 @@ class NonFiniteError(OperationError):
 
 class TrainingError(TapegradError, ValueError):
     """Training data or training progress that cannot go on (mismatched data, diverged loss)."""
+
+
+class ScaffoldError(TapegradError, ValueError):
+    """``tapegrad new-plugin`` cannot write where it was asked to (bad name, folder not empty)."""
 
 
 class PluginWarning(UserWarning):

@@ -68,3 +68,27 @@ def test_usage_errors_exit_2(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["nonsense"])
     assert exc.value.code == 2
+
+
+def test_new_plugin_writes_a_ready_distribution(tmp_path, capsys):
+    target = tmp_path / "my-ops"
+    assert main(["new-plugin", "my-ops", "--dir", str(target)]) == 0
+    assert (target / "pyproject.toml").read_text().count('my-ops = "my_ops.plugin"') == 1
+    assert (target / "my_ops" / "plugin.py").exists() and (target / "tests" / "test_contract.py").exists()
+    assert 'plugin="my-ops"' in (target / "tests" / "test_contract.py").read_text()
+    assert "pip install" in capsys.readouterr().out
+    assert main(["new-plugin", "my-ops", "--dir", str(target)]) == 1
+    assert "not empty" in capsys.readouterr().err
+    assert main(["new-plugin", "Bad Name", "--dir", str(tmp_path / "x")]) == 1
+
+
+def test_new_plugin_example_op_passes_the_contract(tmp_path):
+    import importlib.util
+
+    from tapegrad.testing import check_operation
+
+    main(["new-plugin", "demo", "--dir", str(tmp_path / "demo")])
+    spec = importlib.util.spec_from_file_location("demo_plugin", tmp_path / "demo" / "demo" / "plugin.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert check_operation(module.Softplus).passed

@@ -1,0 +1,6 @@
+"""tapegrad-ctc: the CTC loss as a tapegrad plugin."""
+
+from .plugin import CTCLoss
+
+__all__ = ["CTCLoss"]
+__version__ = "0.1.0"

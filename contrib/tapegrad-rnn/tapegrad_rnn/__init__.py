@@ -1,0 +1,6 @@
+"""tapegrad-rnn: recurrent operations (RNNCell, LSTMCell, LSTM) as a tapegrad plugin."""
+
+from .plugin import LSTM, LSTMCell, RNNCell
+
+__all__ = ["LSTM", "LSTMCell", "RNNCell"]
+__version__ = "0.1.0"
