@@ -79,12 +79,13 @@ class Graph:
         """Return the parameter ``name``, creating it with ``init`` if new (see ``Parameter``)."""
         return self.parameter.get_variable(name, shape, init, trainable=trainable)
 
-    def get_operation(self, type_name: Any, args: Any = None, *, name: str | None = None, **kwargs: Any) -> Operation:
+    def get_operation(self, type_name: Any, args: Any = None, *, name: str | None = None, **kwargs: Any) -> Any:
         """Create an operation by registry name (``"Affine"`` or ``"plugin:Affine"``).
 
         ``args`` is a list/tuple of positional constructor arguments or a dict of keyword
         arguments; ``kwargs`` are keyword arguments. An Operation subclass may be given
-        instead of a name.
+        instead of a name. Returns an instance of the op's own class (typed ``Any``: which
+        class it is depends on the registry).
         """
         if isinstance(type_name, type) and issubclass(type_name, Operation):
             cls = type_name
@@ -222,6 +223,13 @@ class Graph:
             raise BackwardError(f"{ctx.op._label()}: backward failed: {exc}") from exc
         finally:
             self.clear()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The registry holds plugin modules and is not picklable; an unpickled graph
+        # looks operations up in the default registry again.
+        state = self.__dict__.copy()
+        state["_registry"] = None
+        return state
 
     def __repr__(self) -> str:
         mode = "train" if self.train_state else "eval"

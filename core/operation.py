@@ -316,6 +316,11 @@ class Operation:
     def __call__(self, *variables: Any) -> Any:
         return self.forward(*variables)
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_last_ctx", None)  # per-call state of the last forward: not part of the model
+        return state
+
     # -- helpers -------------------------------------------------------------------------
     def _label(self) -> str:
         cls = type(self).__name__

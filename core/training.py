@@ -61,6 +61,10 @@ def _progress_enabled(progress: bool) -> bool:
 class Trainer:
     """Trains a model (``.graph``, ``forward(x)``, ``loss(y)``) with an optimizer.
 
+    Labels are checked as class indices unless the model says ``task = "regression"``
+    (then targets are float arrays); ``input_size``/``output_size`` on the model enable
+    the feature-count and label-range checks.
+
     ``train`` shuffles every epoch (seeded), steps through mini-batches, prints the seed's
     summary line after each epoch (``verbose``) and returns a ``History``. ``test``
     returns accuracy from one batched forward pass in eval mode.
@@ -101,6 +105,8 @@ class Trainer:
             raise TrainingError(f"{what}: the model expects {width} features per sample, got x of shape {x.shape}")
         if x.dtype.kind != "f":
             x = x.astype(self.graph.dtype)
+        if getattr(self.model, "task", "classification") == "regression":
+            return x, y.astype(self.graph.dtype, copy=False)
         if y.dtype.kind == "f":
             if not np.array_equal(y, np.round(y)):
                 raise TrainingError(f"{what}: labels must be integers, got non-integral values")
@@ -114,9 +120,21 @@ class Trainer:
 
     # -- training ------------------------------------------------------------------------
     def train(
-        self, x_train: Any, y_train: Any, x_test: Any = None, y_test: Any = None, epochs: int = 40
+        self,
+        x_train: Any,
+        y_train: Any,
+        x_test: Any = None,
+        y_test: Any = None,
+        epochs: int = 40,
+        *,
+        tol: float | None = None,
+        patience: int = 10,
     ) -> History:
-        """Train for ``epochs``; returns per-epoch train loss, test accuracy and seconds."""
+        """Train for ``epochs``; returns per-epoch train loss, test accuracy and seconds.
+
+        With ``tol``, training stops early once the train loss has not improved by at least
+        ``tol`` for ``patience`` consecutive epochs (scikit-learn's ``tol``/``n_iter_no_change``).
+        """
         x, y = self._check_data(x_train, y_train, "Trainer.train")
         has_test = x_test is not None and y_test is not None
         if has_test:
@@ -124,6 +142,7 @@ class Trainer:
         if int(epochs) < 1:
             raise TrainingError(f"Trainer.train: epochs must be at least 1, got {epochs}")
         history = History()
+        best, stale = np.inf, 0
         for epoch in range(1, int(epochs) + 1):
             start = time.perf_counter()
             train_loss = self._epoch(x, y, epoch, int(epochs))
@@ -133,6 +152,11 @@ class Trainer:
             if self.verbose:
                 shown = f"{accuracy:.4f}" if accuracy is not None else "n/a"
                 print(f"=== Epoch {epoch} Summary === train loss: {train_loss:.4f} test accuracy {shown}")
+            if tol is not None:
+                stale = stale + 1 if train_loss > best - tol else 0
+                best = min(best, train_loss)
+                if stale >= patience:
+                    break
         return history
 
     def _epoch(self, x: np.ndarray, y: np.ndarray, epoch: int, epochs: int) -> float:
