@@ -145,12 +145,13 @@ class Graph:
         pending = self._pending_losses
         ctx: Context | None = None
         try:
-            for variable, grad in (grads or {}).items():
-                if variable.value.dtype.kind != "f":
-                    continue  # integer outputs carry no gradient
-                if grad.__class__ is not np.ndarray or grad.dtype != variable.value.dtype:
-                    grad = np.asarray(as_array(grad), dtype=variable.value.dtype)
-                variable.add_grad(grad)
+            if grads:
+                for variable, grad in grads.items():
+                    if variable.value.dtype.kind != "f":
+                        continue  # integer outputs carry no gradient
+                    if grad.__class__ is not np.ndarray or grad.dtype != variable.value.dtype:
+                        grad = np.asarray(as_array(grad), dtype=variable.value.dtype)
+                    variable.add_grad(grad)
             # The hot loop: kept flat on purpose (every Python call here costs ~0.1 us per op).
             for ctx in reversed(tape):
                 outputs = ctx.outputs

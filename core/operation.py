@@ -165,7 +165,14 @@ def _make_forward(impl: Callable[..., Any], low: int, high: float, is_loss: bool
             if n < low or n > high:
                 expected = str(low) if low == high else (f"at least {low}" if high == math.inf else f"{low} to {int(high)}")
                 raise InputTypeError(f"{self._label()}: expected {expected} input(s), got {n}")
-            values = [x.value if x.__class__ is Variable else self._constant(x, i) for i, x in enumerate(inputs)]
+            if n == 2:  # binary ops are common: no comprehension
+                x0, x1 = inputs
+                values: Any = (
+                    x0.value if x0.__class__ is Variable else self._constant(x0, 0),
+                    x1.value if x1.__class__ is Variable else self._constant(x1, 1),
+                )
+            else:
+                values = [x.value if x.__class__ is Variable else self._constant(x, i) for i, x in enumerate(inputs)]
             graph = self.graph
             if graph is None:
                 self._require_graph()

@@ -35,16 +35,21 @@ class Add(tg.Operation):
     """Sum of any number of inputs, broadcasting. Saves only the input shapes."""
 
     def forward(self, ctx: tg.Context, *xs: np.ndarray) -> np.ndarray:
+        if len(xs) == 2:  # the common case, kept short
+            a, b = xs
+            if a.shape != b.shape:
+                broadcast_shape(self._label(), a, b)
+            ctx.save(a.shape, b.shape)
+            return a + b
         shapes = [x.shape for x in xs]
         if len(set(shapes)) > 1:
             broadcast_shape(self._label(), *xs)
         ctx.save(*shapes)
-        if len(xs) == 2:
-            return xs[0] + xs[1]
-        return reduce(np.add, xs[1:], np.array(xs[0], copy=True)) if len(xs) > 1 else xs[0].copy()
+        return reduce(np.add, xs[1:], np.array(xs[0], copy=True))
 
     def backward(self, ctx: tg.Context, grad: np.ndarray) -> tuple[np.ndarray, ...]:
-        return tuple(grad if s == grad.shape else unbroadcast(grad, s) for s in ctx.saved)
+        shape = grad.shape
+        return tuple(grad if s == shape else unbroadcast(grad, s) for s in ctx.saved)
 
     @classmethod
     def samples(cls, rng: np.random.Generator) -> Iterator[tg.Sample]:
