@@ -228,3 +228,25 @@ def test_pytest_option_reports_a_broken_plugin_op_as_failed(pytester):
     assert result.ret == 1
     out = result.stdout.str()
     assert "Wrong[sample0]-check_gradient_inputs" in out and "analytic" in out
+
+
+def test_parametrize_operations_marks_expected_failures_as_strict_xfails():
+    registry = tg.Registry(entry_points=False)
+    registry.register_operation(WrongDerivative, plugin="broken")
+    mark = parametrize_operations(plugin="broken", registry=registry,
+                                  expected_failures={"check_gradient_inputs": "derivative off by 2x, tracked"})
+    marked = {p.id: p.marks for p in mark.args[1]}
+    xfail = marked["WrongDerivative[s]-check_gradient_inputs"][0]
+    assert xfail.name == "xfail" and xfail.kwargs["strict"] is True and "tracked" in xfail.kwargs["reason"]
+    assert not marked["WrongDerivative[s]-check_eval_mode"]
+
+
+def test_a_broken_plugin_warns_without_breaking_pytest_summary(pytester, tmp_path, monkeypatch):
+    from conftest import make_dist
+
+    site = make_dist(tmp_path / "site", "tgtest-kaputt", "0.1", {"tgtest_kaputt": "tgtest_kaputt"},
+                     {"tgtest_kaputt": "raise ImportError('kaputt')"})
+    monkeypatch.setenv("PYTHONPATH", str(site))
+    result = pytester.runpytest_subprocess("--tapegrad-contract=acme", "-q", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=24, warnings=1)
+    assert "tgtest_kaputt" in result.stdout.str()

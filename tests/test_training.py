@@ -160,3 +160,17 @@ def test_cli_gradcheck_failure_stops_with_non_zero_exit(monkeypatch, capsys):
     assert main(["train", "--epochs", "1", "--gradcheck", "--no-progress"]) == 1
     captured = capsys.readouterr()
     assert "NOT MATCH !" in captured.out and "not training" in captured.err
+
+
+def test_progress_bar_shows_on_a_terminal(digits, monkeypatch, capsys):
+    import sys
+
+    x_train, _, y_train, _ = digits
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    model = MLP(64, 5, 10, seed=0)
+    tg.Trainer(model, SGD(model.graph.parameter, 0.1), verbose=False).train(x_train[:200], y_train[:200], epochs=1)
+    assert "epoch 1/1" in capsys.readouterr().err
+    tg.Trainer(model, SGD(model.graph.parameter, 0.1), verbose=False, progress=False).train(
+        x_train[:200], y_train[:200], epochs=1
+    )
+    assert "epoch 1/1" not in capsys.readouterr().err
