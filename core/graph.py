@@ -175,15 +175,7 @@ class Graph:
                     # fast path: one float Variable in, one array back
                     if in_grads.shape != x.value.shape:
                         in_grads = _coerce_grad(op, x, in_grads)
-                    current = x._grad
-                    if current is None:
-                        x._grad = in_grads
-                        x._owned = False
-                    elif x._owned:
-                        current += in_grads
-                    else:
-                        x._grad = current + in_grads
-                        x._owned = True
+                    x._accumulate(in_grads)
                     continue
                 inputs = ctx.inputs
                 if in_grads.__class__ is tuple:
@@ -209,15 +201,7 @@ class Graph:
                         continue
                     if g.__class__ is not np.ndarray or g.shape != value.shape:
                         g = _coerce_grad(op, x, g)
-                    current = x._grad
-                    if current is None:
-                        x._grad = g
-                        x._owned = False
-                    elif x._owned:
-                        current += g
-                    else:
-                        x._grad = current + g
-                        x._owned = True
+                    x._accumulate(g)
         except (ValueError, TypeError, IndexError, ArithmeticError) as exc:
             if isinstance(exc, BackwardError) or ctx is None:
                 raise

@@ -130,10 +130,10 @@ def _make_forward(impl: Callable[..., Any], low: int, high: float, is_loss: bool
 
     def forward(self: Operation, *inputs: Any) -> Any:
         # The hot path of every op: kept flat on purpose (each Python step costs ~30-80 ns).
+        sole = None
         if len(inputs) == 1 and one_ok:
             x = inputs[0]
             cls = x.__class__
-            sole = None
             if cls is Variable:
                 value = x.value
                 if value.dtype.kind == "f":
@@ -144,20 +144,7 @@ def _make_forward(impl: Callable[..., Any], low: int, high: float, is_loss: bool
                 return impl(self, x)  # an author's subclass calling super().forward(ctx)
             else:
                 value = self._constant(x, 0)
-            graph = self.graph
-            if graph is None:
-                self._require_graph()
-            ctx = _new(Context)
-            ctx.op = self
-            ctx.inputs = inputs
-            ctx.saved = ()
-            ctx.sole_input = sole
-            try:
-                out = impl(self, ctx, value)
-            except TapegradError:
-                raise
-            except _WRAPPED as exc:
-                raise self._wrap_error("forward", exc, (value,)) from exc
+            values: Any = (value,)
         else:
             if inputs and inputs[0].__class__ is Context:
                 return impl(self, *inputs)  # an author's subclass calling super().forward(ctx, ...)
@@ -167,26 +154,26 @@ def _make_forward(impl: Callable[..., Any], low: int, high: float, is_loss: bool
                 raise InputTypeError(f"{self._label()}: expected {expected} input(s), got {n}")
             if n == 2:  # binary ops are common: no comprehension
                 x0, x1 = inputs
-                values: Any = (
+                values = (
                     x0.value if x0.__class__ is Variable else self._constant(x0, 0),
                     x1.value if x1.__class__ is Variable else self._constant(x1, 1),
                 )
             else:
                 values = [x.value if x.__class__ is Variable else self._constant(x, i) for i, x in enumerate(inputs)]
-            graph = self.graph
-            if graph is None:
-                self._require_graph()
-            ctx = _new(Context)
-            ctx.op = self
-            ctx.inputs = inputs
-            ctx.saved = ()
-            ctx.sole_input = None
-            try:
-                out = impl(self, ctx, *values)
-            except TapegradError:
-                raise
-            except _WRAPPED as exc:
-                raise self._wrap_error("forward", exc, values) from exc
+        graph = self.graph
+        if graph is None:
+            self._require_graph()
+        ctx = _new(Context)
+        ctx.op = self
+        ctx.inputs = inputs
+        ctx.saved = ()
+        ctx.sole_input = sole
+        try:
+            out = impl(self, ctx, *values)
+        except TapegradError:
+            raise
+        except _WRAPPED as exc:
+            raise self._wrap_error("forward", exc, values) from exc
         if out.__class__ is np.ndarray:
             outputs: Any = _new(Variable)
             outputs.value = out

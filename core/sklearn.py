@@ -184,27 +184,6 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     _task = "regression"
     _loss = "SquareLoss"
 
-    def __init__(
-        self,
-        hidden_layer_sizes: tuple[int, ...] = (30,),
-        activation: str = "sigmoid",
-        optimizer: str = "sgd",
-        learning_rate: float = 0.05,
-        batch_size: int = 32,
-        max_epochs: int = 200,
-        momentum: float = 0.9,
-        alpha: float = 0.0,
-        tol: float | None = 1e-4,
-        n_iter_no_change: int = 10,
-        random_state: int | None = None,
-        verbose: bool = False,
-    ) -> None:
-        super().__init__(
-            hidden_layer_sizes=hidden_layer_sizes, activation=activation, optimizer=optimizer,
-            learning_rate=learning_rate, batch_size=batch_size, max_epochs=max_epochs, momentum=momentum,
-            alpha=alpha, tol=tol, n_iter_no_change=n_iter_no_change, random_state=random_state, verbose=verbose,
-        )
-
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
         tags.target_tags.multi_output = True

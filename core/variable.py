@@ -146,6 +146,10 @@ class Variable:
                 f"Variable {self.name!r}: gradient must have the value's shape "
                 f"{self.value.shape}, got {getattr(grad, 'shape', type(grad).__name__)}"
             )
+        self._accumulate(grad)
+
+    def _accumulate(self, grad: np.ndarray) -> None:
+        """add_grad without the shape check (the caller has checked)."""
         current = self._grad
         if current is None:
             self._grad = grad

@@ -3,33 +3,10 @@
 import numpy as np
 import pytest
 
+# the DESIGN.md examples, as the installed third-party fixture ships them
+from acme_ops.plugin import Scale, Softplus
+
 import tapegrad as tg
-
-
-class Softplus(tg.Operation):
-    """log(1 + exp(x))."""
-
-    def forward(self, ctx, x):
-        ctx.save(x)
-        return np.logaddexp(0.0, x)
-
-    def backward(self, ctx, grad):
-        (x,) = ctx.saved
-        return grad / (1.0 + np.exp(-x))
-
-
-class Scale(tg.Operation):
-    def __init__(self, size):
-        self.w = self.parameter("w", (size,), init="ones")
-
-    def forward(self, ctx, x):
-        ctx.save(x)
-        return x * self.w.value
-
-    def backward(self, ctx, grad):
-        (x,) = ctx.saved
-        self.w.grad += (grad * x).sum(axis=0)
-        return grad * self.w.value
 
 
 class SplitHalves(tg.Operation):
