@@ -2,9 +2,10 @@
 
     python benchmarks/bench_overhead.py
 
-Reports forward+backward of Sigmoid, Affine, SoftmaxLoss and Add at batch 1, and one training
-step of the seed MLP (64-30-10, batch 1, SGD), against the same math written in numpy. For a
-single op the tapegrad side seeds its output's gradient through graph.backward(grads=...).
+Reports forward+backward of Sigmoid on its own; the marginal cost per application of Sigmoid,
+Affine and Add in a chain of ten (one backward per chain); SoftmaxLoss forward+loss+backward;
+and one training step of the seed MLP (64-30-10, batch 1, SGD); each against the same math
+written in numpy.
 """
 
 from __future__ import annotations
@@ -40,28 +41,85 @@ def sigmoid_contenders() -> dict[str, object]:
     return {"numpy (hand-written)": numpy_sigmoid, "tapegrad Sigmoid": tape_sigmoid}
 
 
-def op_contenders() -> dict[str, dict[str, object]]:
-    """Forward+backward of Affine (64->30), SoftmaxLoss (10 classes) and Add at batch 1."""
+CHAIN = 10
+
+
+def chain_contenders() -> dict[str, dict[str, object]]:
+    """Marginal cost per op: a chain of CHAIN applications, one backward, per application.
+
+    The graph's fixed cost per backward() is spread over the chain, so what remains is what
+    one more op costs: its numpy calls plus the tape's per-op work.
+    """
     rng = np.random.default_rng(0)
-    x_np, g30 = rng.standard_normal((1, 64)), rng.standard_normal((1, 30))
-    W, b = rng.standard_normal((64, 30)), np.zeros(30)
-    z_np, label = rng.standard_normal((1, 10)), np.array([3])
-    a_np, b_np = rng.standard_normal((1, 30)), rng.standard_normal((1, 30))
+    x_np, seed = rng.standard_normal((1, 30)), rng.standard_normal((1, 30))
+    W, b = rng.standard_normal((30, 30)) / 6, rng.standard_normal(30) / 6
     graph = tg.Graph(seed=0)
-    affine = graph.get_operation("Affine", [64, 30])
-    loss = graph.get_operation("SoftmaxLoss")
+    sig = graph.get_operation("Sigmoid")
+    affine = graph.get_operation("Affine", [30, 30])
     add = graph.get_operation("Add")
-    x, z, a, bv = tg.Variable(x_np), tg.Variable(z_np), tg.Variable(a_np), tg.Variable(b_np)
+    bias = tg.Variable(b)
+    params = [affine.W, affine.b, bias]
+
+    def run(step: object) -> object:
+        def tape() -> None:
+            y = x = tg.Variable(x_np)
+            for _ in range(CHAIN):
+                y = step(y)  # type: ignore[operator]
+            graph.backward(grads={y: seed})
+            for p in (*params, x):
+                p._grad = None
+
+        return tape
+
+    def numpy_sigmoid() -> None:
+        outs, y = [], x_np
+        for _ in range(CHAIN):
+            y = np.tanh(y * 0.5)
+            y *= 0.5
+            y += 0.5
+            outs.append(y)
+        g = seed
+        for s in reversed(outs):
+            g = g * s * (1.0 - s)
 
     def numpy_affine() -> None:
-        out = x_np @ W
-        out += b
-        (x_np.T @ g30, g30.sum(axis=0), g30 @ W.T)
+        ins, y = [], x_np
+        for _ in range(CHAIN):
+            ins.append(y)
+            y = y @ W
+            y += b
+        g = seed
+        dW, db = np.zeros_like(W), np.zeros_like(b)  # one shared layer: gradients accumulate
+        for x in reversed(ins):
+            dW += x.T @ g
+            db += g.sum(axis=0)
+            g = g @ W.T
 
-    def tape_affine() -> None:
-        out = affine(x)
-        graph.backward(grads={out: g30})
-        affine.W._grad = affine.b._grad = x._grad = None
+    def numpy_add() -> None:
+        y = x_np
+        for _ in range(CHAIN):
+            y = y + b
+        g = seed
+        db = np.zeros_like(b)
+        for _ in range(CHAIN):
+            db += g.sum(axis=0)  # the broadcast bias's gradient, summed back
+
+    affine.W.value[...] = W
+    affine.b.value[...] = b
+    return {
+        "Sigmoid (1, 30)": {"numpy (hand-written)": numpy_sigmoid, "tapegrad": run(sig)},
+        "Affine 30->30, batch 1": {"numpy (hand-written)": numpy_affine, "tapegrad": run(affine)},
+        "Add (1, 30) + (30,)": {"numpy (hand-written)": numpy_add, "tapegrad": run(lambda y: add(y, bias))},
+    }
+
+
+def loss_contenders() -> dict[str, object]:
+    """SoftmaxLoss forward, loss and backward at batch 1 (it ends a pass: no chain)."""
+    rng = np.random.default_rng(0)
+    z_np, label = rng.standard_normal((1, 10)), np.array([3])
+    graph = tg.Graph(seed=0)
+    loss = graph.get_operation("SoftmaxLoss")
+    z = tg.Variable(z_np)
 
     def numpy_loss() -> None:
         shifted = z_np - z_np.max(axis=1, keepdims=True)
@@ -78,19 +136,7 @@ def op_contenders() -> dict[str, dict[str, object]]:
         graph.backward()
         z._grad = None
 
-    def numpy_add() -> None:
-        a_np + b_np
-
-    def tape_add() -> None:
-        out = add(a, bv)
-        graph.backward(grads={out: g30})
-        a._grad = bv._grad = None
-
-    return {
-        "Affine 64->30": {"numpy (hand-written)": numpy_affine, "tapegrad": tape_affine},
-        "SoftmaxLoss, 10 classes": {"numpy (hand-written)": numpy_loss, "tapegrad": tape_loss},
-        "Add, (1, 30) + (1, 30)": {"numpy (hand-written)": numpy_add, "tapegrad": tape_add},
-    }
+    return {"numpy (hand-written)": numpy_loss, "tapegrad": tape_loss}
 
 
 def mlp_contenders(lr: float = 0.3) -> dict[str, object]:
@@ -141,8 +187,10 @@ def mlp_contenders(lr: float = 0.3) -> dict[str, object]:
 
 def main() -> None:
     report("Sigmoid forward+backward, (1, 30)", compare(sigmoid_contenders(), number=5000), "numpy (hand-written)")
-    for title, contenders in op_contenders().items():
-        report(f"{title} forward+backward, batch 1", compare(contenders, number=5000), "numpy (hand-written)")
+    for title, contenders in chain_contenders().items():
+        results = {k: v / CHAIN for k, v in compare(contenders, number=1000).items()}
+        report(f"{title}: forward+backward per application, chain of {CHAIN}", results, "numpy (hand-written)")
+    report("SoftmaxLoss forward+loss+backward, batch 1", compare(loss_contenders(), number=5000), "numpy (hand-written)")
     report("Seed MLP training step, batch 1", compare(mlp_contenders(), number=2000), "numpy (hand-written)")
 
 

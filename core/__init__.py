@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .broadcast import as_shape, broadcast_shape, unbroadcast
+from .broadcast import as_shape, broadcast_error, broadcast_shape, unbroadcast
 from .errors import (
     AmbiguousOperationError,
     BackwardError,
@@ -64,6 +64,7 @@ __all__ = [
     "Variable",
     "__version__",
     "as_shape",
+    "broadcast_error",
     "broadcast_shape",
     "default_registry",
     "gradcheck",

@@ -8,7 +8,7 @@ import numpy as np
 
 from .errors import ShapeError
 
-__all__ = ["as_shape", "broadcast_shape", "unbroadcast"]
+__all__ = ["as_shape", "broadcast_error", "broadcast_shape", "unbroadcast"]
 
 
 def as_shape(shape: Any) -> tuple[int, ...]:
@@ -18,14 +18,18 @@ def as_shape(shape: Any) -> tuple[int, ...]:
     return tuple(int(s) for s in shape)
 
 
+def broadcast_error(op_label: str, *arrays: Any) -> ShapeError:
+    """The error for inputs that do not broadcast (ops compute first and call this on failure)."""
+    listed = ", ".join(str(np.shape(a)) for a in arrays)
+    return ShapeError(f"{op_label}: input shapes {listed} do not broadcast together")
+
+
 def broadcast_shape(op_label: str, *arrays: Any) -> tuple[int, ...]:
     """The broadcast shape of ``arrays``, or a ``ShapeError`` naming the op and the shapes."""
-    shapes = [np.shape(a) for a in arrays]
     try:
-        return tuple(np.broadcast_shapes(*shapes))
+        return tuple(np.broadcast_shapes(*[np.shape(a) for a in arrays]))
     except ValueError:
-        listed = ", ".join(str(s) for s in shapes)
-        raise ShapeError(f"{op_label}: input shapes {listed} do not broadcast together") from None
+        raise broadcast_error(op_label, *arrays) from None
 
 
 def unbroadcast(grad: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -34,7 +38,9 @@ def unbroadcast(grad: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         return grad
     extra = grad.ndim - len(shape)
     if extra:
-        grad = grad.sum(axis=tuple(range(extra)))
+        grad = grad.sum(axis=0 if extra == 1 else tuple(range(extra)))
+        if grad.shape == shape:
+            return grad
     stretched = tuple(i for i, n in enumerate(shape) if n == 1 and grad.shape[i] != 1)
     if stretched:
         grad = grad.sum(axis=stretched, keepdims=True)

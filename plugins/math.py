@@ -11,8 +11,7 @@ from typing import Any
 import numpy as np
 
 import tapegrad as tg
-from tapegrad import OperationError, ShapeError, broadcast_shape, unbroadcast
-from tapegrad.broadcast import as_shape
+from tapegrad import OperationError, ShapeError, as_shape, broadcast_error, broadcast_shape, unbroadcast
 
 from ._util import axes, need_rank
 
@@ -37,10 +36,12 @@ class Add(tg.Operation):
     def forward(self, ctx: tg.Context, *xs: np.ndarray) -> np.ndarray:
         if len(xs) == 2:  # the common case, kept short
             a, b = xs
-            if a.shape != b.shape:
-                broadcast_shape(self._label(), a, b)
+            try:
+                out = a + b
+            except ValueError:
+                raise broadcast_error(self._label(), a, b) from None
             ctx.save(a.shape, b.shape)
-            return a + b
+            return out
         shapes = [x.shape for x in xs]
         if len(set(shapes)) > 1:
             broadcast_shape(self._label(), *xs)
@@ -49,6 +50,9 @@ class Add(tg.Operation):
 
     def backward(self, ctx: tg.Context, grad: np.ndarray) -> tuple[np.ndarray, ...]:
         shape = grad.shape
+        if len(ctx.saved) == 2:
+            sa, sb = ctx.saved
+            return (grad if sa == shape else unbroadcast(grad, sa), grad if sb == shape else unbroadcast(grad, sb))
         return tuple(grad if s == shape else unbroadcast(grad, s) for s in ctx.saved)
 
     @classmethod
@@ -62,10 +66,12 @@ class Subtract(tg.Operation):
     """``a - b``, broadcasting. Saves the input shapes."""
 
     def forward(self, ctx: tg.Context, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        if a.shape != b.shape:
-            broadcast_shape(self._label(), a, b)
+        try:
+            out = a - b
+        except ValueError:
+            raise broadcast_error(self._label(), a, b) from None
         ctx.save(a.shape, b.shape)
-        return a - b
+        return out
 
     def backward(self, ctx: tg.Context, grad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         sa, sb = ctx.saved
@@ -80,10 +86,12 @@ class Multiply(tg.Operation):
     """Elementwise ``a * b``, broadcasting. Saves both inputs."""
 
     def forward(self, ctx: tg.Context, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        if a.shape != b.shape:
-            broadcast_shape(self._label(), a, b)
+        try:
+            out = a * b
+        except ValueError:
+            raise broadcast_error(self._label(), a, b) from None
         ctx.save(a, b)
-        return a * b
+        return out
 
     def backward(self, ctx: tg.Context, grad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         a, b = ctx.saved
@@ -99,7 +107,7 @@ class Divide(tg.Operation):
 
     def forward(self, ctx: tg.Context, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         if a.shape != b.shape:
-            broadcast_shape(self._label(), a, b)
+            broadcast_shape(self._label(), a, b)  # before the zero check: shapes first
         if not np.all(b):
             raise OperationError(f"{self._label()}: division by zero (the divisor holds {np.sum(b == 0)} zero(s))")
         out = a / b
