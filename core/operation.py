@@ -350,7 +350,10 @@ class Loss(Operation):
 
     ``loss(self, ctx, target) -> float`` sees the Context of the most recent forward;
     ``backward(self, ctx, grad)`` receives the loss's gradient (a scalar, 1.0 from
-    ``graph.backward()``) and returns the gradient of each input of ``forward``.
+    ``graph.backward()``) and returns the gradient of each input of ``forward``. What
+    ``forward`` returns (probabilities, say) is for reading: gradients flow from the loss
+    value, not through those outputs (use Softmax and friends to differentiate through them).
+    A loss whose input holds NaN or infinity raises ``NonFiniteError`` from ``loss``.
     """
 
     _is_loss: ClassVar[bool] = True
