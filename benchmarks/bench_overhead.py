@@ -113,6 +113,33 @@ def chain_contenders() -> dict[str, dict[str, object]]:
     }
 
 
+class Nothing(tg.Operation):
+    """An op with no arithmetic: what is left is the tape's own work per application."""
+
+    def forward(self, ctx: tg.Context, x: np.ndarray) -> np.ndarray:
+        ctx.save(x)
+        return x
+
+    def backward(self, ctx: tg.Context, grad: np.ndarray) -> np.ndarray:
+        return grad
+
+
+def tape_cost_per_op() -> float:
+    """Seconds per application (forward+backward) of an op that computes nothing, chain of CHAIN."""
+    graph = tg.Graph()
+    op = graph.get_operation(Nothing)
+    x_np, seed = np.zeros((1, 4)), np.ones((1, 4))
+
+    def chain() -> None:
+        y = x = tg.Variable(x_np)
+        for _ in range(CHAIN):
+            y = op(y)
+        graph.backward(grads={y: seed})
+        x._grad = None
+
+    return compare({"chain": chain}, number=2000)["chain"] / CHAIN
+
+
 def loss_contenders() -> dict[str, object]:
     """SoftmaxLoss forward, loss and backward at batch 1 (it ends a pass: no chain)."""
     rng = np.random.default_rng(0)
@@ -186,6 +213,7 @@ def mlp_contenders(lr: float = 0.3) -> dict[str, object]:
 
 
 def main() -> None:
+    print(f"tape's own work per op application (forward+backward, no arithmetic): {tape_cost_per_op() * 1e6:.2f} us")
     report("Sigmoid forward+backward, (1, 30)", compare(sigmoid_contenders(), number=5000), "numpy (hand-written)")
     for title, contenders in chain_contenders().items():
         results = {k: v / CHAIN for k, v in compare(contenders, number=1000).items()}
