@@ -149,6 +149,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     x_train, x_test, y_train, y_test = load_digits(seed=args.seed)
     model = MLP(x_train.shape[1], hidden, 10, seed=args.seed)
     model.graph.parameter.load(path)
-    accuracy = Trainer(model, optimizer=None, verbose=False).test(x_test, y_test)  # type: ignore[arg-type]
+    accuracy = Trainer(model, optimizer=None, verbose=False).test(x_test, y_test)
     print(f"test accuracy: {accuracy:.4f} ({len(x_test)} samples, seed {args.seed})")
     return 0

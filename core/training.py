@@ -67,13 +67,14 @@ class Trainer:
 
     ``train`` shuffles every epoch (seeded), steps through mini-batches, prints the seed's
     summary line after each epoch (``verbose``) and returns a ``History``. ``test``
-    returns accuracy from one batched forward pass in eval mode.
+    returns accuracy from one batched forward pass in eval mode (``optimizer`` may be None
+    for a Trainer that only evaluates).
     """
 
     def __init__(
         self,
         model: Any,
-        optimizer: Optimizer,
+        optimizer: Optimizer | None,
         *,
         batch_size: int = 1,
         progress: bool = True,
@@ -135,6 +136,8 @@ class Trainer:
         With ``tol``, training stops early once the train loss has not improved by at least
         ``tol`` for ``patience`` consecutive epochs (scikit-learn's ``tol``/``n_iter_no_change``).
         """
+        if self.optimizer is None:
+            raise TrainingError("Trainer.train: this Trainer has no optimizer (it was made to evaluate only)")
         x, y = self._check_data(x_train, y_train, "Trainer.train")
         has_test = x_test is not None and y_test is not None
         if has_test:
@@ -160,7 +163,9 @@ class Trainer:
         return history
 
     def _epoch(self, x: np.ndarray, y: np.ndarray, epoch: int, epochs: int) -> float:
-        model, graph, optimizer, size = self.model, self.graph, self.optimizer, self.batch_size
+        model, graph, size = self.model, self.graph, self.batch_size
+        optimizer = self.optimizer
+        assert optimizer is not None
         graph.train()
         order = self.rng.permutation(len(x))
         xs, ys = x[order], y[order]
@@ -190,6 +195,7 @@ class Trainer:
         return total / len(x)
 
     def _diverged(self, epoch: int, step: int, steps: int) -> None:
+        assert self.optimizer is not None
         finite = all(np.isfinite(v.value).all() for v in self.optimizer.variables)
         state = (
             "the parameters are those of the last good step"

@@ -174,3 +174,12 @@ def test_progress_bar_shows_on_a_terminal(digits, monkeypatch, capsys):
         x_train[:200], y_train[:200], epochs=1
     )
     assert "epoch 1/1" not in capsys.readouterr().err
+
+
+def test_an_evaluation_only_trainer_refuses_to_train(digits):
+    x_train, x_test, y_train, y_test = digits
+    model = MLP(64, 5, 10, seed=0)
+    evaluator = tg.Trainer(model, None, verbose=False)
+    assert 0.0 <= evaluator.test(x_test, y_test) <= 1.0
+    with pytest.raises(tg.TrainingError, match="no optimizer"):
+        evaluator.train(x_train, y_train, epochs=1)
