@@ -172,10 +172,17 @@ class Graph:
                 in_grads = op.backward(ctx, grad)
                 x = ctx.sole_input
                 if x is not None and in_grads.__class__ is np.ndarray:
-                    # fast path: one float Variable in, one array back
-                    if in_grads.shape != x.value.shape:
+                    # fast path: one Variable in, one array back
+                    value = x.value
+                    if value.dtype.kind != "f":
+                        continue  # integer inputs get no gradient
+                    if in_grads.shape != value.shape:
                         in_grads = _coerce_grad(op, x, in_grads)
-                    x._accumulate(in_grads)
+                    if x._grad is None:  # the usual first contribution, without a call
+                        x._grad = in_grads
+                        x._owned = False
+                    else:
+                        x._accumulate(in_grads)
                     continue
                 inputs = ctx.inputs
                 if in_grads.__class__ is tuple:

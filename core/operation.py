@@ -60,7 +60,9 @@ class Context:
 
     One Context is made for every application of an op, so an op applied twice in a
     pass keeps two. Authors call ``ctx.save(*arrays)`` and read ``ctx.saved``; they may
-    also set attributes of their own (``ctx.mask = ...``). The graph's tape
+    also set attributes of their own (``ctx.mask = ...``). ``ctx.inputs`` holds what
+    forward received (Variables, or arrays used as constants); ``ctx.sole_input`` is the
+    input Variable of a one-input application (None for a constant). The graph's tape
     (``graph.forward_ops``) is a list of Contexts.
     """
 
@@ -75,6 +77,8 @@ class Context:
 
     def __getattr__(self, name: str) -> Any:
         # Only reached for attributes never set: authors may keep their own (ctx.mask = ...).
+        if name == "saved":
+            return ()  # nothing was saved
         raise AttributeError(
             f"this Context has no attribute {name!r}: set it in forward or loss (ctx.{name} = ...) "
             "before backward reads it"
@@ -135,16 +139,14 @@ def _make_forward(impl: Callable[..., Any], low: int, high: float, is_loss: bool
             x = inputs[0]
             cls = x.__class__
             if cls is Variable:
-                value = x.value
-                if value.dtype.kind == "f":
-                    sole = x  # backward's fast path: one float Variable in
+                values: Any = (x.value,)
+                sole = x  # backward's fast path: one Variable in
             elif cls is np.ndarray and x.dtype.kind in "fiub":
-                value = x  # a constant: used as is, receives no gradient
+                values = inputs  # a constant: used as is, receives no gradient
             elif cls is Context:
                 return impl(self, x)  # an author's subclass calling super().forward(ctx)
             else:
-                value = self._constant(x, 0)
-            values: Any = (value,)
+                values = (self._constant(x, 0),)
         else:
             if inputs and inputs[0].__class__ is Context:
                 return impl(self, *inputs)  # an author's subclass calling super().forward(ctx, ...)
@@ -166,7 +168,6 @@ def _make_forward(impl: Callable[..., Any], low: int, high: float, is_loss: bool
         ctx = _new(Context)
         ctx.op = self
         ctx.inputs = inputs
-        ctx.saved = ()
         ctx.sole_input = sole
         try:
             out = impl(self, ctx, *values)

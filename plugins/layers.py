@@ -45,7 +45,7 @@ class Affine(tg.Operation):
             self.W.add_grad(x.reshape(-1, self.input_size).T @ flat)
             if self.b is not None:
                 self.b.add_grad(flat.sum(axis=0))
-        if not isinstance(ctx.inputs[0], tg.Variable):
+        if ctx.sole_input is None:
             return None  # a constant input (data): its gradient is never used
         return grad @ self.W.value.T
 
