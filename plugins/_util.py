@@ -20,7 +20,7 @@ def axes(op: Operation, axis: Any, ndim: int) -> tuple[int, ...] | None:
         return None
     try:
         return tuple(normalize_axis_tuple(axis, ndim))
-    except (np.exceptions.AxisError, TypeError, ValueError):
+    except (TypeError, ValueError):  # numpy AxisError is a ValueError
         raise ShapeError(f"{op._label()}: axis {axis!r} is out of range for an input of rank {ndim}") from None
 
 
