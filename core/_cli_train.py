@@ -130,25 +130,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .datasets import load_digits
-    from .errors import ParameterLoadError
     from .models import MLP
+    from .parameter import read_parameter_file
     from .training import Trainer
 
-    path = Path(args.load)
-    if not path.exists() and path.with_name(path.name + ".npz").exists():
-        path = path.with_name(path.name + ".npz")
+    path, arrays = read_parameter_file(args.load)  # read once: for the hidden size and the values
     hidden = args.hidden
     if hidden is None:
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                hidden = int(data["affine_0.W"].shape[1]) if "affine_0.W" in data.files else 30
-        except FileNotFoundError:
-            raise ParameterLoadError(f"parameter file {str(path)!r} does not exist") from None
-        except (OSError, ValueError) as exc:
-            raise ParameterLoadError(f"parameter file {str(path)!r} is not a readable .npz file: {exc}") from None
+        hidden = int(arrays["affine_0.W"].shape[1]) if "affine_0.W" in arrays else 30
     x_train, x_test, y_train, y_test = load_digits(seed=args.seed)
     model = MLP(x_train.shape[1], hidden, 10, seed=args.seed)
-    model.graph.parameter.load(path)
+    model.graph.parameter.load_state_dict(arrays, source=f"parameter file {str(path)!r}")
     accuracy = Trainer(model, optimizer=None, verbose=False).test(x_test, y_test)
     print(f"test accuracy: {accuracy:.4f} ({len(x_test)} samples, seed {args.seed})")
     return 0

@@ -66,14 +66,13 @@ class Context:
     (``graph.forward_ops``) is a list of Contexts.
     """
 
+    # Built by the forward wrapper (no __init__: that call would cost every op application).
     __slots__ = ("__dict__", "inputs", "op", "outputs", "saved", "sole_input")
-
-    def __init__(self, op: Operation, inputs: tuple[Any, ...]) -> None:
-        self.op = op
-        self.inputs = inputs
-        self.outputs: Any = None
-        self.saved: tuple[Any, ...] = ()
-        self.sole_input: Variable | None = None
+    op: Operation
+    inputs: tuple[Any, ...]
+    outputs: Any
+    saved: tuple[Any, ...]
+    sole_input: Variable | None
 
     def __getattr__(self, name: str) -> Any:
         # Only reached for attributes never set: authors may keep their own (ctx.mask = ...).
@@ -226,8 +225,7 @@ def _make_loss(impl: Callable[..., Any]) -> Callable[..., float]:
             )
         graph = self.graph
         if ctx.outputs is not None:  # recorded in train mode
-            tape = graph.forward_ops  # type: ignore[union-attr]
-            if not (tape and tape[-1] is ctx) and not graph._on_tape(ctx):  # type: ignore[union-attr]
+            if not graph._on_tape(ctx):  # type: ignore[union-attr]
                 raise GraphError(
                     f"{self._label()}: loss() refers to a forward pass that backward() already "
                     "consumed (or clear() dropped); run forward again"

@@ -44,6 +44,20 @@ def _initial_value(name: str, shape: tuple[int, ...], init: Init, rng: np.random
     return np.array(value, dtype=dtype)
 
 
+def read_parameter_file(path: str | os.PathLike[str]) -> tuple[Path, dict[str, np.ndarray]]:
+    """The arrays of a file written by ``Parameter.save`` (``.npz`` may be left off the name)."""
+    target = Path(path)
+    if not target.exists() and target.suffix != ".npz" and target.with_name(target.name + ".npz").exists():
+        target = target.with_name(target.name + ".npz")
+    try:
+        with np.load(target, allow_pickle=False) as data:
+            return target, {name: data[name] for name in data.files}
+    except FileNotFoundError:
+        raise ParameterLoadError(f"parameter file {str(target)!r} does not exist") from None
+    except (OSError, ValueError) as exc:
+        raise ParameterLoadError(f"parameter file {str(target)!r} is not a readable .npz file: {exc}") from None
+
+
 class Parameter:
     """Named store of a graph's variables: ``{"affine_0.W": Variable, ...}``.
 
@@ -123,16 +137,11 @@ class Parameter:
 
     def load(self, path: str | os.PathLike[str]) -> None:
         """Load values saved by ``save``; nothing changes unless every name, shape and dtype matches."""
-        target = Path(path)
-        if not target.exists() and target.suffix != ".npz" and target.with_name(target.name + ".npz").exists():
-            target = target.with_name(target.name + ".npz")
-        try:
-            with np.load(target, allow_pickle=False) as data:
-                arrays = {name: data[name] for name in data.files}
-        except FileNotFoundError:
-            raise ParameterLoadError(f"parameter file {str(target)!r} does not exist") from None
-        except (OSError, ValueError) as exc:
-            raise ParameterLoadError(f"parameter file {str(target)!r} is not a readable .npz file: {exc}") from None
+        target, arrays = read_parameter_file(path)
+        self.load_state_dict(arrays, source=f"parameter file {str(target)!r}")
+
+    def load_state_dict(self, arrays: dict[str, np.ndarray], *, source: str = "state dict") -> None:
+        """Copy ``arrays`` (as from ``state_dict``) into the variables; all or nothing."""
         problems = []
         missing = sorted(set(self.variable_dict) - set(arrays))
         extra = sorted(set(arrays) - set(self.variable_dict))
@@ -143,12 +152,12 @@ class Parameter:
         for name in sorted(set(arrays) & set(self.variable_dict)):
             have, got = self.variable_dict[name], arrays[name]
             if got.shape != have.shape:
-                problems.append(f"{name}: shape {got.shape} in file, {have.shape} expected")
+                problems.append(f"{name}: shape {got.shape} given, {have.shape} expected")
             elif got.dtype != have.dtype:
-                problems.append(f"{name}: dtype {got.dtype} in file, {have.dtype} expected")
+                problems.append(f"{name}: dtype {got.dtype} given, {have.dtype} expected")
         if problems:
             raise ParameterLoadError(
-                f"parameter file {str(target)!r} does not fit these parameters (nothing was loaded): "
+                f"{source} does not fit these parameters (nothing was loaded): "
                 + "; ".join(problems)
             )
         for name, array in arrays.items():

@@ -146,11 +146,7 @@ class Variable:
                 f"Variable {self.name!r}: gradient must have the value's shape "
                 f"{self.value.shape}, got {getattr(grad, 'shape', type(grad).__name__)}"
             )
-        if self._grad is None:  # the usual first contribution, without a second call
-            self._grad = grad
-            self._owned = False
-        else:
-            self._accumulate(grad)
+        self._accumulate(grad)
 
     def _accumulate(self, grad: np.ndarray) -> None:
         """add_grad without the shape check (the caller has checked)."""

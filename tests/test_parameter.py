@@ -101,3 +101,16 @@ def _missing():
     g = tg.Graph()
     g.get_variable("a.W", (3, 2))
     return g.parameter
+
+
+def test_load_state_dict_is_all_or_nothing():
+    target = _store(5)
+    before = target.state_dict()
+    bad = _store(0).state_dict()
+    bad["a.b"] = bad["a.b"][:1]
+    with pytest.raises(tg.ParameterLoadError, match=r"a.b: shape \(1,\) given, \(2,\) expected"):
+        target.load_state_dict(bad)
+    assert all(np.array_equal(target[n].value, v) for n, v in before.items())
+    good = _store(0).state_dict()
+    target.load_state_dict(good)
+    assert all(np.array_equal(target[n].value, v) for n, v in good.items())
