@@ -3,8 +3,9 @@
     python benchmarks/bench_training.py [--repeats 5]
 
 One process, contenders interleaved, median of the repeats: tapegrad's Trainer, a bare loop
-over tapegrad's public API, hand-written numpy doing the same math (the baseline), and, when
-importable, PyTorch eager and scikit-learn's MLPClassifier(solver="sgd") on the same recipe.
+over tapegrad's public API, hand-written numpy doing the same math (the baseline), a lean
+closure tape without tapegrad's op contract (a reference point: what any tape costs here), and,
+when importable, PyTorch eager and scikit-learn's MLPClassifier(solver="sgd") on the same recipe.
 Batch sizes 1 and 32.
 """
 
@@ -36,6 +37,7 @@ def numpy_epoch(x: np.ndarray, y: np.ndarray, batch: int) -> Callable[[], float]
     order_rng = np.random.default_rng(0)
 
     def epoch() -> float:
+        nonlocal W1, b1, W2, b2  # updated in place below, as an optimizer would
         order = order_rng.permutation(len(x))
         xs, ys = x[order], y[order]
         total = 0.0
@@ -62,10 +64,97 @@ def numpy_epoch(x: np.ndarray, y: np.ndarray, batch: int) -> Callable[[], float]
             if n != 1:
                 p /= n
             dh = p @ W2.T * h * (1.0 - h)
-            W2[...] -= LR * (h.T @ p)
-            b2[...] -= LR * p.sum(axis=0)
-            W1[...] -= LR * (xb.T @ dh)
-            b1[...] -= LR * dh.sum(axis=0)
+            W2 -= LR * (h.T @ p)
+            b2 -= LR * p.sum(axis=0)
+            W1 -= LR * (xb.T @ dh)
+            b1 -= LR * dh.sum(axis=0)
+        return total / len(x)
+
+    return epoch
+
+
+def lean_tape_epoch(x: np.ndarray, y: np.ndarray, batch: int) -> Callable[[], float]:
+    """The design DESIGN.md measured at 1.1-1.2x: a tape of backward closures, no op contract.
+
+    No Context, no wrapper, no checks: each op is one function that computes, creates its
+    output node and appends a closure. It shows what any tape costs on this machine in this
+    run, against which tapegrad's contract (a Context and an output Variable per application,
+    checked inputs and gradients) is measured.
+    """
+
+    class Node:
+        __slots__ = ("grad", "value")
+
+        def __init__(self, value: np.ndarray) -> None:
+            self.value = value
+            self.grad: np.ndarray | None = None
+
+    rng = np.random.default_rng(0)
+    W1, b1 = Node(rng.standard_normal((64, 30)) / 8), Node(np.zeros(30))
+    W2, b2 = Node(rng.standard_normal((30, 10)) / np.sqrt(30)), Node(np.zeros(10))
+    tape: list[Callable[[], None]] = []
+
+    def affine(x: Node | np.ndarray, W: Node, b: Node) -> Node:
+        data = x.value if isinstance(x, Node) else x
+        out = Node(data @ W.value + b.value)
+
+        def back() -> None:
+            g = out.grad
+            W.grad = data.T @ g
+            b.grad = g.sum(axis=0)
+            if isinstance(x, Node):
+                x.grad = g @ W.value.T
+
+        tape.append(back)
+        return out
+
+    def sigmoid(x: Node) -> Node:
+        s = np.tanh(x.value * 0.5)
+        s *= 0.5
+        s += 0.5
+        out = Node(s)
+
+        def back() -> None:
+            x.grad = out.grad * s * (1.0 - s)
+
+        tape.append(back)
+        return out
+
+    def softmax_loss(x: Node, labels: np.ndarray) -> float:
+        z = x.value
+        n = len(labels)
+        shifted = z - z.max(axis=1, keepdims=True)
+        e = np.exp(shifted)
+        s = e.sum(axis=1, keepdims=True)
+        p = e / s
+        index = (0, labels[0]) if n == 1 else (np.arange(n), labels)
+        value = math.log(s[0, 0]) - float(shifted[index]) if n == 1 else float(np.add.reduce(np.log(s[:, 0]) - shifted[index])) / n
+
+        def back() -> None:
+            d = p  # in place, as the numpy baseline does
+            d[index] -= 1.0
+            if n != 1:
+                d /= n
+            x.grad = d
+
+        tape.append(back)
+        return value
+
+    order_rng = np.random.default_rng(0)
+
+    def epoch() -> float:
+        order = order_rng.permutation(len(x))
+        xs, ys = x[order], y[order]
+        total = 0.0
+        for begin in range(0, len(x), batch):
+            yb = ys[begin : begin + batch]
+            total += softmax_loss(affine(sigmoid(affine(xs[begin : begin + batch], W1, b1)), W2, b2), yb) * len(yb)
+            for back in reversed(tape):
+                back()
+            tape.clear()
+            for node in (W1, b1, W2, b2):
+                value = node.value
+                value -= LR * node.grad
         return total / len(x)
 
     return epoch
@@ -156,6 +245,7 @@ def main() -> None:
     for batch in args.batch_sizes:
         makers = {
             "numpy (hand-written)": numpy_epoch,
+            "lean closure tape (reference)": lean_tape_epoch,
             "tapegrad Trainer": trainer_epoch,
             "tapegrad bare loop": bare_loop_epoch,
             "PyTorch eager": torch_epoch,

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy import ndarray  # (a module global: numpy attribute loads are slower in hot loops)
 
 from .errors import BackwardError, GraphError, InputTypeError
 from .operation import LOSS_OUTPUT, Context, Operation, snake_name
@@ -123,10 +124,7 @@ class Graph:
 
     # -- backward ----------------------------------------------------------------------
     def _on_tape(self, ctx: Context) -> bool:
-        tape = self.forward_ops
-        if tape and tape[-1] is ctx:
-            return True
-        return any(entry is ctx for entry in reversed(tape))
+        return any(entry is ctx for entry in reversed(self.forward_ops))
 
     def backward(self, grads: Mapping[Variable, Any] | None = None, *, loss_grad: float = 1.0) -> None:
         """Differentiate the recorded pass, then clear the tape.
@@ -149,7 +147,7 @@ class Graph:
                 for variable, grad in grads.items():
                     if variable.value.dtype.kind != "f":
                         continue  # integer outputs carry no gradient
-                    if grad.__class__ is not np.ndarray or grad.dtype != variable.value.dtype:
+                    if grad.__class__ is not ndarray or grad.dtype != variable.value.dtype:
                         grad = np.asarray(as_array(grad), dtype=variable.value.dtype)
                     variable.add_grad(grad)
             # The hot loop: kept flat on purpose (every Python call here costs ~0.1 us per op).
@@ -171,7 +169,7 @@ class Graph:
                 op = ctx.op
                 in_grads = op.backward(ctx, grad)
                 x = ctx.sole_input
-                if x is not None and in_grads.__class__ is np.ndarray:
+                if x is not None and in_grads.__class__ is ndarray:
                     # fast path: one Variable in, one array back
                     value = x.value
                     if value.dtype.kind != "f":
@@ -184,6 +182,8 @@ class Graph:
                     else:
                         x._accumulate(in_grads)
                     continue
+                if in_grads is None:
+                    continue  # no input wants a gradient (Affine on data, Embedding)
                 inputs = ctx.inputs
                 if in_grads.__class__ is tuple:
                     if len(in_grads) != len(inputs):
@@ -193,7 +193,7 @@ class Graph:
                     pairs: Any = zip(inputs, in_grads)
                 elif len(inputs) == 1:
                     pairs = ((inputs[0], in_grads),)
-                elif in_grads is None or not inputs:
+                elif not inputs:
                     continue
                 else:
                     raise BackwardError(
@@ -206,15 +206,17 @@ class Graph:
                     value = x.value
                     if value.dtype.kind != "f":
                         continue
-                    if g.__class__ is not np.ndarray or g.shape != value.shape:
+                    if g.__class__ is not ndarray or g.shape != value.shape:
                         g = _coerce_grad(op, x, g)
                     x._accumulate(g)
-        except (ValueError, TypeError, IndexError, ArithmeticError) as exc:
+        except (ValueError, TypeError, IndexError, ArithmeticError, AttributeError) as exc:
             if isinstance(exc, BackwardError) or ctx is None:
                 raise
-            raise BackwardError(f"{ctx.op._label()}: backward failed: {exc}") from exc
+            hint = " (set it on ctx in forward or loss before backward reads it)" if isinstance(exc, AttributeError) else ""
+            raise BackwardError(f"{ctx.op._label()}: backward failed: {exc}{hint}") from exc
         finally:
-            self.clear()
+            tape.clear()
+            pending.clear()
 
     def __getstate__(self) -> dict[str, Any]:
         # The registry holds plugin modules and is not picklable; an unpickled graph

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+from numpy import ndarray  # (a module global: numpy attribute loads are slower in hot loops)
 
 from .errors import (
     GraphError,
@@ -66,7 +67,7 @@ class Context:
     (``graph.forward_ops``) is a list of Contexts.
     """
 
-    # Built by the forward wrapper (no __init__: that call would cost every op application).
+    # Filled in by the forward wrapper (no __init__: a Python call would cost every op application).
     __slots__ = ("__dict__", "inputs", "op", "outputs", "saved", "sole_input")
     op: Operation
     inputs: tuple[Any, ...]
@@ -74,16 +75,12 @@ class Context:
     saved: tuple[Any, ...]
     sole_input: Variable | None
 
-    def __getattr__(self, name: str) -> Any:
-        # Only reached for attributes never set: authors may keep their own (ctx.mask = ...).
-        if name == "saved":
-            return ()  # nothing was saved
-        raise AttributeError(
-            f"this Context has no attribute {name!r}: set it in forward or loss (ctx.{name} = ...) "
-            "before backward reads it"
-        )
+    # No runtime __getattr__/__setattr__: either would slow every ctx attribute access
+    # (CPython does not specialise attribute loads on classes that define them). Authors'
+    # own attributes still type-check:
+    if TYPE_CHECKING:
 
-    if TYPE_CHECKING:  # authors' own attributes type-check; no runtime __setattr__ cost
+        def __getattr__(self, name: str) -> Any: ...
 
         def __setattr__(self, name: str, value: Any) -> None: ...
 
@@ -129,52 +126,43 @@ def _arity(func: Callable[..., Any]) -> tuple[int, float]:
 
 
 def _make_forward(impl: Callable[..., Any], low: int, high: float, is_loss: bool) -> Callable[..., Any]:
-    one_ok = low <= 1 <= high
+    """The user-facing ``forward(*variables)`` around an author's ``forward(self, ctx, *arrays)``."""
+    one_input = low <= 1 <= high
 
     def forward(self: Operation, *inputs: Any) -> Any:
-        # The hot path of every op: kept flat on purpose (each Python step costs ~30-80 ns).
+        # The hot path of every op: kept flat on purpose (each Python step costs ~30-80 ns, and
+        # a training step of a small model makes a few dozen of them).
+        # One input gets its own path: impl(self, ctx, x) costs far less than impl(self, ctx, *values).
         sole = None
-        if len(inputs) == 1 and one_ok:
+        values: Any = None
+        if one_input and len(inputs) == 1:
             x = inputs[0]
-            cls = x.__class__
-            if cls is Variable:
-                values: Any = (x.value,)
+            if x.__class__ is Variable:
                 sole = x  # backward's fast path: one Variable in
-            elif cls is np.ndarray and x.dtype.kind in "fiub":
-                values = inputs  # a constant: used as is, receives no gradient
-            elif cls is Context:
+                x = x.value
+            elif x.__class__ is Context:
                 return impl(self, x)  # an author's subclass calling super().forward(ctx)
-            else:
-                values = (self._constant(x, 0),)
+            elif x.__class__ is not ndarray or x.dtype.kind not in "fiub":
+                x = self._constant(x, 0)
+        elif inputs and inputs[0].__class__ is Context:
+            return impl(self, *inputs)  # an author's subclass calling super().forward(ctx, ...)
         else:
-            if inputs and inputs[0].__class__ is Context:
-                return impl(self, *inputs)  # an author's subclass calling super().forward(ctx, ...)
-            n = len(inputs)
-            if n < low or n > high:
-                expected = str(low) if low == high else (f"at least {low}" if high == math.inf else f"{low} to {int(high)}")
-                raise InputTypeError(f"{self._label()}: expected {expected} input(s), got {n}")
-            if n == 2:  # binary ops are common: no comprehension
-                x0, x1 = inputs
-                values = (
-                    x0.value if x0.__class__ is Variable else self._constant(x0, 0),
-                    x1.value if x1.__class__ is Variable else self._constant(x1, 1),
-                )
-            else:
-                values = [x.value if x.__class__ is Variable else self._constant(x, i) for i, x in enumerate(inputs)]
+            values = _unwrap(self, inputs, low, high)
         graph = self.graph
         if graph is None:
             self._require_graph()
-        ctx = _new(Context)
+        ctx = Context()  # (a type call: cheaper than object.__new__(Context) here)
         ctx.op = self
         ctx.inputs = inputs
         ctx.sole_input = sole
+        ctx.saved = ()
         try:
-            out = impl(self, ctx, *values)
+            out = impl(self, ctx, x) if values is None else impl(self, ctx, *values)
         except TapegradError:
             raise
         except _WRAPPED as exc:
-            raise self._wrap_error("forward", exc, values) from exc
-        if out.__class__ is np.ndarray:
+            raise self._wrap_error("forward", exc, (x,) if values is None else values) from exc
+        if out.__class__ is ndarray:
             outputs: Any = _new(Variable)
             outputs.value = out
             outputs._grad = None
@@ -182,7 +170,7 @@ def _make_forward(impl: Callable[..., Any], low: int, high: float, is_loss: bool
             outputs.name = None
             outputs.trainable = True
         elif out.__class__ is tuple:
-            outputs = tuple(Variable._wrap(o if o.__class__ is np.ndarray else np.asarray(o)) for o in out)
+            outputs = tuple(Variable._wrap(o if o.__class__ is ndarray else np.asarray(o)) for o in out)
         else:
             outputs = Variable._wrap(np.asarray(out))
         if graph.train_state:  # type: ignore[union-attr]
@@ -201,17 +189,33 @@ def _make_forward(impl: Callable[..., Any], low: int, high: float, is_loss: bool
     return forward
 
 
+def _unwrap(op: Operation, inputs: tuple[Any, ...], low: int, high: float) -> Any:
+    """The arrays behind ``inputs`` (Variables, or constants checked and converted), for any
+    application but a one-input one (the wrapper's own path)."""
+    n = len(inputs)
+    if n < low or n > high:
+        expected = str(low) if low == high else (f"at least {low}" if high == math.inf else f"{low} to {int(high)}")
+        raise InputTypeError(f"{op._label()}: expected {expected} input(s), got {n}")
+    if n == 2:  # binary ops are common: no comprehension
+        x0, x1 = inputs
+        return (
+            x0.value if x0.__class__ is Variable else op._constant(x0, 0),
+            x1.value if x1.__class__ is Variable else op._constant(x1, 1),
+        )
+    return [x.value if x.__class__ is Variable else op._constant(x, i) for i, x in enumerate(inputs)]
+
+
 def _make_loss(impl: Callable[..., Any]) -> Callable[..., float]:
     def loss(self: Operation, target: Any, *rest: Any) -> float:
-        if target.__class__ is Context:
+        if target.__class__ is ndarray:
+            t = target
+        elif target.__class__ is Context:
             return impl(self, target, *rest)  # type: ignore[no-any-return]
+        else:
+            t = target.value if isinstance(target, Variable) else as_array(target, f"{self._label()} target")
         ctx = self._last_ctx
         if ctx is None:
             raise GraphError(f"{self._label()}: loss() needs a forward() first")
-        if target.__class__ is np.ndarray:
-            t = target
-        else:
-            t = target.value if isinstance(target, Variable) else as_array(target, f"{self._label()} target")
         try:
             value = float(impl(self, ctx, t))
         except TapegradError:
@@ -223,14 +227,15 @@ def _make_loss(impl: Callable[..., Any]) -> Callable[..., float]:
                 f"{self._label()}: the loss is {value}; its input holds NaN or infinite values "
                 "(a diverging model: try a smaller learning rate)"
             )
-        graph = self.graph
         if ctx.outputs is not None:  # recorded in train mode
-            if not graph._on_tape(ctx):  # type: ignore[union-attr]
+            graph: Any = self.graph
+            tape = graph.forward_ops
+            if not (tape and tape[-1] is ctx) and not graph._on_tape(ctx):
                 raise GraphError(
                     f"{self._label()}: loss() refers to a forward pass that backward() already "
                     "consumed (or clear() dropped); run forward again"
                 )
-            pending = graph._pending_losses  # type: ignore[union-attr]
+            pending = graph._pending_losses
             if ctx not in pending:
                 pending.append(ctx)
         return value

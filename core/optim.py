@@ -48,8 +48,7 @@ class Optimizer:
     def zero_grad(self) -> None:
         """Reset every gradient to zeros (lazily)."""
         for v in self.variables:
-            v._grad = None
-            v._owned = False
+            v._grad = None  # (with no gradient, the ownership flag is never read)
 
     def step(self) -> None:
         raise NotImplementedError
@@ -82,7 +81,8 @@ class SGD(Optimizer):
                     buf *= momentum
                     buf += grad
                 grad = buf
-            v.value -= lr * grad
+            value = v.value
+            value -= lr * grad  # in place: whoever holds the value sees the update
 
 
 class Adam(Optimizer):

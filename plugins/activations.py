@@ -32,7 +32,7 @@ class Sigmoid(tg.Operation):
         out = np.tanh(x * 0.5)
         out *= 0.5
         out += 0.5
-        ctx.save(out)
+        ctx.saved = (out,)
         return out
 
     def backward(self, ctx: tg.Context, grad: np.ndarray) -> np.ndarray:

@@ -20,7 +20,8 @@ from ._util import integer_labels, need_float
 class SoftmaxLoss(tg.Loss):
     """Softmax over classes plus mean cross-entropy (natural log) with integer labels.
     forward: logits (N, C) -> probabilities (N, C), stable for large logits;
-    loss: labels (N,) -> float; backward: (p - onehot) / N. Saves shifted logits and sums."""
+    loss: labels (N,) -> float; backward: (p - onehot) / N. Saves probabilities, shifted
+    logits and their exp-sums; loss adds the (row, label) index."""
 
     def forward(self, ctx: tg.Context, logits: np.ndarray) -> np.ndarray:
         if logits.ndim != 2:
@@ -29,7 +30,7 @@ class SoftmaxLoss(tg.Loss):
         e = np.exp(shifted)
         total = e.sum(axis=1, keepdims=True)
         probs = e / total
-        ctx.save(probs, shifted, total)
+        ctx.saved = (probs, shifted, total)
         return probs
 
     def loss(self, ctx: tg.Context, target: np.ndarray) -> float:
@@ -37,25 +38,33 @@ class SoftmaxLoss(tg.Loss):
         n, classes = probs.shape
         if target.ndim != 1 or target.shape[0] != n:
             raise ShapeError(f"{self._label()}: expected {n} labels of shape ({n},), got shape {target.shape}")
-        labels = integer_labels(self, target, classes)
-        ctx.labels = labels
-        if n == 1:
-            return math.log(total[0, 0]) - float(shifted[0, labels.item()])
-        picked = shifted[np.arange(n), labels]
-        return float(np.add.reduce(np.log(total[:, 0]) - picked)) / n
+        if target.dtype.kind not in "iu":
+            target = integer_labels(self, target, classes)
+        if n == 1:  # the seed's batch size: plain Python on one label
+            label = target.item()
+            if not 0 <= label < classes:
+                raise ShapeError(f"{self._label()}: label {label} is out of range [0, {classes})")
+            ctx.picked = (0, label)
+            return math.log(total[0, 0]) - float(shifted[0, label])
+        # Too large a label fails the indexing below; a negative one would wrap around.
+        if np.minimum.reduce(target) < 0:
+            integer_labels(self, target, classes)  # raises, naming the offending label
+        picked = (np.arange(n), target)
+        try:
+            chosen = shifted[picked]
+        except IndexError:
+            integer_labels(self, target, classes)
+            raise
+        ctx.picked = picked
+        return float(np.add.reduce(np.log(total[:, 0]) - chosen)) / n
 
     def backward(self, ctx: tg.Context, grad: float) -> np.ndarray:
         probs = ctx.saved[0]
-        labels = ctx.labels
-        n = probs.shape[0]
-        d = probs.copy()
-        if n == 1:
-            d[0, labels.item()] -= 1.0
-        else:
-            d[np.arange(n), labels] -= 1.0
-        scale = grad / n
-        if scale != 1.0:
-            d *= scale
+        scale = grad / probs.shape[0]
+        # A new array (the probabilities returned by forward stay intact); a copy is the
+        # cheaper way to make it when there is nothing to scale (batch 1, graph.backward()).
+        d = probs.copy() if scale == 1.0 else probs * scale
+        d[ctx.picked] -= scale
         return d
 
     @classmethod

@@ -201,3 +201,35 @@ def test_graph_repr_mentions_mode_and_counts():
     g = tg.Graph("net")
     g.get_operation("Affine", [2, 2])
     assert "net" in repr(g) and "1 ops" in repr(g)
+
+
+def test_backward_reading_an_attribute_forward_never_set_names_the_op():
+    class Forgetful(tg.Operation):
+        def forward(self, ctx, x):
+            return x * 2.0
+
+        def backward(self, ctx, grad):
+            return grad * ctx.factor  # never set in forward
+
+    g = tg.Graph()
+    op = g.get_operation(Forgetful)
+    y = op(tg.Variable(np.ones(3)))
+    with pytest.raises(tg.BackwardError, match=r"Forgetful.*factor.*set it on ctx in forward"):
+        g.backward(grads={y: np.ones(3)})
+    assert g.forward_ops == []  # the tape is cleared either way
+
+
+def test_context_saved_is_empty_until_forward_saves_something():
+    seen = []
+
+    class Peek(tg.Operation):
+        def forward(self, ctx, x):
+            seen.append(ctx.saved)
+            return x
+
+        def backward(self, ctx, grad):
+            return grad
+
+    g = tg.Graph()
+    g.get_operation(Peek)(tg.Variable(np.ones(2)))
+    assert seen == [()]

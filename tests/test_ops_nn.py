@@ -131,11 +131,43 @@ def test_softmax_loss_value_and_gradient(rng):
     assert np.allclose(zv.grad, (p - onehot) / 5)
 
 
-@pytest.mark.parametrize("labels, match", [(np.array([0, 4]), "label 4 is out of range"), (np.array([0]), "expected 2 labels"), (np.array([0.5, 1.0]), "integer")])
+@pytest.mark.parametrize(
+    "labels, match",
+    [
+        (np.array([0, 4]), "label 4 is out of range"),
+        (np.array([-1, 2]), "label -1 is out of range"),
+        (np.array([0, -3], dtype=np.int8), "label -3 is out of range"),
+        (np.array([0]), "expected 2 labels"),
+        (np.array([0.5, 1.0]), "integer"),
+    ],
+)
 def test_softmax_loss_rejects_bad_labels(labels, match):
     _, op, _ = apply("SoftmaxLoss", np.zeros((2, 4)))
     with pytest.raises((tg.ShapeError, tg.InputTypeError), match=match):
         op.loss(labels)
+
+
+@pytest.mark.parametrize("label, match", [(4, "label 4 is out of range"), (-1, "label -1 is out of range")])
+def test_softmax_loss_rejects_a_bad_label_at_batch_1(label, match):
+    _, op, _ = apply("SoftmaxLoss", np.zeros((1, 4)))
+    with pytest.raises(tg.ShapeError, match=match):
+        op.loss(np.array([label]))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int32, np.float64])
+def test_softmax_loss_takes_labels_of_any_integral_dtype(dtype):
+    z = np.array([[0.0, 1.0, 2.0], [2.0, 0.0, 1.0]])
+    reference = None
+    for labels in (np.array([2, 0], dtype=dtype), np.array([2, 0])):
+        g, op, _ = apply("SoftmaxLoss", z)
+        value = op.loss(labels)
+        zv = g.forward_ops[0].inputs[0]
+        g.backward()
+        if reference is None:
+            reference = (value, zv.grad.copy())
+        else:
+            assert value == pytest.approx(reference[0])
+            assert np.allclose(zv.grad, reference[1])
 
 
 def test_softmax_loss_needs_rank_2_logits():
