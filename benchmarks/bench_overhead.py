@@ -16,6 +16,7 @@ import numpy as np
 from _timing import compare, report
 
 import tapegrad as tg
+from tapegrad.optim import SGD
 
 
 def sigmoid_contenders() -> dict[str, object]:
@@ -167,47 +168,47 @@ def loss_contenders() -> dict[str, object]:
 
 
 def mlp_contenders(lr: float = 0.3) -> dict[str, object]:
+    """One step of the seed recipe (batch 1, plain SGD): the same math both ways, in place."""
     rng = np.random.default_rng(0)
     xs = rng.random((64, 1, 64))
     ys = rng.integers(0, 10, (64, 1))
-    W1 = rng.standard_normal((64, 30)) / 8
-    b1 = np.zeros(30)
-    W2 = rng.standard_normal((30, 10)) / np.sqrt(30)
-    b2 = np.zeros(10)
+    params = [rng.standard_normal((64, 30)) / 8, np.zeros(30), rng.standard_normal((30, 10)) / np.sqrt(30), np.zeros(10)]
     state = {"i": 0}
 
     def numpy_step() -> None:
         i = state["i"] = (state["i"] + 1) % 64
         x, y = xs[i], ys[i]
+        W1, b1, W2, b2 = params
         h = np.tanh((x @ W1 + b1) * 0.5)
         h *= 0.5
         h += 0.5
         z = h @ W2 + b2
-        e = np.exp(z - z.max(axis=1, keepdims=True))
-        p = e / e.sum(axis=1, keepdims=True)
-        d = p.copy()
-        d[0, y[0]] -= 1.0
-        dh = d @ W2.T * h * (1.0 - h)
-        W2[...] -= lr * (h.T @ d)
-        b2[...] -= lr * d.sum(axis=0)
-        W1[...] -= lr * (x.T @ dh)
-        b1[...] -= lr * dh.sum(axis=0)
+        shifted = z - z.max(axis=1, keepdims=True)
+        e = np.exp(shifted)
+        s = e.sum(axis=1, keepdims=True)
+        p = e / s
+        math.log(s[0, 0]) - float(shifted[0, y[0]])  # the loss value
+        p[0, y[0]] -= 1.0
+        dh = p @ W2.T * h * (1.0 - h)
+        W2 -= lr * (h.T @ p)
+        b2 -= lr * p.sum(axis=0)
+        W1 -= lr * (x.T @ dh)
+        b1 -= lr * dh.sum(axis=0)
 
     graph = tg.Graph("MLP", seed=0)
     a1 = graph.get_operation("Affine", [64, 30])
     sig = graph.get_operation("Sigmoid")
     a2 = graph.get_operation("Affine", [30, 10])
     loss = graph.get_operation("SoftmaxLoss")
-    params = list(graph.parameter.variable_dict.values())
+    optimizer = SGD(graph.parameter, lr)
 
     def tape_step() -> None:
         i = state["i"] = (state["i"] + 1) % 64
-        loss.forward(a2(sig(a1(xs[i]))))
+        loss.forward(a2.forward(sig.forward(a1.forward(xs[i]))))
         loss.loss(ys[i])
         graph.backward()
-        for v in params:
-            v.value -= lr * v.grad
-            v.clear_grad()
+        optimizer.step()
+        optimizer.zero_grad()
 
     return {"numpy (hand-written)": numpy_step, "tapegrad public API": tape_step}
 

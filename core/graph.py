@@ -208,7 +208,11 @@ class Graph:
                         continue
                     if g.__class__ is not ndarray or g.shape != value.shape:
                         g = _coerce_grad(op, x, g)
-                    x._accumulate(g)
+                    if x._grad is None:
+                        x._grad = g
+                        x._owned = False
+                    else:
+                        x._accumulate(g)
         except (ValueError, TypeError, IndexError, ArithmeticError, AttributeError) as exc:
             if isinstance(exc, BackwardError) or ctx is None:
                 raise

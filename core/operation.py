@@ -60,8 +60,9 @@ class Context:
     """Per-application state: what ``forward`` saved for ``backward``.
 
     One Context is made for every application of an op, so an op applied twice in a
-    pass keeps two. Authors call ``ctx.save(*arrays)`` and read ``ctx.saved``; they may
-    also set attributes of their own (``ctx.mask = ...``). ``ctx.inputs`` holds what
+    pass keeps two. Authors call ``ctx.save(*arrays)`` and read ``ctx.saved`` (assigning
+    ``ctx.saved = (...)`` is the same without the call; the first-party ops do that); they
+    may also set attributes of their own (``ctx.mask = ...``). ``ctx.inputs`` holds what
     forward received (Variables, or arrays used as constants); ``ctx.sole_input`` is the
     input Variable of a one-input application (None for a constant). The graph's tape
     (``graph.forward_ops``) is a list of Contexts.
@@ -128,14 +129,17 @@ def _arity(func: Callable[..., Any]) -> tuple[int, float]:
 def _make_forward(impl: Callable[..., Any], low: int, high: float, is_loss: bool) -> Callable[..., Any]:
     """The user-facing ``forward(*variables)`` around an author's ``forward(self, ctx, *arrays)``."""
     one_input = low <= 1 <= high
+    two_inputs = low <= 2 <= high
 
     def forward(self: Operation, *inputs: Any) -> Any:
         # The hot path of every op: kept flat on purpose (each Python step costs ~30-80 ns, and
         # a training step of a small model makes a few dozen of them).
-        # One input gets its own path: impl(self, ctx, x) costs far less than impl(self, ctx, *values).
+        # One and two inputs get their own paths: impl(self, ctx, x) costs far less than
+        # impl(self, ctx, *values) (CPython does not specialise calls that unpack arguments).
         sole = None
         values: Any = None
-        if one_input and len(inputs) == 1:
+        n = len(inputs)
+        if n == 1 and one_input:
             x = inputs[0]
             if x.__class__ is Variable:
                 sole = x  # backward's fast path: one Variable in
@@ -144,7 +148,16 @@ def _make_forward(impl: Callable[..., Any], low: int, high: float, is_loss: bool
                 return impl(self, x)  # an author's subclass calling super().forward(ctx)
             elif x.__class__ is not ndarray or x.dtype.kind not in "fiub":
                 x = self._constant(x, 0)
-        elif inputs and inputs[0].__class__ is Context:
+        elif n == 2 and two_inputs:
+            x, y = inputs
+            if x.__class__ is Variable:
+                x = x.value
+            elif x.__class__ is Context:
+                return impl(self, *inputs)  # an author's subclass calling super().forward(ctx, x)
+            else:
+                x = self._constant(x, 0)
+            y = y.value if y.__class__ is Variable else self._constant(y, 1)
+        elif n and inputs[0].__class__ is Context:
             return impl(self, *inputs)  # an author's subclass calling super().forward(ctx, ...)
         else:
             values = _unwrap(self, inputs, low, high)
@@ -157,11 +170,18 @@ def _make_forward(impl: Callable[..., Any], low: int, high: float, is_loss: bool
         ctx.sole_input = sole
         ctx.saved = ()
         try:
-            out = impl(self, ctx, x) if values is None else impl(self, ctx, *values)
+            if values is not None:
+                out = impl(self, ctx, *values)
+            elif n == 1:
+                out = impl(self, ctx, x)
+            else:
+                out = impl(self, ctx, x, y)
         except TapegradError:
             raise
         except _WRAPPED as exc:
-            raise self._wrap_error("forward", exc, (x,) if values is None else values) from exc
+            if values is None:
+                values = (x,) if n == 1 else (x, y)
+            raise self._wrap_error("forward", exc, values) from exc
         if out.__class__ is ndarray:
             outputs: Any = _new(Variable)
             outputs.value = out
@@ -190,18 +210,12 @@ def _make_forward(impl: Callable[..., Any], low: int, high: float, is_loss: bool
 
 
 def _unwrap(op: Operation, inputs: tuple[Any, ...], low: int, high: float) -> Any:
-    """The arrays behind ``inputs`` (Variables, or constants checked and converted), for any
-    application but a one-input one (the wrapper's own path)."""
+    """The arrays behind ``inputs`` (Variables, or constants checked and converted), for an
+    application the wrapper has no path of its own for (other than one or two inputs)."""
     n = len(inputs)
     if n < low or n > high:
         expected = str(low) if low == high else (f"at least {low}" if high == math.inf else f"{low} to {int(high)}")
         raise InputTypeError(f"{op._label()}: expected {expected} input(s), got {n}")
-    if n == 2:  # binary ops are common: no comprehension
-        x0, x1 = inputs
-        return (
-            x0.value if x0.__class__ is Variable else op._constant(x0, 0),
-            x1.value if x1.__class__ is Variable else op._constant(x1, 1),
-        )
     return [x.value if x.__class__ is Variable else op._constant(x, i) for i, x in enumerate(inputs)]
 
 

@@ -49,7 +49,7 @@ class Tanh(tg.Operation):
 
     def forward(self, ctx: tg.Context, x: np.ndarray) -> np.ndarray:
         out = np.tanh(x)
-        ctx.save(out)
+        ctx.saved = (out,)
         return out
 
     def backward(self, ctx: tg.Context, grad: np.ndarray) -> np.ndarray:
@@ -66,7 +66,7 @@ class Relu(tg.Operation):
 
     def forward(self, ctx: tg.Context, x: np.ndarray) -> np.ndarray:
         out = np.maximum(x, 0)
-        ctx.save(out)
+        ctx.saved = (out,)
         return out
 
     def backward(self, ctx: tg.Context, grad: np.ndarray) -> np.ndarray:
@@ -86,7 +86,7 @@ class LeakyRelu(tg.Operation):
 
     def forward(self, ctx: tg.Context, x: np.ndarray) -> np.ndarray:
         positive = x > 0
-        ctx.save(positive)
+        ctx.saved = (positive,)
         return np.where(positive, x, x * self.alpha)
 
     def backward(self, ctx: tg.Context, grad: np.ndarray) -> np.ndarray:
@@ -109,7 +109,7 @@ class Softmax(tg.Operation):
         (axis,) = axes(self, self.axis, x.ndim) or (0,)
         e = np.exp(x - x.max(axis=axis, keepdims=True))
         out = e / e.sum(axis=axis, keepdims=True)
-        ctx.save(out, axis)
+        ctx.saved = (out, axis)
         return out
 
     def backward(self, ctx: tg.Context, grad: np.ndarray) -> np.ndarray:
@@ -133,7 +133,7 @@ class LogSoftmax(tg.Operation):
         (axis,) = axes(self, self.axis, x.ndim) or (0,)
         shifted = x - x.max(axis=axis, keepdims=True)
         out = shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
-        ctx.save(out, axis)
+        ctx.saved = (out, axis)
         return out
 
     def backward(self, ctx: tg.Context, grad: np.ndarray) -> np.ndarray:

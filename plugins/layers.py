@@ -70,7 +70,7 @@ class Embedding(tg.Operation):
 
     def forward(self, ctx: tg.Context, ids: np.ndarray) -> np.ndarray:
         ids = integer_labels(self, ids, self.vocab_size, what="id")
-        ctx.save(ids)
+        ctx.saved = (ids,)
         return self.W.value[ids]
 
     def backward(self, ctx: tg.Context, grad: np.ndarray) -> None:
@@ -100,11 +100,11 @@ class Dropout(tg.Operation):
 
     def forward(self, ctx: tg.Context, x: np.ndarray) -> np.ndarray:
         if not ctx.training or self.p == 0.0:
-            ctx.save(None)
+            ctx.saved = (None,)
             return x.copy()
         keep = ctx.rng.random(x.shape) >= self.p
         mask = keep * np.asarray(1.0 / (1.0 - self.p), dtype=x.dtype)
-        ctx.save(mask)
+        ctx.saved = (mask,)
         return x * mask
 
     def backward(self, ctx: tg.Context, grad: np.ndarray) -> np.ndarray:
@@ -135,7 +135,7 @@ class LayerNorm(tg.Operation):
         centred = x - x.mean(axis=-1, keepdims=True)
         inv_std = 1.0 / np.sqrt((centred * centred).mean(axis=-1, keepdims=True) + self.eps)
         xhat = centred * inv_std
-        ctx.save(xhat, inv_std)
+        ctx.saved = (xhat, inv_std)
         return xhat * self.gamma.value + self.beta.value
 
     def backward(self, ctx: tg.Context, grad: np.ndarray) -> np.ndarray:

@@ -82,7 +82,7 @@ class SquareLoss(tg.Loss):
 
     def forward(self, ctx: tg.Context, y: np.ndarray) -> np.ndarray:
         need_float(self, y, "prediction")
-        ctx.save(y)
+        ctx.saved = (y,)
         return y
 
     def loss(self, ctx: tg.Context, target: np.ndarray) -> float:
@@ -116,7 +116,7 @@ class SigmoidCrossEntropyLoss(tg.Loss):
         probs = np.tanh(logits * 0.5)
         probs *= 0.5
         probs += 0.5
-        ctx.save(logits, probs)
+        ctx.saved = (logits, probs)
         return probs
 
     def loss(self, ctx: tg.Context, target: np.ndarray) -> float:

@@ -40,12 +40,12 @@ class Add(tg.Operation):
                 out = a + b
             except ValueError:
                 raise broadcast_error(self._label(), a, b) from None
-            ctx.save(a.shape, b.shape)
+            ctx.saved = (a.shape, b.shape)
             return out
         shapes = [x.shape for x in xs]
         if len(set(shapes)) > 1:
             broadcast_shape(self._label(), *xs)
-        ctx.save(*shapes)
+        ctx.saved = tuple(shapes)
         return reduce(np.add, xs[1:], np.array(xs[0], copy=True))
 
     def backward(self, ctx: tg.Context, grad: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -70,7 +70,7 @@ class Subtract(tg.Operation):
             out = a - b
         except ValueError:
             raise broadcast_error(self._label(), a, b) from None
-        ctx.save(a.shape, b.shape)
+        ctx.saved = (a.shape, b.shape)
         return out
 
     def backward(self, ctx: tg.Context, grad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -90,7 +90,7 @@ class Multiply(tg.Operation):
             out = a * b
         except ValueError:
             raise broadcast_error(self._label(), a, b) from None
-        ctx.save(a, b)
+        ctx.saved = (a, b)
         return out
 
     def backward(self, ctx: tg.Context, grad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -111,7 +111,7 @@ class Divide(tg.Operation):
         if not np.all(b):
             raise OperationError(f"{self._label()}: division by zero (the divisor holds {np.sum(b == 0)} zero(s))")
         out = a / b
-        ctx.save(a.shape, b, out)
+        ctx.saved = (a.shape, b, out)
         return out
 
     def backward(self, ctx: tg.Context, grad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -139,7 +139,7 @@ class Matmul(tg.Operation):
             )
         if a.ndim > 2 or b.ndim > 2:
             broadcast_shape(self._label(), a[..., :1, :1], b[..., :1, :1])
-        ctx.save(a, b)
+        ctx.saved = (a, b)
         return a @ b
 
     def backward(self, ctx: tg.Context, grad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -167,7 +167,7 @@ class Sum(tg.Operation):
 
     def forward(self, ctx: tg.Context, x: np.ndarray) -> np.ndarray:
         ax = axes(self, self.axis, x.ndim)
-        ctx.save(x.shape, ax)
+        ctx.saved = (x.shape, ax)
         return np.asarray(x.sum(axis=ax, keepdims=self.keepdims))
 
     def backward(self, ctx: tg.Context, grad: np.ndarray) -> np.ndarray:
@@ -191,7 +191,7 @@ class Mean(tg.Operation):
         count = x.size if ax is None else int(np.prod([x.shape[i] for i in ax]))
         if count == 0:
             raise ShapeError(f"{self._label()}: mean over an empty axis (input shape {x.shape})")
-        ctx.save(x.shape, ax, count)
+        ctx.saved = (x.shape, ax, count)
         return np.asarray(x.mean(axis=ax, keepdims=self.keepdims))
 
     def backward(self, ctx: tg.Context, grad: np.ndarray) -> np.ndarray:
@@ -230,7 +230,7 @@ class Reshape(tg.Operation):
             out = x.reshape(self.shape)
         except ValueError:
             raise ShapeError(f"{self._label()}: cannot reshape an input of shape {x.shape} (size {x.size}) to {self.shape}") from None
-        ctx.save(x.shape)
+        ctx.saved = (x.shape,)
         return out
 
     def backward(self, ctx: tg.Context, grad: np.ndarray) -> np.ndarray:
@@ -278,7 +278,7 @@ class Concat(tg.Operation):
             if x.ndim != first.ndim or x.shape[:axis] + x.shape[axis + 1 :] != first.shape[:axis] + first.shape[axis + 1 :]:
                 listed = ", ".join(str(x.shape) for x in xs)
                 raise ShapeError(f"{self._label()}: inputs must match except along axis {self.axis}, got {listed}")
-        ctx.save(axis, np.cumsum([x.shape[axis] for x in xs[:-1]]))
+        ctx.saved = (axis, np.cumsum([x.shape[axis] for x in xs[:-1]]))
         return np.concatenate(xs, axis=axis)
 
     def backward(self, ctx: tg.Context, grad: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -302,7 +302,7 @@ class Exp(tg.Operation):
                 f"(largest input {x.max()})"
             )
         out = np.exp(x)
-        ctx.save(out)
+        ctx.saved = (out,)
         return out
 
     def backward(self, ctx: tg.Context, grad: np.ndarray) -> np.ndarray:
@@ -321,7 +321,7 @@ class Log(tg.Operation):
     def forward(self, ctx: tg.Context, x: np.ndarray) -> np.ndarray:
         if x.size and not x.min() > 0:
             raise OperationError(f"{self._label()}: log needs positive inputs, got a minimum of {x.min()}")
-        ctx.save(x)
+        ctx.saved = (x,)
         return np.log(x)
 
     def backward(self, ctx: tg.Context, grad: np.ndarray) -> np.ndarray:
