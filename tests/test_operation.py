@@ -97,6 +97,85 @@ def test_subclass_can_call_super_forward(graph):
     assert np.allclose(x.grad, 1.0)
 
 
+class Mul(tg.Operation):
+    """A plain two-input op, written without framework helpers."""
+
+    def forward(self, ctx, a, b):
+        ctx.saved = (a, b)
+        return a * b
+
+    def backward(self, ctx, grad):
+        a, b = ctx.saved
+        return grad * b, grad * a
+
+
+def test_two_input_applications_take_variables_constants_and_lists(graph):
+    op = graph.get_operation(Mul)
+    a = tg.Variable(np.array([1.0, 2.0]))
+    for other in (np.array([3.0, 4.0]), [3.0, 4.0], (3, 4)):
+        out = op(a, other)
+        assert np.allclose(out.value, [3.0, 8.0])
+        graph.backward(grads={out: np.ones(2)})
+        assert np.allclose(a.grad, [3.0, 4.0])
+        a.clear_grad()
+    b = tg.Variable(np.array([3.0, 4.0]))
+    out = op([1.0, 2.0], b)
+    graph.backward(grads={out: np.ones(2)})
+    assert np.allclose(b.grad, [1.0, 2.0])
+
+
+def test_two_input_applications_report_bad_inputs_naming_the_op(graph):
+    op = graph.get_operation(Mul)
+    with pytest.raises(tg.InputTypeError, match=r"Mul \(mul_0\): expected 2 input\(s\), got 1"):
+        op(np.ones(2))
+    with pytest.raises(tg.InputTypeError, match=r"Mul \(mul_0\): expected 2 input\(s\), got 3"):
+        op(np.ones(2), np.ones(2), np.ones(2))
+    with pytest.raises(tg.InputTypeError, match="Mul.*input 1"):
+        op(np.ones(2), np.array(["x", "y"]))
+    with pytest.raises(tg.OperationError, match=r"Mul.*forward failed on inputs of shapes \(2, 3\), \(4,\)"):
+        op(np.ones((2, 3)), np.ones(4))
+    assert graph.forward_ops == []  # failed applications are not recorded
+
+
+def test_subclasses_of_two_input_and_n_input_ops_can_call_super_forward(graph):
+    class Mul3(Mul):
+        def forward(self, ctx, a, b):
+            return 3 * super().forward(ctx, a, b)
+
+        def backward(self, ctx, grad):
+            return tuple(3 * g for g in super().backward(ctx, grad))
+
+    class SumAll(tg.Operation):
+        def forward(self, ctx, *xs):
+            ctx.saved = (len(xs),)
+            return sum(xs)
+
+        def backward(self, ctx, grad):
+            return (grad,) * ctx.saved[0]
+
+    class SumAllTwice(SumAll):
+        def forward(self, ctx, *xs):
+            return 2 * super().forward(ctx, *xs)  # one array: super().forward(ctx, x)
+
+        def backward(self, ctx, grad):
+            return tuple(2 * g for g in super().backward(ctx, grad))
+
+    op = graph.get_operation(Mul3)
+    a, b = tg.Variable(np.array([1.0, 2.0])), tg.Variable(np.array([3.0, 4.0]))
+    out = op(a, b)
+    assert np.allclose(out.value, [9.0, 24.0])
+    graph.backward(grads={out: np.ones(2)})
+    assert np.allclose(a.grad, [9.0, 12.0]) and np.allclose(b.grad, [3.0, 6.0])
+
+    twice = graph.get_operation(SumAllTwice)
+    for inputs in ([a], [a, b], [a, b, a]):
+        a.clear_grad()
+        out = twice(*inputs)
+        assert np.allclose(out.value, 2 * sum(v.value for v in inputs))
+        graph.backward(grads={out: np.ones(2)})
+        assert np.allclose(a.grad, 2.0 * sum(v is a for v in inputs))
+
+
 def test_backward_with_wrong_gradient_shape_is_reported(graph):
     class BadShape(tg.Operation):
         def forward(self, ctx, x):
