@@ -2,7 +2,9 @@
 
     python benchmarks/bench_overhead.py
 
-Reports forward+backward of Sigmoid on its own; the marginal cost per application of Sigmoid,
+Reports the tape's own work (ops that compute nothing), also in the seed step's shape against a
+lean closure tape without tapegrad's op contract; forward+backward of Sigmoid on its own; the
+marginal cost per application of Sigmoid,
 Affine and Add in a chain of ten (one backward per chain); SoftmaxLoss forward+loss+backward;
 and one training step of the seed MLP (64-30-10, batch 1, SGD); each against the same math
 written in numpy.
@@ -141,6 +143,72 @@ def tape_cost_per_op() -> float:
     return compare({"chain": chain}, number=2000)["chain"] / CHAIN
 
 
+class NothingLoss(tg.Loss):
+    """A loss with no arithmetic (its gradient is any array of the input's shape)."""
+
+    def forward(self, ctx: tg.Context, x: np.ndarray) -> np.ndarray:
+        ctx.saved = (x,)
+        return x
+
+    def loss(self, ctx: tg.Context, target: np.ndarray) -> float:
+        return 0.0
+
+    def backward(self, ctx: tg.Context, grad: float) -> np.ndarray:
+        return ctx.saved[0]  # type: ignore[no-any-return]
+
+
+def contract_price_contenders() -> dict[str, object]:
+    """The seed step's shape (three ops and a loss: forward, loss, backward) with ops that
+    compute nothing, through tapegrad and through a lean closure tape (no op contract)."""
+    graph = tg.Graph()
+    ops = [graph.get_operation(Nothing) for _ in range(3)]
+    loss = graph.get_operation(NothingLoss)
+    x_np, label = np.zeros((1, 4)), np.array([0])
+    x = tg.Variable(x_np)
+
+    def tapegrad_step() -> None:
+        a, b, c = ops
+        loss.forward(c.forward(b.forward(a.forward(x))))
+        loss.loss(label)
+        graph.backward()
+        x._grad = None
+
+    class Node:
+        __slots__ = ("grad", "value")
+
+        def __init__(self, value: np.ndarray) -> None:
+            self.value = value
+            self.grad: np.ndarray | None = None
+
+    tape: list[object] = []
+    node = Node(x_np)
+
+    def nothing(x: Node) -> Node:
+        out = Node(x.value)
+
+        def back() -> None:
+            x.grad = out.grad
+
+        tape.append(back)
+        return out
+
+    def nothing_loss(x: Node, target: np.ndarray) -> float:
+        def back() -> None:
+            x.grad = x.value
+
+        tape.append(back)
+        return 0.0
+
+    def lean_step() -> None:
+        nothing_loss(nothing(nothing(nothing(node))), label)
+        for back in reversed(tape):
+            back()  # type: ignore[operator]
+        tape.clear()
+        node.grad = None
+
+    return {"lean closure tape": lean_step, "tapegrad": tapegrad_step}
+
+
 def loss_contenders() -> dict[str, object]:
     """SoftmaxLoss forward, loss and backward at batch 1 (it ends a pass: no chain)."""
     rng = np.random.default_rng(0)
@@ -215,6 +283,11 @@ def mlp_contenders(lr: float = 0.3) -> dict[str, object]:
 
 def main() -> None:
     print(f"tape's own work per op application (forward+backward, no arithmetic): {tape_cost_per_op() * 1e6:.2f} us")
+    report(
+        "The seed step's shape with ops that compute nothing (3 ops + loss: forward, loss, backward)",
+        compare(contract_price_contenders(), number=5000),
+        "lean closure tape",
+    )
     report("Sigmoid forward+backward, (1, 30)", compare(sigmoid_contenders(), number=5000), "numpy (hand-written)")
     for title, contenders in chain_contenders().items():
         results = {k: v / CHAIN for k, v in compare(contenders, number=1000).items()}
