@@ -28,12 +28,18 @@ from tapegrad.optim import SGD
 LR = 0.3
 
 
+def initial_weights() -> list[np.ndarray]:
+    """Copies of the tapegrad MLP's starting parameters (W1, b1, W2, b2).
+
+    Every contender starts from them and shuffles with the same seed, so all train the same
+    trajectory and do the same numeric work epoch after epoch (a model that grows confident
+    sooner meets more underflowing exponentials, whose cost differs)."""
+    params = MLP(64, 30, 10, seed=0).graph.parameter.variable_dict
+    return [params[name].value.copy() for name in ("affine_0.W", "affine_0.b", "affine_1.W", "affine_1.b")]
+
+
 def numpy_epoch(x: np.ndarray, y: np.ndarray, batch: int) -> Callable[[], float]:
-    rng = np.random.default_rng(0)
-    W1 = rng.standard_normal((64, 30)) / 8
-    b1 = np.zeros(30)
-    W2 = rng.standard_normal((30, 10)) / np.sqrt(30)
-    b2 = np.zeros(10)
+    W1, b1, W2, b2 = initial_weights()
     order_rng = np.random.default_rng(0)
 
     def epoch() -> float:
@@ -89,9 +95,7 @@ def lean_tape_epoch(x: np.ndarray, y: np.ndarray, batch: int) -> Callable[[], fl
             self.value = value
             self.grad: np.ndarray | None = None
 
-    rng = np.random.default_rng(0)
-    W1, b1 = Node(rng.standard_normal((64, 30)) / 8), Node(np.zeros(30))
-    W2, b2 = Node(rng.standard_normal((30, 10)) / np.sqrt(30)), Node(np.zeros(10))
+    W1, b1, W2, b2 = (Node(w) for w in initial_weights())
     tape: list[Callable[[], None]] = []
 
     def affine(x: Node | np.ndarray, W: Node, b: Node) -> Node:
@@ -191,12 +195,19 @@ def torch_epoch(x: np.ndarray, y: np.ndarray, batch: int) -> Callable[[], None] 
         return None
     torch.set_num_threads(1)
     net = torch.nn.Sequential(torch.nn.Linear(64, 30), torch.nn.Sigmoid(), torch.nn.Linear(30, 10)).double()
+    W1, b1, W2, b2 = initial_weights()
+    with torch.no_grad():  # the same start as every other contender (Linear keeps W transposed)
+        for layer, (W, b) in zip((net[0], net[2]), ((W1, b1), (W2, b2))):
+            layer.weight.copy_(torch.from_numpy(W.T))
+            layer.bias.copy_(torch.from_numpy(b))
     opt = torch.optim.SGD(net.parameters(), lr=LR)
     tx, ty = torch.from_numpy(x), torch.from_numpy(y)
     loss_fn = torch.nn.CrossEntropyLoss()
 
+    order_rng = np.random.default_rng(0)
+
     def epoch() -> None:
-        order = torch.randperm(len(x))
+        order = torch.from_numpy(order_rng.permutation(len(x)))
         xs, ys = tx[order], ty[order]
         for begin in range(0, len(x), batch):
             opt.zero_grad()
