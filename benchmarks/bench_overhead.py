@@ -282,12 +282,13 @@ def mlp_contenders(lr: float = 0.3) -> dict[str, object]:
 
 
 def main() -> None:
-    print(f"tape's own work per op application (forward+backward, no arithmetic): {tape_cost_per_op() * 1e6:.2f} us")
     report(
         "The seed step's shape with ops that compute nothing (3 ops + loss: forward, loss, backward)",
         compare(contract_price_contenders(), number=5000),
         "lean closure tape",
     )
+    # (measured second: the first timings of a process run slow while the machine warms up)
+    print(f"\ntape's own work per op application (forward+backward, no arithmetic): {tape_cost_per_op() * 1e6:.2f} us")
     report("Sigmoid forward+backward, (1, 30)", compare(sigmoid_contenders(), number=5000), "numpy (hand-written)")
     for title, contenders in chain_contenders().items():
         results = {k: v / CHAIN for k, v in compare(contenders, number=1000).items()}
