@@ -16,6 +16,7 @@ import math
 
 import numpy as np
 from _timing import compare, report
+from bench_training import Node, initial_weights, numpy_step
 
 import tapegrad as tg
 from tapegrad.optim import SGD
@@ -173,13 +174,6 @@ def contract_price_contenders() -> dict[str, object]:
         graph.backward()
         x._grad = None
 
-    class Node:
-        __slots__ = ("grad", "value")
-
-        def __init__(self, value: np.ndarray) -> None:
-            self.value = value
-            self.grad: np.ndarray | None = None
-
     tape: list[object] = []
     node = Node(x_np)
 
@@ -240,28 +234,12 @@ def mlp_contenders(lr: float = 0.3) -> dict[str, object]:
     rng = np.random.default_rng(0)
     xs = rng.random((64, 1, 64))
     ys = rng.integers(0, 10, (64, 1))
-    params = [rng.standard_normal((64, 30)) / 8, np.zeros(30), rng.standard_normal((30, 10)) / np.sqrt(30), np.zeros(10)]
+    params = initial_weights()
     state = {"i": 0}
 
-    def numpy_step() -> None:
+    def step_numpy() -> None:
         i = state["i"] = (state["i"] + 1) % 64
-        x, y = xs[i], ys[i]
-        W1, b1, W2, b2 = params
-        h = np.tanh((x @ W1 + b1) * 0.5)
-        h *= 0.5
-        h += 0.5
-        z = h @ W2 + b2
-        shifted = z - z.max(axis=1, keepdims=True)
-        e = np.exp(shifted)
-        s = e.sum(axis=1, keepdims=True)
-        p = e / s
-        math.log(s[0, 0]) - float(shifted[0, y[0]])  # the loss value
-        p[0, y[0]] -= 1.0
-        dh = p @ W2.T * h * (1.0 - h)
-        W2 -= lr * (h.T @ p)
-        b2 -= lr * p.sum(axis=0)
-        W1 -= lr * (x.T @ dh)
-        b1 -= lr * dh.sum(axis=0)
+        numpy_step(params, xs[i], ys[i], lr)
 
     graph = tg.Graph("MLP", seed=0)
     a1 = graph.get_operation("Affine", [64, 30])
@@ -278,7 +256,7 @@ def mlp_contenders(lr: float = 0.3) -> dict[str, object]:
         optimizer.step()
         optimizer.zero_grad()
 
-    return {"numpy (hand-written)": numpy_step, "tapegrad public API": tape_step}
+    return {"numpy (hand-written)": step_numpy, "tapegrad public API": tape_step}
 
 
 def main() -> None:

@@ -38,45 +38,60 @@ def initial_weights() -> list[np.ndarray]:
     return [params[name].value.copy() for name in ("affine_0.W", "affine_0.b", "affine_1.W", "affine_1.b")]
 
 
+def numpy_step(params: list[np.ndarray], xb: np.ndarray, yb: np.ndarray, lr: float = LR) -> float:
+    """One SGD step of the seed recipe written in numpy, updating ``params`` (W1, b1, W2, b2) in
+    place as an optimizer would; returns the batch's summed loss (what the epoch summary reports)."""
+    W1, b1, W2, b2 = params
+    n = len(yb)
+    h = np.tanh((xb @ W1 + b1) * 0.5)
+    h *= 0.5
+    h += 0.5
+    z = h @ W2 + b2
+    shifted = z - z.max(axis=1, keepdims=True)
+    e = np.exp(shifted)
+    s = e.sum(axis=1, keepdims=True)
+    p = e / s
+    # the loss, then (p - onehot) / n in place
+    if n == 1:
+        label = yb[0]
+        total = math.log(s[0, 0]) - float(shifted[0, label])
+        p[0, label] -= 1.0
+    else:
+        rows = np.arange(n)
+        total = float(np.add.reduce(np.log(s[:, 0]) - shifted[rows, yb]))
+        p[rows, yb] -= 1.0
+        p /= n
+    dh = p @ W2.T * h * (1.0 - h)
+    W2 -= lr * (h.T @ p)
+    b2 -= lr * p.sum(axis=0)
+    W1 -= lr * (xb.T @ dh)
+    b1 -= lr * dh.sum(axis=0)
+    return total
+
+
 def numpy_epoch(x: np.ndarray, y: np.ndarray, batch: int) -> Callable[[], float]:
-    W1, b1, W2, b2 = initial_weights()
+    params = initial_weights()
     order_rng = np.random.default_rng(0)
 
     def epoch() -> float:
-        nonlocal W1, b1, W2, b2  # updated in place below, as an optimizer would
         order = order_rng.permutation(len(x))
         xs, ys = x[order], y[order]
         total = 0.0
         for begin in range(0, len(x), batch):
-            xb, yb = xs[begin : begin + batch], ys[begin : begin + batch]
-            n = len(yb)
-            h = np.tanh((xb @ W1 + b1) * 0.5)
-            h *= 0.5
-            h += 0.5
-            z = h @ W2 + b2
-            shifted = z - z.max(axis=1, keepdims=True)
-            e = np.exp(shifted)
-            s = e.sum(axis=1, keepdims=True)
-            p = e / s
-            # the train loss the epoch summary reports, then (p - onehot) / n in place
-            if n == 1:
-                label = yb[0]
-                total += math.log(s[0, 0]) - float(shifted[0, label])
-                p[0, label] -= 1.0
-            else:
-                rows = np.arange(n)
-                total += float(np.add.reduce(np.log(s[:, 0]) - shifted[rows, yb]))
-                p[rows, yb] -= 1.0
-            if n != 1:
-                p /= n
-            dh = p @ W2.T * h * (1.0 - h)
-            W2 -= LR * (h.T @ p)
-            b2 -= LR * p.sum(axis=0)
-            W1 -= LR * (xb.T @ dh)
-            b1 -= LR * dh.sum(axis=0)
+            total += numpy_step(params, xs[begin : begin + batch], ys[begin : begin + batch])
         return total / len(x)
 
     return epoch
+
+
+class Node:
+    """A lean tape's value with a gradient slot (the reference tapes below build on it)."""
+
+    __slots__ = ("grad", "value")
+
+    def __init__(self, value: np.ndarray) -> None:
+        self.value = value
+        self.grad: np.ndarray | None = None
 
 
 def lean_tape_epoch(x: np.ndarray, y: np.ndarray, batch: int) -> Callable[[], float]:
@@ -87,13 +102,6 @@ def lean_tape_epoch(x: np.ndarray, y: np.ndarray, batch: int) -> Callable[[], fl
     run, against which tapegrad's contract (a Context and an output Variable per application,
     checked inputs and gradients) is measured.
     """
-
-    class Node:
-        __slots__ = ("grad", "value")
-
-        def __init__(self, value: np.ndarray) -> None:
-            self.value = value
-            self.grad: np.ndarray | None = None
 
     W1, b1, W2, b2 = (Node(w) for w in initial_weights())
     tape: list[Callable[[], None]] = []

@@ -123,9 +123,6 @@ class Graph:
         return op
 
     # -- backward ----------------------------------------------------------------------
-    def _on_tape(self, ctx: Context) -> bool:
-        return any(entry is ctx for entry in reversed(self.forward_ops))
-
     def backward(self, grads: Mapping[Variable, Any] | None = None, *, loss_grad: float = 1.0) -> None:
         """Differentiate the recorded pass, then clear the tape.
 
@@ -208,11 +205,7 @@ class Graph:
                         continue
                     if g.__class__ is not ndarray or g.shape != value.shape:
                         g = _coerce_grad(op, x, g)
-                    if x._grad is None:
-                        x._grad = g
-                        x._owned = False
-                    else:
-                        x._accumulate(g)
+                    x._accumulate(g)
         except (ValueError, TypeError, IndexError, ArithmeticError, AttributeError) as exc:
             if isinstance(exc, BackwardError) or ctx is None:
                 raise

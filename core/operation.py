@@ -244,7 +244,8 @@ def _make_loss(impl: Callable[..., Any]) -> Callable[..., float]:
         if ctx.outputs is not None:  # recorded in train mode
             graph: Any = self.graph
             tape = graph.forward_ops
-            if not (tape and tape[-1] is ctx) and not graph._on_tape(ctx):
+            # (usually the last entry: the loss ends the pass)
+            if not (tape and tape[-1] is ctx) and not any(entry is ctx for entry in tape):
                 raise GraphError(
                     f"{self._label()}: loss() refers to a forward pass that backward() already "
                     "consumed (or clear() dropped); run forward again"

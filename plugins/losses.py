@@ -43,7 +43,7 @@ class SoftmaxLoss(tg.Loss):
         if n == 1:  # the seed's batch size: plain Python on one label
             label = target.item()
             if not 0 <= label < classes:
-                raise ShapeError(f"{self._label()}: label {label} is out of range [0, {classes})")
+                integer_labels(self, target, classes)  # raises, naming the offending label
             ctx.picked = (0, label)
             return math.log(total[0, 0]) - float(shifted[0, label])
         # Too large a label fails the indexing below; a negative one would wrap around.
