@@ -10,45 +10,56 @@ from __future__ import annotations
 
 from typing import Any
 
+from .arguments import check_number
 from .broadcast import as_shape, broadcast_error, broadcast_shape, unbroadcast
 from .errors import (
     AmbiguousOperationError,
+    ArgumentError,
     BackwardError,
+    CaptureError,
     GraphError,
     InputTypeError,
+    MissingDependencyError,
     NonFiniteError,
     OperationError,
+    OutOfRangeError,
     ParameterLoadError,
     PluginWarning,
     RegistrationError,
     ShapeError,
     TapegradError,
+    TapeWarning,
     TrainingError,
     UnknownOperationError,
 )
 from .gradcheck import GradcheckReport, gradcheck, numerical_gradient_check
 from .graph import Graph
 from .hookspecs import hookimpl, hookspec
-from .operation import Context, Loss, Operation, Sample
+from .operation import Loss, Operation, Sample
 from .parameter import Parameter
 from .registry import OperationInfo, PluginInfo, Registry, default_registry, register_operation
+from .tape import Context, Tape
 from .variable import Variable
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AmbiguousOperationError",
+    "ArgumentError",
     "BackwardError",
+    "CaptureError",
     "Context",
     "GradcheckReport",
     "Graph",
     "GraphError",
     "InputTypeError",
     "Loss",
+    "MissingDependencyError",
     "NonFiniteError",
     "Operation",
     "OperationError",
     "OperationInfo",
+    "OutOfRangeError",
     "Parameter",
     "ParameterLoadError",
     "PluginInfo",
@@ -57,6 +68,8 @@ __all__ = [
     "RegistrationError",
     "Sample",
     "ShapeError",
+    "Tape",
+    "TapeWarning",
     "TapegradError",
     "Trainer",
     "TrainingError",
@@ -66,6 +79,7 @@ __all__ = [
     "as_shape",
     "broadcast_error",
     "broadcast_shape",
+    "check_number",
     "default_registry",
     "gradcheck",
     "hookimpl",

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import TapegradError
+from .errors import MissingDependencyError
 
 __all__ = ["load_digits"]
-
-
-class MissingDependencyError(TapegradError, ImportError):
-    """An optional dependency (an extra) is not installed."""
 
 
 def _sklearn() -> tuple[object, object]:

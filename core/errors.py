@@ -17,6 +17,11 @@ __all__ = [
     "BackwardError",
     "ParameterLoadError",
     "GraphError",
+    "CaptureError",
+    "ArgumentError",
+    "OutOfRangeError",
+    "MissingDependencyError",
+    "TapeWarning",
     "NonFiniteError",
     "TrainingError",
     "ScaffoldError",
@@ -60,6 +65,25 @@ class BackwardError(GraphError):
     """``backward`` cannot run: nothing to differentiate, or an op returned unusable gradients."""
 
 
+class CaptureError(GraphError):
+    """A captured step cannot be recorded or replayed faithfully: ``fn`` returned something that
+    is not a loss value or op output, or its first replay differed from an eager run."""
+
+
+class ArgumentError(TapegradError, ValueError):
+    """A constructor, optimizer or trainer argument outside its valid range (a size below 1,
+    a learning rate that is not positive, an ``eps`` of 0)."""
+
+
+class OutOfRangeError(OperationError):
+    """A value outside the range it must lie in: a label or id outside ``[0, classes)``, a
+    target outside ``[0, 1]``."""
+
+
+class MissingDependencyError(TapegradError, ImportError):
+    """An optional dependency (an extra) is not installed; the message says what to install."""
+
+
 class ParameterLoadError(TapegradError, ValueError):
     """A parameter file does not match the parameters it is loaded into."""
 
@@ -74,6 +98,10 @@ class TrainingError(TapegradError, ValueError):
 
 class ScaffoldError(TapegradError, ValueError):
     """``tapegrad new-plugin`` cannot write where it was asked to (bad name, folder not empty)."""
+
+
+class TapeWarning(UserWarning):
+    """The tape keeps growing: forward passes in train mode that no backward consumes."""
 
 
 class PluginWarning(UserWarning):

@@ -12,6 +12,7 @@ failure always names the worst element.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -123,21 +124,24 @@ def _compare(
 ) -> GradcheckEntry:
     analytic = target.analytic
     assert analytic is not None
-    err = np.abs(analytic - numeric)
-    tol = atol + rtol * np.abs(numeric)
-    bad = ~(err <= tol)  # NaN counts as a failure
-    ratio = np.where(np.isfinite(err), err / tol, np.inf)
+    # A non-finite analytic or numeric value fails whatever the tolerance (inf <= inf would pass).
+    finite = np.isfinite(analytic) & np.isfinite(numeric)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        err = np.abs(analytic - numeric)
+        tol = atol + rtol * np.abs(numeric)
+        ratio = np.where(finite, err / np.maximum(tol, 1e-300), np.inf)
+        rel = np.where(err == 0, 0.0, err / np.maximum(np.abs(numeric), 1e-300))
+    bad = ~finite | ~(err <= tol)
     worst = int(np.argmax(ratio)) if ratio.size else 0
     index = tuple(int(i) for i in np.unravel_index(worst, analytic.shape)) if analytic.size else ()
-    rel = err / np.maximum(np.abs(numeric), 1e-300)
     return GradcheckEntry(
         name=target.name,
         kind=target.kind,
         shape=analytic.shape,
         mode=mode,
         passed=not bool(bad.any()),
-        max_abs_error=float(err.max()) if err.size else 0.0,
-        max_rel_error=float(np.where(err == 0, 0.0, rel).max()) if err.size else 0.0,
+        max_abs_error=float(np.nanmax(np.where(finite, err, np.inf))) if err.size else 0.0,
+        max_rel_error=float(np.nanmax(np.where(finite, rel, np.inf))) if err.size else 0.0,
         worst_index=index,
         analytic=float(analytic[index]) if analytic.size else 0.0,
         numeric=float(numeric[index]) if numeric.size else 0.0,
@@ -182,14 +186,16 @@ def _fast(
     projected = float(np.vdot(analytic, direction))
     # The typical size of the projected error when every element errs by atol + rtol*|g|.
     tol = atol * float(np.linalg.norm(direction)) + rtol * float(np.linalg.norm(direction * analytic))
-    err = abs(projected - numeric)
+    with np.errstate(over="ignore", invalid="ignore"):
+        err = abs(projected - numeric)
+    finite = math.isfinite(projected) and math.isfinite(numeric)
     return GradcheckEntry(
         name=target.name,
         kind=target.kind,
         shape=array.shape,
         mode="fast",
-        passed=bool(err <= tol),
-        max_abs_error=err,
+        passed=finite and bool(err <= tol),
+        max_abs_error=err if finite else math.inf,
         max_rel_error=err / max(abs(numeric), 1e-300),
         worst_index=None,
         analytic=projected,
@@ -240,25 +246,23 @@ def _float64(variables: Sequence[Variable]) -> Iterator[None]:
         yield
     finally:
         for v, original in swapped:
-            grad = v._grad
+            grad = v.peek_grad()
             v.value = original
+            v.clear_grad()
             if grad is not None:
-                v._grad = grad.astype(original.dtype)
-                v._owned = True
+                v.grad = grad.astype(original.dtype)
 
 
 @contextlib.contextmanager
 def _isolated(graph: Graph) -> Iterator[np.random.Generator]:
-    """Train mode, an empty tape and a fixed generator state for every evaluation."""
-    tape, pending, state = list(graph.forward_ops), list(graph._pending_losses), graph.train_state
-    graph.clear()
+    """Train mode and an empty tape for every evaluation; the graph's pass in flight and its
+    mode come back afterwards."""
+    state = graph.train_state
     graph.train()
     try:
-        yield graph.rng
+        with graph.tape.isolated():
+            yield graph.rng
     finally:
-        graph.clear()
-        graph.forward_ops.extend(tape)
-        graph._pending_losses.extend(pending)
         graph.train_state = state
 
 
@@ -315,7 +319,7 @@ def gradcheck(
     if isinstance(op_or_callable, Operation):
         op: Operation | None = op_or_callable
         fn: Callable[..., Any] = op_or_callable.forward
-        graph = op_or_callable._require_graph()
+        graph = op_or_callable.require_graph()
         params = list(op_or_callable.parameters().items()) if parameters is None else None
     else:
         op = None
@@ -332,9 +336,9 @@ def gradcheck(
     if op is not None:
         params = [(f"{op.name}.{k}", v) for k, v in params]
     variables = _as_variables(inputs)
-    is_loss = op is not None and op._is_loss
+    is_loss = op is not None and op.is_loss
     if is_loss and target is None:
-        raise InputTypeError(f"gradcheck: {op._label()} is a Loss: pass target=...")  # type: ignore[union-attr]
+        raise InputTypeError(f"gradcheck: {op.label} is a Loss: pass target=...")  # type: ignore[union-attr]
     targets = [_Target(f"input {i}", "input", v) for i, v in enumerate(variables) if v.value.dtype.kind == "f"]
     targets += [_Target(name, "parameter", v) for name, v in params if v.value.dtype.kind == "f"]
     projection_rng = np.random.default_rng(seed)

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from .arguments import check_number
 from .errors import InputTypeError
 from .parameter import Parameter
 from .variable import Variable
@@ -36,10 +37,8 @@ class Optimizer:
     """Base class: holds the variables (a Parameter store, a dict, a list, or a model/graph)."""
 
     def __init__(self, parameter: Any, lr: float) -> None:
-        if not lr > 0:
-            raise InputTypeError(f"{type(self).__name__}: lr must be positive, got {lr}")
         self.variables = _variables(parameter)
-        self.lr = float(lr)
+        self.lr = check_number(type(self).__name__, "lr", lr, low=0.0, low_inclusive=False)
 
     @property
     def trainable(self) -> list[Variable]:
@@ -48,7 +47,7 @@ class Optimizer:
     def zero_grad(self) -> None:
         """Reset every gradient to zeros (lazily)."""
         for v in self.variables:
-            v._grad = None  # (with no gradient, the ownership flag is never read)
+            v.clear_grad()
 
     def step(self) -> None:
         raise NotImplementedError
@@ -59,16 +58,14 @@ class SGD(Optimizer):
 
     def __init__(self, parameter: Any, lr: float, momentum: float = 0.0, weight_decay: float = 0.0) -> None:
         super().__init__(parameter, lr)
-        if not 0.0 <= momentum < 1.0:
-            raise InputTypeError(f"SGD: momentum must be in [0, 1), got {momentum}")
-        self.momentum = float(momentum)
-        self.weight_decay = float(weight_decay)
+        self.momentum = check_number("SGD", "momentum", momentum, low=0.0, high=1.0, high_inclusive=False)
+        self.weight_decay = check_number(type(self).__name__, "weight_decay", weight_decay, low=0.0)
         self._velocity: dict[int, np.ndarray] = {}
 
     def step(self) -> None:
         lr, momentum, decay = self.lr, self.momentum, self.weight_decay
         for v in self.variables:
-            grad = v._grad
+            grad = v.peek_grad()
             if grad is None or not v.trainable:
                 continue  # no gradient: zeros, nothing to do
             if decay:
@@ -97,11 +94,12 @@ class Adam(Optimizer):
         weight_decay: float = 0.0,
     ) -> None:
         super().__init__(parameter, lr)
-        self.beta1, self.beta2 = (float(b) for b in betas)
-        if not (0.0 <= self.beta1 < 1.0 and 0.0 <= self.beta2 < 1.0):
-            raise InputTypeError(f"Adam: betas must be in [0, 1), got {betas}")
-        self.eps = float(eps)
-        self.weight_decay = float(weight_decay)
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise InputTypeError(f"Adam: betas must be a pair (beta1, beta2), got {betas!r}")
+        self.beta1 = check_number("Adam", "betas[0]", betas[0], low=0.0, high=1.0, high_inclusive=False)
+        self.beta2 = check_number("Adam", "betas[1]", betas[1], low=0.0, high=1.0, high_inclusive=False)
+        self.eps = check_number("Adam", "eps", eps, low=0.0, low_inclusive=False)
+        self.weight_decay = check_number(type(self).__name__, "weight_decay", weight_decay, low=0.0)
         self.t = 0
         self._m: dict[int, np.ndarray] = {}
         self._v: dict[int, np.ndarray] = {}
@@ -111,7 +109,7 @@ class Adam(Optimizer):
         b1, b2 = self.beta1, self.beta2
         scale = self.lr * np.sqrt(1.0 - b2**self.t) / (1.0 - b1**self.t)
         for v in self.variables:
-            grad = v._grad
+            grad = v.peek_grad()
             if grad is None or not v.trainable:
                 continue
             if self.weight_decay:

@@ -454,7 +454,7 @@ def check_eval_mode(case: OperationCase) -> None:
     loss = _guarded(case, check, lambda: op.loss(case.target())) if case.is_loss else None  # type: ignore[attr-defined]
     if graph.forward_ops:
         raise case.fail(check, f"eval mode recorded {len(graph.forward_ops)} tape entries")
-    if graph._pending_losses:
+    if graph.tape.losses:
         raise case.fail(check, "a loss computed in eval mode was queued for backward")
     if case.info.cls.differs_in_eval:
         return

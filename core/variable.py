@@ -1,8 +1,11 @@
-"""``Variable``: a value, its gradient, a name and whether an optimizer may change it."""
+"""``Variable``: a value, its gradient, a name and whether an optimizer may change it.
+
+The one rule for accumulating gradients lives here (``Variable.add_grad``); the tape, the ops
+and the optimizers all go through it.
+"""
 
 from __future__ import annotations
 
-from sys import getrefcount
 from typing import Any
 
 import numpy as np
@@ -13,28 +16,25 @@ __all__ = ["Variable", "as_array"]
 
 
 def as_array(value: Any, where: str = "Variable") -> np.ndarray:
-    """Return ``value`` as a numeric ndarray; lists and scalars become float64.
+    """Return ``value`` as a real numeric ndarray; Python lists and scalars become float64.
 
-    Integer and boolean arrays stay as they are (labels, indices); anything that is
-    not real-numeric raises ``InputTypeError`` naming ``where``.
+    Integer and boolean arrays stay as they are (labels, indices); anything that is not
+    real-numeric raises ``InputTypeError`` naming ``where``.
     """
+    if isinstance(value, Variable):
+        return value.value
     if isinstance(value, np.ndarray):
         array = value
-    elif isinstance(value, Variable):
-        return value.value
     else:
         try:
             array = np.asarray(value)
         except (TypeError, ValueError) as exc:
             raise InputTypeError(f"{where}: expected numeric data, got {type(value).__name__}: {exc}") from None
-        if array.dtype.kind in "iub" and not isinstance(value, np.generic):
-            array = array.astype(np.float64)
-        elif array.dtype.kind == "f" and not isinstance(value, np.generic):
+        if array.dtype.kind in "iubf" and not isinstance(value, np.generic):
             array = array.astype(np.float64, copy=False)
     if array.dtype.kind not in "fiub":
         raise InputTypeError(
-            f"{where}: expected a real numeric array, got dtype {array.dtype} "
-            f"(from {type(value).__name__})"
+            f"{where}: expected a real numeric array, got dtype {array.dtype} (from {type(value).__name__})"
         )
     return array
 
@@ -42,36 +42,27 @@ def as_array(value: Any, where: str = "Variable") -> np.ndarray:
 class Variable:
     """A numpy value with a gradient slot.
 
-    ``grad`` has the value's shape and reads as zeros until something is written;
+    ``grad`` has the value's shape and dtype and reads as zeros until something is written;
     integer and boolean Variables (labels, indices) have no gradient (``grad is None``).
     ``trainable`` tells optimizers whether they may update the value.
     """
 
-    __slots__ = ("_grad", "_owned", "name", "trainable", "value")
+    __slots__ = ("_grad", "_grad_is_borrowed", "name", "trainable", "value")
 
     value: np.ndarray
     name: str | None
     trainable: bool
 
     def __init__(self, value: Any, name: str | None = None, trainable: bool = True) -> None:
-        self.value = as_array(value, f"Variable {name!r}" if name else "Variable")
+        if type(value) is np.ndarray and value.dtype.kind in "fiub":
+            self.value = value  # the common case (every op output): nothing to convert
+        else:
+            self.value = as_array(value, f"Variable {name!r}" if name else "Variable")
         self._grad: np.ndarray | None = None
-        # _owned: the gradient array belongs to this Variable alone, so it may be
-        # updated in place. A first contribution is stored by reference (not owned).
-        self._owned = False
+        # True while _grad is an array this Variable was handed (see add_grad): never written into.
+        self._grad_is_borrowed = False
         self.name = name
         self.trainable = trainable
-
-    @classmethod
-    def _wrap(cls, value: np.ndarray) -> Variable:
-        """Fast constructor for op outputs: ``value`` is already a valid ndarray."""
-        var = cls.__new__(cls)
-        var.value = value
-        var._grad = None
-        var._owned = False
-        var.name = None
-        var.trainable = True
-        return var
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -90,81 +81,86 @@ class Variable:
         """True for float values: only they carry a gradient."""
         return self.value.dtype.kind == "f"
 
-    @property
-    def grad(self) -> np.ndarray | None:
-        """The accumulated gradient (zeros until written; None for integer values)."""
-        if self.value.dtype.kind != "f":
-            return None
-        grad = self._grad
-        if grad is None:
-            grad = self._grad = np.zeros_like(self.value)
-            self._owned = True
-        elif not self._owned:
-            if grad.base is not None or self._grad_refs() != _EXCLUSIVE_REFS:
-                # Someone else may hold this array (an op returned it for two inputs):
-                # take a private copy before handing it out for in-place updates.
-                grad = self._grad = np.array(grad, dtype=self.value.dtype)
-            self._owned = True
-        return grad
+    # -- the accumulation rule ---------------------------------------------------------------
+    def add_grad(self, grad: Any) -> None:
+        """Add ``grad`` (the value's shape, a real dtype) into this Variable's gradient.
 
-    @grad.setter
-    def grad(self, value: Any) -> None:
-        if value is self._grad and value is not None:
-            return  # ``v.grad += g`` wrote in place into our own array
-        if self.value.dtype.kind != "f":
-            if value is None:
-                return
-            raise InputTypeError(
-                f"Variable {self.name!r}: integer values have no gradient "
-                f"(dtype {self.value.dtype})"
-            )
-        if value is None:
-            self._grad = None
-            return
-        array = np.array(value, dtype=self.value.dtype)
-        if array.shape != self.value.shape:
-            raise ShapeError(
-                f"Variable {self.name!r}: gradient must have the value's shape "
-                f"{self.value.shape}, got {array.shape}"
-            )
-        self._grad = array
-        self._owned = True
-
-    def _grad_refs(self) -> int:
-        grad = self._grad
-        return getrefcount(grad)
-
-    def add_grad(self, grad: np.ndarray) -> None:
-        """Add ``grad`` into ``.grad`` without ever writing into ``grad`` itself.
-
-        The first contribution is kept by reference (no copy); later ones are added
-        out of place once, then in place into the array this Variable owns. Ops may
-        use it instead of ``.grad +=`` to save an allocation.
+        The one accumulation rule, for every shape including ``()``: the first contribution is
+        kept by reference, without a copy, and is *borrowed*: whoever made it may hold it too
+        (an op may return one array for two inputs), so it is never written into. The second
+        contribution is added into a new array this Variable owns; later ones are added into
+        that array in place. Ops call this for their parameters' gradients.
         """
-        if getattr(grad, "shape", None) != self.value.shape:
-            raise ShapeError(
-                f"Variable {self.name!r}: gradient must have the value's shape "
-                f"{self.value.shape}, got {getattr(grad, 'shape', type(grad).__name__)}"
-            )
-        self._accumulate(grad)
-
-    def _accumulate(self, grad: np.ndarray) -> None:
-        """add_grad without the shape check (the caller has checked)."""
+        grad = self._checked(grad)
         current = self._grad
         if current is None:
             self._grad = grad
-            self._owned = False
-        elif self._owned:
-            current += grad
+            self._grad_is_borrowed = True
+        elif self._grad_is_borrowed:
+            self._grad = np.add(current, grad, out=np.empty_like(self.value))
+            self._grad_is_borrowed = False
         else:
-            self._grad = current + grad
-            self._owned = True
+            np.add(current, grad, out=current)
+
+    def _checked(self, grad: Any) -> np.ndarray:
+        """``grad`` as an array of this Variable's shape and dtype, or a clear error."""
+        value = self.value
+        if value.dtype.kind != "f":
+            raise InputTypeError(f"{self._title()}: integer values have no gradient (dtype {value.dtype})")
+        if type(grad) is not np.ndarray:
+            grad = np.asarray(grad)  # numpy scalars (what ufuncs return for shape ()), lists
+        if grad.shape != value.shape:
+            raise ShapeError(f"{self._title()}: gradient must have the value's shape {value.shape}, got {grad.shape}")
+        if grad.dtype != value.dtype:
+            if grad.dtype.kind not in "fiub":
+                raise InputTypeError(
+                    f"{self._title()}: gradient must be real, got dtype {grad.dtype} for a value of dtype {value.dtype}"
+                )
+            grad = grad.astype(value.dtype)
+        return grad
+
+    @property
+    def grad(self) -> np.ndarray | None:
+        """The accumulated gradient, this Variable's own array: updating it in place is safe.
+
+        Zeros until something is written; None for integer values.
+        """
+        if self.value.dtype.kind != "f":
+            return None
+        if self._grad is None:
+            self._grad = np.zeros_like(self.value)
+        elif self._grad_is_borrowed:
+            self._grad = self._grad.copy()  # in-place updates must not reach the array's other holders
+        self._grad_is_borrowed = False
+        return self._grad
+
+    @grad.setter
+    def grad(self, value: Any) -> None:
+        if value is None:
+            self.clear_grad()
+            return
+        if value is self._grad and not self._grad_is_borrowed:
+            return  # ``v.grad += g`` wrote in place into this Variable's own array
+        grad = self._checked(value)  # before anything changes: a bad value loses nothing
+        self._grad = grad.copy() if grad is value else grad  # the caller keeps its array
+        self._grad_is_borrowed = False
+
+    def peek_grad(self) -> np.ndarray | None:
+        """The gradient accumulated so far, without a copy; None if nothing arrived.
+
+        For reading only (optimizers, the tape): the array may be shared, so never write into it.
+        """
+        return self._grad
 
     def clear_grad(self) -> None:
         """Reset the gradient to zeros (lazily: nothing is allocated until it is read)."""
         self._grad = None
-        self._owned = False
+        self._grad_is_borrowed = False
 
+    def _title(self) -> str:
+        return f"Variable {self.name!r}" if self.name else f"a Variable of shape {self.value.shape}"
+
+    # -- numpy interplay -----------------------------------------------------------------------
     def numpy(self) -> np.ndarray:
         return self.value
 
@@ -180,13 +176,3 @@ class Variable:
         name = f"{self.name!r}, " if self.name else ""
         flag = "" if self.trainable else ", trainable=False"
         return f"Variable({name}shape={self.value.shape}, dtype={self.value.dtype}{flag})"
-
-
-def _calibrate() -> int:
-    """References _grad_refs sees for an array held by nothing but the Variable (per interpreter)."""
-    probe = Variable._wrap(np.zeros(1))
-    probe._grad = np.zeros(1)
-    return probe._grad_refs()
-
-
-_EXCLUSIVE_REFS = _calibrate()

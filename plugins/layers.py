@@ -28,7 +28,7 @@ class Affine(tg.Operation):
             out = x @ self.W.value
         except ValueError:
             raise ShapeError(
-                f"{self._label()}: expected input of shape (batch, {self.input_size}), got {x.shape}"
+                f"{self.label}: expected input of shape (batch, {self.input_size}), got {x.shape}"
             ) from None
         if self.b is not None:
             out += self.b.value
@@ -37,17 +37,16 @@ class Affine(tg.Operation):
 
     def backward(self, ctx: tg.Context, grad: np.ndarray) -> np.ndarray | None:
         (x,) = ctx.saved
-        # The shapes follow from forward's: accumulate without add_grad's shape check.
         if x.ndim == 2:
-            self.W._accumulate(x.T @ grad)
+            self.W.add_grad(x.T @ grad)
             if self.b is not None:
-                self.b._accumulate(grad.sum(axis=0))
+                self.b.add_grad(grad.sum(axis=0))
         else:
             flat = grad.reshape(-1, self.output_size)
-            self.W._accumulate(x.reshape(-1, self.input_size).T @ flat)
+            self.W.add_grad(x.reshape(-1, self.input_size).T @ flat)
             if self.b is not None:
-                self.b._accumulate(flat.sum(axis=0))
-        if ctx.sole_input is None:
+                self.b.add_grad(flat.sum(axis=0))
+        if not ctx.needs_input_grad[0]:
             return None  # a constant input (data): its gradient is never used
         return grad @ self.W.value.T
 
@@ -62,6 +61,8 @@ class Affine(tg.Operation):
 class Embedding(tg.Operation):
     """Rows of W (vocab_size, embed_size) for integer ids of any shape: (...) -> (..., embed_size).
     Only the rows used receive gradient. Saves the ids."""
+
+    integer_inputs = (0,)
 
     def __init__(self, vocab_size: int, embed_size: int) -> None:
         self.vocab_size = int(vocab_size)
@@ -131,7 +132,7 @@ class LayerNorm(tg.Operation):
     def forward(self, ctx: tg.Context, x: np.ndarray) -> np.ndarray:
         need_rank(self, x, 1)
         if x.shape[-1] != self.size:
-            raise ShapeError(f"{self._label()}: expected the last axis to have size {self.size}, got shape {x.shape}")
+            raise ShapeError(f"{self.label}: expected the last axis to have size {self.size}, got shape {x.shape}")
         centred = x - x.mean(axis=-1, keepdims=True)
         inv_std = 1.0 / np.sqrt((centred * centred).mean(axis=-1, keepdims=True) + self.eps)
         xhat = centred * inv_std

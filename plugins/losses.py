@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import numpy as np
 
 import tapegrad as tg
-from tapegrad import ShapeError
+from tapegrad import OutOfRangeError, ShapeError
 
 from ._util import integer_labels, need_float
 
@@ -25,7 +25,7 @@ class SoftmaxLoss(tg.Loss):
 
     def forward(self, ctx: tg.Context, logits: np.ndarray) -> np.ndarray:
         if logits.ndim != 2:
-            raise ShapeError(f"{self._label()}: expected logits of shape (batch, classes), got {logits.shape}")
+            raise ShapeError(f"{self.label}: expected logits of shape (batch, classes), got {logits.shape}")
         shifted = logits - logits.max(axis=1, keepdims=True)
         e = np.exp(shifted)
         total = e.sum(axis=1, keepdims=True)
@@ -37,7 +37,7 @@ class SoftmaxLoss(tg.Loss):
         probs, shifted, total = ctx.saved
         n, classes = probs.shape
         if target.ndim != 1 or target.shape[0] != n:
-            raise ShapeError(f"{self._label()}: expected {n} labels of shape ({n},), got shape {target.shape}")
+            raise ShapeError(f"{self.label}: expected {n} labels of shape ({n},), got shape {target.shape}")
         if target.dtype.kind not in "iu":
             target = integer_labels(self, target, classes)
         if n == 1:  # the seed's batch size: plain Python on one label
@@ -88,7 +88,7 @@ class SquareLoss(tg.Loss):
     def loss(self, ctx: tg.Context, target: np.ndarray) -> float:
         (y,) = ctx.saved
         if target.shape != y.shape:
-            raise ShapeError(f"{self._label()}: target shape {target.shape} does not match prediction shape {y.shape}")
+            raise ShapeError(f"{self.label}: target shape {target.shape} does not match prediction shape {y.shape}")
         diff = y - target
         ctx.diff = diff
         n = y.shape[0] if y.ndim else 1
@@ -122,9 +122,9 @@ class SigmoidCrossEntropyLoss(tg.Loss):
     def loss(self, ctx: tg.Context, target: np.ndarray) -> float:
         logits, probs = ctx.saved
         if target.shape != logits.shape:
-            raise ShapeError(f"{self._label()}: target shape {target.shape} does not match logits shape {logits.shape}")
+            raise ShapeError(f"{self.label}: target shape {target.shape} does not match logits shape {logits.shape}")
         if target.size and (target.min() < 0 or target.max() > 1):
-            raise ShapeError(f"{self._label()}: targets must lie in [0, 1], got values from {target.min()} to {target.max()}")
+            raise OutOfRangeError(f"{self.label}: targets must lie in [0, 1], got values from {target.min()} to {target.max()}")
         ctx.target = target
         # max(x, 0) - x t + log(1 + exp(-|x|)): never overflows
         elementwise = np.maximum(logits, 0) - logits * target + np.log1p(np.exp(-np.abs(logits)))

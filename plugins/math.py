@@ -39,12 +39,12 @@ class Add(tg.Operation):
             try:
                 out = a + b
             except ValueError:
-                raise broadcast_error(self._label(), a, b) from None
+                raise broadcast_error(self.label, a, b) from None
             ctx.saved = (a.shape, b.shape)
             return out
         shapes = [x.shape for x in xs]
         if len(set(shapes)) > 1:
-            broadcast_shape(self._label(), *xs)
+            broadcast_shape(self.label, *xs)
         ctx.saved = tuple(shapes)
         return reduce(np.add, xs[1:], np.array(xs[0], copy=True))
 
@@ -69,7 +69,7 @@ class Subtract(tg.Operation):
         try:
             out = a - b
         except ValueError:
-            raise broadcast_error(self._label(), a, b) from None
+            raise broadcast_error(self.label, a, b) from None
         ctx.saved = (a.shape, b.shape)
         return out
 
@@ -89,7 +89,7 @@ class Multiply(tg.Operation):
         try:
             out = a * b
         except ValueError:
-            raise broadcast_error(self._label(), a, b) from None
+            raise broadcast_error(self.label, a, b) from None
         ctx.saved = (a, b)
         return out
 
@@ -107,9 +107,9 @@ class Divide(tg.Operation):
 
     def forward(self, ctx: tg.Context, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         if a.shape != b.shape:
-            broadcast_shape(self._label(), a, b)  # before the zero check: shapes first
+            broadcast_shape(self.label, a, b)  # before the zero check: shapes first
         if not np.all(b):
-            raise OperationError(f"{self._label()}: division by zero (the divisor holds {np.sum(b == 0)} zero(s))")
+            raise OperationError(f"{self.label}: division by zero (the divisor holds {np.sum(b == 0)} zero(s))")
         out = a / b
         ctx.saved = (a.shape, b, out)
         return out
@@ -134,11 +134,11 @@ class Matmul(tg.Operation):
         need_rank(self, b, 2, "second input")
         if a.shape[-1] != b.shape[-2]:
             raise ShapeError(
-                f"{self._label()}: inner dimensions differ: {a.shape} @ {b.shape} "
+                f"{self.label}: inner dimensions differ: {a.shape} @ {b.shape} "
                 f"({a.shape[-1]} != {b.shape[-2]})"
             )
         if a.ndim > 2 or b.ndim > 2:
-            broadcast_shape(self._label(), a[..., :1, :1], b[..., :1, :1])
+            broadcast_shape(self.label, a[..., :1, :1], b[..., :1, :1])
         ctx.saved = (a, b)
         return a @ b
 
@@ -190,7 +190,7 @@ class Mean(tg.Operation):
         ax = axes(self, self.axis, x.ndim)
         count = x.size if ax is None else int(np.prod([x.shape[i] for i in ax]))
         if count == 0:
-            raise ShapeError(f"{self._label()}: mean over an empty axis (input shape {x.shape})")
+            raise ShapeError(f"{self.label}: mean over an empty axis (input shape {x.shape})")
         ctx.saved = (x.shape, ax, count)
         return np.asarray(x.mean(axis=ax, keepdims=self.keepdims))
 
@@ -229,7 +229,7 @@ class Reshape(tg.Operation):
         try:
             out = x.reshape(self.shape)
         except ValueError:
-            raise ShapeError(f"{self._label()}: cannot reshape an input of shape {x.shape} (size {x.size}) to {self.shape}") from None
+            raise ShapeError(f"{self.label}: cannot reshape an input of shape {x.shape} (size {x.size}) to {self.shape}") from None
         ctx.saved = (x.shape,)
         return out
 
@@ -250,7 +250,7 @@ class Transpose(tg.Operation):
 
     def forward(self, ctx: tg.Context, x: np.ndarray) -> np.ndarray:
         if self.axes is not None and sorted(a % max(x.ndim, 1) for a in self.axes) != list(range(x.ndim)):
-            raise ShapeError(f"{self._label()}: axes {self.axes} are not a permutation of the {x.ndim} axes of shape {x.shape}")
+            raise ShapeError(f"{self.label}: axes {self.axes} are not a permutation of the {x.ndim} axes of shape {x.shape}")
         return np.transpose(x, self.axes)
 
     def backward(self, ctx: tg.Context, grad: np.ndarray) -> np.ndarray:
@@ -277,7 +277,7 @@ class Concat(tg.Operation):
         for x in xs[1:]:
             if x.ndim != first.ndim or x.shape[:axis] + x.shape[axis + 1 :] != first.shape[:axis] + first.shape[axis + 1 :]:
                 listed = ", ".join(str(x.shape) for x in xs)
-                raise ShapeError(f"{self._label()}: inputs must match except along axis {self.axis}, got {listed}")
+                raise ShapeError(f"{self.label}: inputs must match except along axis {self.axis}, got {listed}")
         ctx.saved = (axis, np.cumsum([x.shape[axis] for x in xs[:-1]]))
         return np.concatenate(xs, axis=axis)
 
@@ -298,7 +298,7 @@ class Exp(tg.Operation):
     def forward(self, ctx: tg.Context, x: np.ndarray) -> np.ndarray:
         if x.size and x.max() > _LOG_MAX.get(x.dtype, 709.0):
             raise OperationError(
-                f"{self._label()}: exp overflows {x.dtype} for inputs above {_LOG_MAX.get(x.dtype, 709.0)} "
+                f"{self.label}: exp overflows {x.dtype} for inputs above {_LOG_MAX.get(x.dtype, 709.0)} "
                 f"(largest input {x.max()})"
             )
         out = np.exp(x)
@@ -320,7 +320,7 @@ class Log(tg.Operation):
 
     def forward(self, ctx: tg.Context, x: np.ndarray) -> np.ndarray:
         if x.size and not x.min() > 0:
-            raise OperationError(f"{self._label()}: log needs positive inputs, got a minimum of {x.min()}")
+            raise OperationError(f"{self.label}: log needs positive inputs, got a minimum of {x.min()}")
         ctx.saved = (x,)
         return np.log(x)
 

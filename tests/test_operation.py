@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-# the DESIGN.md examples, as the installed third-party fixture ships them
+# the README's examples, as the installed third-party fixture ships them
 from acme_ops.plugin import Scale, Softplus
 
 import tapegrad as tg

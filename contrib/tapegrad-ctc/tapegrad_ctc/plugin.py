@@ -42,9 +42,9 @@ class CTCLoss(tg.Loss):
 
     def forward(self, ctx: tg.Context, logits: np.ndarray) -> np.ndarray:
         if logits.ndim != 3:
-            raise ShapeError(f"{self._label()}: expected logits of shape (N, T, C), got {logits.shape}")
+            raise ShapeError(f"{self.label}: expected logits of shape (N, T, C), got {logits.shape}")
         if not 0 <= self.blank < logits.shape[2]:
-            raise ShapeError(f"{self._label()}: blank {self.blank} is not a class of logits with C={logits.shape[2]}")
+            raise ShapeError(f"{self.label}: blank {self.blank} is not a class of logits with C={logits.shape[2]}")
         log_probs = _log_softmax(logits)
         ctx.save(log_probs)
         return log_probs
@@ -52,22 +52,22 @@ class CTCLoss(tg.Loss):
     def _targets(self, targets: np.ndarray, n: int, classes: int) -> tuple[np.ndarray, np.ndarray]:
         if targets.dtype.kind == "f":
             if not np.array_equal(targets, np.round(targets)):
-                raise InputTypeError(f"{self._label()}: targets must be integers, got dtype {targets.dtype}")
+                raise InputTypeError(f"{self.label}: targets must be integers, got dtype {targets.dtype}")
             targets = targets.astype(np.int64)
         elif targets.dtype.kind not in "iu":
-            raise InputTypeError(f"{self._label()}: targets must be integers, got dtype {targets.dtype}")
+            raise InputTypeError(f"{self.label}: targets must be integers, got dtype {targets.dtype}")
         if targets.ndim != 2 or targets.shape[0] != n:
-            raise ShapeError(f"{self._label()}: expected targets of shape ({n}, S) padded with -1, got {targets.shape}")
+            raise ShapeError(f"{self.label}: expected targets of shape ({n}, S) padded with -1, got {targets.shape}")
         valid = targets >= 0
         lengths = valid.sum(axis=1)
         if np.any(valid[:, 1:] & ~valid[:, :-1]):
-            raise ShapeError(f"{self._label()}: -1 padding must come after the labels of each row")
+            raise ShapeError(f"{self.label}: -1 padding must come after the labels of each row")
         labels = targets[valid]
         if np.any(labels >= classes) or np.any(labels == self.blank) or np.any(targets < -1):
             bad = labels[(labels >= classes) | (labels == self.blank)]
             shown = bad[0] if bad.size else targets[targets < -1][0]
             raise ShapeError(
-                f"{self._label()}: target label {shown} is not allowed (labels are 0..{classes - 1} except the "
+                f"{self.label}: target label {shown} is not allowed (labels are 0..{classes - 1} except the "
                 f"blank {self.blank}; -1 pads)"
             )
         return targets, lengths
@@ -92,7 +92,7 @@ class CTCLoss(tg.Loss):
         if impossible.any() and not self.zero_infinity:
             rows = np.flatnonzero(impossible)
             raise OperationError(
-                f"{self._label()}: batch element {rows[0]} (of {rows.tolist()}) has a target of length "
+                f"{self.label}: batch element {rows[0]} (of {rows.tolist()}) has a target of length "
                 f"{lengths[rows[0]]} needing {lengths[rows[0]] + repeats[rows[0]]} steps, but the input has {steps}; "
                 "no alignment exists (pass zero_infinity=True to ignore such elements)"
             )

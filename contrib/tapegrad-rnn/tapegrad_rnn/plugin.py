@@ -23,7 +23,7 @@ def _check(op: tg.Operation, name: str, array: np.ndarray, shape: tuple[Any, ...
     """``shape`` may hold None for a free dimension (the batch)."""
     if array.ndim != len(shape) or any(s is not None and a != s for a, s in zip(array.shape, shape)):
         wanted = "(" + ", ".join("N" if s is None else str(s) for s in shape) + ")"
-        raise ShapeError(f"{op._label()}: expected {name} of shape {wanted}, got {array.shape}")
+        raise ShapeError(f"{op.label}: expected {name} of shape {wanted}, got {array.shape}")
 
 
 def _forget_bias(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:

@@ -1,0 +1,297 @@
+"""The tape: what one forward pass recorded, and the backward walk over it.
+
+Every op application gets a ``Context`` (what its ``forward`` saved for ``backward``). The
+forward wrapper (``operation.py``) hands it to ``Tape.record`` with the op's outputs; in train
+mode the tape keeps it (``graph.forward_ops`` is the tape's list). A ``Loss`` application is also
+remembered as its op's latest, in either mode, so ``loss(target)`` can pair with it
+(``Tape.latest``); a computed loss is queued for seeding (``Tape.add_loss``).
+
+``Tape.backward`` seeds every queued loss with ``loss_grad`` and any output Variable with an
+explicit gradient, then walks the tape in reverse: each application whose outputs received a
+gradient has its op's ``backward(ctx, grad)`` called, and the input gradients it returns are
+added into the input Variables with ``Variable.add_grad`` (the one accumulation rule). The tape
+is cleared afterwards, whatever happened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import BackwardError, GraphError, InputTypeError, ShapeError, TapegradError, TapeWarning
+from .variable import Variable
+
+if TYPE_CHECKING:
+    from .operation import Operation
+
+__all__ = ["Context", "Tape"]
+
+# Exceptions from an author's numpy code that are re-raised as framework errors naming the op.
+AUTHOR_ERRORS = (ValueError, TypeError, IndexError, ArithmeticError)
+
+
+class Context:
+    """Per-application state: what ``forward`` saved for ``backward``.
+
+    One Context is made for every application of an op, so an op applied twice in a pass keeps
+    two. Authors call ``ctx.save(*arrays)`` (or assign ``ctx.saved = (...)``) and read
+    ``ctx.saved``; they may set attributes of their own (``ctx.mask = ...``).
+    ``ctx.needs_input_grad`` says, per input, whether its gradient is wanted (an op may return
+    None for the others); ``ctx.training`` and ``ctx.rng`` give the graph's mode and generator.
+    ``ctx.inputs`` and ``ctx.outputs`` are the application's Variables (or constant arrays), for
+    the tape and for tools; ops must not rely on them.
+    """
+
+    __slots__ = ("__dict__", "_needs_input_grad", "inputs", "op", "outputs", "recorded", "saved")
+
+    op: Operation
+    inputs: tuple[Any, ...]
+    outputs: Any
+    saved: tuple[Any, ...]
+    recorded: bool
+
+    def __init__(self, op: Operation, inputs: tuple[Any, ...]) -> None:
+        self.op = op
+        self.inputs = inputs
+        self.outputs = None
+        self.saved = ()
+        self.recorded = False
+        self._needs_input_grad: tuple[bool, ...] | None = None
+
+    if TYPE_CHECKING:  # authors' own attributes type-check
+
+        def __getattr__(self, name: str) -> Any: ...
+
+    def save(self, *arrays: Any) -> None:
+        """Keep ``arrays`` for ``backward`` (read back as ``ctx.saved``)."""
+        self.saved = arrays
+
+    @property
+    def needs_input_grad(self) -> tuple[bool, ...]:
+        """Per input: is its gradient wanted (a float Variable, not a constant)?"""
+        if self._needs_input_grad is None:
+            self._needs_input_grad = tuple(isinstance(x, Variable) and x.differentiable for x in self.inputs)
+        return self._needs_input_grad
+
+    @needs_input_grad.setter
+    def needs_input_grad(self, value: tuple[bool, ...]) -> None:
+        self._needs_input_grad = tuple(value)
+
+    @property
+    def training(self) -> bool:
+        """True when the graph is in train mode."""
+        graph = self.op.graph
+        return bool(graph is not None and graph.train_state)
+
+    @property
+    def rng(self) -> np.random.Generator:
+        """The graph's seeded generator (for stochastic ops such as Dropout)."""
+        return self.op.require_graph().rng
+
+    def __repr__(self) -> str:
+        return f"<Context of {self.op.label}>"
+
+
+class Tape:
+    """The applications recorded since the last backward, and the losses queued for seeding.
+
+    ``entries`` (a Graph's ``forward_ops``) lists the recorded Contexts in forward order;
+    ``losses`` the Loss applications whose ``loss(target)`` was computed since.
+    """
+
+    #: Past this many entries without a backward, the tape warns once (see ``record``).
+    WARN_ENTRIES = 50_000
+
+    def __init__(self) -> None:
+        self.entries: list[Context] = []
+        self.losses: list[Context] = []
+        self.latest: dict[Operation, Context] = {}  # each Loss op's most recent application
+        self._warned = False
+
+    # -- recording -----------------------------------------------------------------------------
+    def record(self, ctx: Context, outputs: Any, keep: bool) -> None:
+        """Note an application that produced ``outputs``; keep it for backward when ``keep``
+        (train mode). A growing tape that nobody differentiates warns once."""
+        ctx.outputs = outputs
+        if ctx.op.is_loss:
+            self.latest[ctx.op] = ctx
+        if not keep:
+            return
+        ctx.recorded = True
+        self.entries.append(ctx)
+        if len(self.entries) == self.WARN_ENTRIES and not self._warned:
+            self._warned = True
+            graph = ctx.op.graph
+            warnings.warn(
+                f"Graph {graph.name if graph else '?'!r}: the tape holds {self.WARN_ENTRIES} applications "
+                "that no backward() has consumed, and keeps growing with every forward in train mode. "
+                "For inference call graph.eval() first; when training, call graph.backward() (or "
+                "graph.clear()) after each pass.",
+                TapeWarning,
+                stacklevel=4,
+            )
+
+    def latest_application(self, op: Operation) -> Context:
+        """The most recent application of the Loss ``op``, for ``loss(target)``."""
+        ctx = self.latest.get(op)
+        if ctx is None:
+            raise GraphError(f"{op.label}: loss() needs a forward() first")
+        return ctx
+
+    def add_loss(self, ctx: Context) -> None:
+        """Queue a computed loss for seeding by ``backward`` (recorded applications only)."""
+        if not ctx.recorded:
+            return  # eval mode: a loss for reading, nothing to differentiate
+        if not any(entry is ctx for entry in reversed(self.entries)):
+            raise GraphError(
+                f"{ctx.op.label}: loss() refers to a forward pass that backward() already consumed "
+                "(or clear() dropped); run forward again"
+            )
+        if not any(queued is ctx for queued in self.losses):
+            self.losses.append(ctx)
+
+    def clear(self) -> None:
+        """Drop the recorded applications and the queued losses."""
+        self.entries.clear()
+        self.losses.clear()
+
+    @contextlib.contextmanager
+    def isolated(self) -> Iterator[None]:
+        """An empty tape inside the block; what was recorded before comes back afterwards.
+
+        The contract suite and gradcheck differentiate on a graph without touching a pass
+        the user has in flight.
+        """
+        entries, losses = list(self.entries), list(self.losses)
+        self.clear()
+        try:
+            yield
+        finally:
+            self.clear()
+            self.entries.extend(entries)
+            self.losses.extend(losses)
+
+    # -- backward ------------------------------------------------------------------------------
+    def backward(self, grads: Mapping[Variable, Any] | None = None, loss_grad: float = 1.0, name: str = "graph") -> None:
+        """Differentiate the recorded pass, then clear the tape (see the module docstring).
+
+        Bad arguments raise before anything changes; an error inside an op's backward names
+        the op (and the tape is cleared: its gradients are partly accumulated).
+        """
+        seeds = self._seeds(grads, name)
+        if not self.losses and not seeds:
+            raise BackwardError(
+                f"Graph {name!r}: backward() needs a loss: call loss(target) on a Loss op after forward "
+                "(in train mode), or pass grads={output: gradient}" + ("" if self.entries else "; the tape is empty")
+            )
+        ctx: Context | None = None
+        try:
+            for variable, grad in seeds:
+                variable.add_grad(grad)
+            for ctx in reversed(self.entries):
+                grad = self._output_grad(ctx, loss_grad)
+                if grad is not None:
+                    self._route(ctx, ctx.op.backward(ctx, grad))
+        except BackwardError:
+            raise
+        except (*AUTHOR_ERRORS, AttributeError) as exc:
+            if ctx is None:
+                raise
+            hint = " (set it on ctx in forward or loss before backward reads it)" if isinstance(exc, AttributeError) else ""
+            raise BackwardError(f"{ctx.op.label}: backward failed: {exc}{hint}") from exc
+        finally:
+            self.clear()
+
+    def _seeds(self, grads: Mapping[Variable, Any] | None, name: str) -> list[tuple[Variable, np.ndarray]]:
+        """``grads`` checked: float output Variables of recorded applications, and their gradients."""
+        if not grads:
+            return []
+        if not isinstance(grads, Mapping):
+            raise InputTypeError(
+                f"Graph {name!r}: backward(grads=...) takes a dict {{output Variable: gradient}}, "
+                f"got {type(grads).__name__}"
+            )
+        produced = {id(o) for ctx in self.entries for o in _as_tuple(ctx.outputs)}
+        seeds = []
+        for variable, grad in grads.items():
+            if not isinstance(variable, Variable):
+                raise InputTypeError(f"Graph {name!r}: backward(grads=...) keys must be Variables, got {type(variable).__name__}")
+            if not variable.differentiable:
+                continue  # integer outputs carry no gradient
+            if id(variable) not in produced:
+                raise BackwardError(
+                    f"Graph {name!r}: backward(grads=...) got a Variable of shape {variable.shape} that no "
+                    "recorded application produced: forward ran in eval mode (graph.train() records), "
+                    "or backward() already consumed that pass"
+                )
+            try:
+                seeds.append((variable, _float_array(grad, variable)))
+            except TapegradError as exc:
+                raise type(exc)(f"Graph {name!r}: backward(grads=...): {exc}") from None
+        return seeds
+
+    def _output_grad(self, ctx: Context, loss_grad: float) -> Any:
+        """What flows into ``ctx.op.backward``: the loss gradient, the output's gradient, or for
+        several outputs a tuple (zeros for unused ones); None when nothing reached the outputs."""
+        if ctx.op.is_loss:
+            return loss_grad if any(queued is ctx for queued in self.losses) else None
+        outputs = ctx.outputs
+        if isinstance(outputs, Variable):
+            return outputs.peek_grad()
+        grads = [o.peek_grad() for o in outputs]
+        if all(g is None for g in grads):
+            return None
+        return tuple(np.zeros_like(o.value) if g is None else g for o, g in zip(outputs, grads))
+
+    @staticmethod
+    def _route(ctx: Context, in_grads: Any) -> None:
+        """Add the gradients an op's backward returned into its input Variables."""
+        if in_grads is None:
+            return
+        op, inputs = ctx.op, ctx.inputs
+        if not isinstance(in_grads, tuple):
+            if len(inputs) != 1:
+                raise BackwardError(
+                    f"{op.label}: backward returned one gradient for {len(inputs)} inputs; "
+                    "return a tuple with one entry per input (None where there is none)"
+                )
+            in_grads = (in_grads,)
+        elif len(in_grads) != len(inputs):
+            raise BackwardError(f"{op.label}: backward returned {len(in_grads)} gradients for {len(inputs)} inputs")
+        for index, (x, grad) in enumerate(zip(inputs, in_grads)):
+            if grad is None or not isinstance(x, Variable) or not x.differentiable:
+                continue
+            try:
+                x.add_grad(grad)
+            except ShapeError:
+                raise BackwardError(
+                    f"{op.label}: backward returned a gradient of shape {np.shape(grad)} for input {index}, "
+                    f"which has shape {x.shape}"
+                ) from None
+            except TapegradError as exc:
+                raise BackwardError(f"{op.label}: backward's gradient for input {index}: {exc}") from None
+
+
+def _as_tuple(outputs: Any) -> tuple[Any, ...]:
+    if outputs is None:
+        return ()
+    return outputs if isinstance(outputs, tuple) else (outputs,)
+
+
+def _float_array(grad: Any, like: Variable) -> np.ndarray:
+    """An explicit seed gradient as an array of the Variable's dtype."""
+    if isinstance(grad, Variable):
+        grad = grad.value
+    try:
+        array = np.asarray(grad)
+    except (TypeError, ValueError) as exc:
+        raise InputTypeError(f"expected a numeric gradient, got {type(grad).__name__}: {exc}") from None
+    if array.dtype.kind not in "fiub":
+        raise InputTypeError(f"expected a real numeric gradient, got dtype {array.dtype}")
+    if array.shape != like.shape:
+        raise ShapeError(f"a gradient of shape {array.shape} for an output of shape {like.shape}")
+    return array.astype(like.dtype, copy=False)
