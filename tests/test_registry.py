@@ -84,7 +84,9 @@ def test_plugin_names_match_exactly(plugin_dir):
     registry = Registry()
     with pytest.raises(tg.UnknownOperationError, match="no plugin named 'tgtest_acme'"):
         registry.resolve("tgtest_acme:Bad")
-    assert [r.name for r in tg.registry.iter_operations(registry, ["tgtest_acme"])] == []
+    assert registry.operations(plugin="tgtest_acme") == []
+    assert [r.name for r in registry.operations(plugin=["tgtest_acmebad", "nothing"])] == ["Bad"]
+    assert [r.name for r in registry.operations(plugin="tgtest-acmebad")] == ["Bad"], "distribution names match too"
 
 
 def test_disable_plugins_by_entry_point_or_distribution_name(plugin_dir, monkeypatch):
