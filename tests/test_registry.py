@@ -207,7 +207,7 @@ def test_first_load_publishes_nothing_until_every_entry_point_is_read(plugin_dir
     for t in others:
         t.start()
     for t in others:
-        t.join(0.3)  # gives the other threads time to ask before the load completes (no assertion on time)
+        t.join(0.1)  # gives the other threads time to ask before the load completes (no assertion on time)
     tgtest_gate.release.set()
     for t in [loader, *others]:
         t.join(10)
