@@ -43,6 +43,7 @@ __all__ = ["Registry", "PluginInfo", "OperationInfo", "default_registry", "regis
 log = logging.getLogger(__name__)
 
 FIRST_PARTY = "tapegrad"
+RUNTIME = "runtime"  # the plugin name of run-time registrations that give none
 #: The most entries a plugin's ``tapegrad_operations()`` may return; more is taken for an endless iterable.
 MAX_OPERATIONS_PER_PLUGIN = 10_000
 T = TypeVar("T", bound=type[Operation])
@@ -218,7 +219,8 @@ class Registry:
         found = [(ep, *_distribution(ep)) for ep in entry_points(group=self.group)]
         # tapegrad's own entry points first: they own their names whatever the sys.path order.
         found.sort(key=lambda row: _normalize(row[1]) != FIRST_PARTY)
-        reserved = {ep.name for ep, dist, _ in found if _normalize(dist) == FIRST_PARTY}
+        # Also reserved: the distribution's own name (``--plugin tapegrad``) and run-time registration's default.
+        reserved = {ep.name for ep, dist, _ in found if _normalize(dist) == FIRST_PARTY} | {FIRST_PARTY, RUNTIME}
         for ep, dist_name, version in found:
             info = PluginInfo(ep.name, dist_name, version)
             first_party = _normalize(dist_name) == FIRST_PARTY
@@ -231,12 +233,18 @@ class Registry:
                 self._record(info)
                 continue
             problem = plugin_name_problem(ep.name)
-            if problem is None and not first_party and ep.name in reserved:
-                problem = f"entry point name {ep.name!r} is reserved for tapegrad's own plugin; rename the entry point"
-            elif problem is None and ep.name in self._plugins:
-                problem = f"entry point name {ep.name!r} is already used by plugin {self._plugins[ep.name].label}"
             if problem is not None:
                 self._fail(info, problem)
+                continue
+            if not first_party and ep.name in reserved:
+                clash = f"entry point name {ep.name!r} is reserved for tapegrad's own use; rename the entry point"
+            elif ep.name in self._plugins:
+                clash = f"entry point name {ep.name!r} is already used by plugin {self._plugins[ep.name].label}"
+            else:
+                clash = None
+            if clash is not None:
+                # Never under the plain name: asking for the name must reach its owner, not this plugin.
+                self._fail(info, clash, owner=False)
                 continue
             try:
                 plugin = ep.load()
@@ -247,18 +255,18 @@ class Registry:
                 continue
             self._add_plugin(plugin, info)
 
-    def _record(self, info: PluginInfo) -> None:
-        """Keep ``info`` for ``plugins()``; a name already taken is kept under ``name (distribution)``."""
+    def _record(self, info: PluginInfo, *, owner: bool = True) -> None:
+        """Keep ``info`` for ``plugins()``, under its name if it owns it, else under ``name (distribution)``."""
         key, n = info.name, 1
-        while key in self._plugins:
+        while key in self._plugins or (not owner and key == info.name):
             key = f"{info.name} ({info.distribution or info.source})" + (f" #{n}" if n > 1 else "")
             n += 1
         self._plugins[key] = info
 
-    def _fail(self, info: PluginInfo, error: str) -> None:
+    def _fail(self, info: PluginInfo, error: str, *, owner: bool = True) -> None:
         info.status, info.error = "failed", error
         info.operations.clear()
-        self._record(info)
+        self._record(info, owner=owner)
         where = f" from distribution {info.distribution}" if info.distribution else ""
         self._unwarned.append(
             f"tapegrad plugin {info.name!r}{where} was not loaded: {error}. "
@@ -271,6 +279,8 @@ class Registry:
         try:
             if plugin is None:
                 raise _PluginFailed("the entry point resolved to None, not a module or object")
+            if self._pm.is_registered(plugin):
+                raise _PluginFailed(f"the same object is already registered as plugin {self._pm.get_name(plugin)!r}")
             self._pm.register(plugin, name=info.name)
             registered = True
             classes = self._collect(info.name)
@@ -350,7 +360,7 @@ class Registry:
         self._warn()
         return info
 
-    def register_operation(self, cls: T, *, plugin: str = "runtime", override: bool = False) -> T:
+    def register_operation(self, cls: T, *, plugin: str = RUNTIME, override: bool = False) -> T:
         """Register ``cls`` under its class name; see ``tapegrad.register_operation``."""
         if not (isinstance(cls, type) and issubclass(cls, Operation)) or cls in (Operation, Loss):
             raise RegistrationError(f"register_operation expects an Operation subclass, got {_describe(cls)}")
@@ -564,7 +574,7 @@ def reset_default_registry() -> None:
 def register_operation(cls: T, *, plugin: str = ..., override: bool = ...) -> T: ...
 @overload
 def register_operation(cls: None = ..., *, plugin: str = ..., override: bool = ...) -> Callable[[T], T]: ...
-def register_operation(cls: Any = None, *, plugin: str = "runtime", override: bool = False) -> Any:
+def register_operation(cls: Any = None, *, plugin: str = RUNTIME, override: bool = False) -> Any:
     """Register an Operation subclass at run time; usable as ``@register_operation``.
 
     A name that already exists raises ``RegistrationError`` unless ``override=True``;

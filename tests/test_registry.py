@@ -413,7 +413,7 @@ def test_an_entry_point_named_like_a_first_party_one_never_shadows_it(tmp_path, 
     monkeypatch.setattr(sys, "path", [str(root), *sys.path] if order == "first" else [*sys.path, str(root)])
     importlib.invalidate_caches()
     registry = Registry()
-    with pytest.warns(tg.PluginWarning, match="reserved for tapegrad's own plugin"):
+    with pytest.warns(tg.PluginWarning, match="reserved for tapegrad's own use"):
         ops = registry.operations()
     assert registry.resolve("Affine") is layers.Affine and registry.resolve("layers:Affine") is layers.Affine
     assert {r.distribution for r in ops if r.plugin in ("layers", "math")} == {"tapegrad"}
@@ -515,3 +515,28 @@ def test_plugins_returns_copies():
     info.status = "failed"
     again = next(p for p in registry.plugins() if p.name == "layers")
     assert again.status == "ok" and "Affine" in again.operations
+
+
+def test_entry_points_named_tapegrad_or_runtime_are_reserved(plugin_dir):
+    make_dist(plugin_dir, "tgtest-reserved", "1.0", {"tapegrad": "tgtest_reserved", "runtime": "tgtest_reserved"},
+              {"tgtest_reserved": op_module("Reserved")})
+    registry = Registry()
+    with pytest.warns(tg.PluginWarning, match="reserved"):
+        assert "Reserved" not in names(registry)
+    assert {p.name: p.status for p in registry.plugins() if p.distribution == "tgtest-reserved"} == {
+        "tapegrad": "failed", "runtime": "failed"
+    }
+    assert {p.name for p in registry.require("tapegrad")} == {"math", "activations", "layers", "losses"}
+    registry.register_operation(type("StillFine", (tg.Operation,), {}))
+    assert registry.resolve("runtime:StillFine").__name__ == "StillFine"
+
+
+def test_one_module_behind_two_entry_points_loads_once(plugin_dir):
+    make_dist(plugin_dir, "tgtest-twice", "1.0", {"tgtest_first": "tgtest_both", "tgtest_second": "tgtest_both"},
+              {"tgtest_both": op_module("Both")})
+    registry = Registry()
+    with pytest.warns(tg.PluginWarning, match="same object is already registered as plugin 'tgtest_first'"):
+        assert registry.resolve("Both").__name__ == "Both"
+    assert {p.name: p.status for p in registry.plugins() if p.distribution == "tgtest-twice"} == {
+        "tgtest_first": "ok", "tgtest_second": "failed"
+    }
