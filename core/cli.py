@@ -76,38 +76,38 @@ def _check_columns(results: Sequence[Any]) -> list[str]:
     return [c for c in known if c in ran] + [c for c in ran if c not in known]
 
 
-def _stacked_header(labels: Sequence[str], cells: Sequence[str]) -> list[list[str]]:
-    """Header rows for ``labels``: check names without ``check_``, one word per line, so no label is abbreviated."""
-    words = [label.removeprefix("check_").split("_") for label in labels]
-    widths = [max(max(len(w) for w in ws), *(len(c) for c in cells)) for ws in words]
-    lines: list[list[str]] = []
-    for ws, width in zip(words, widths):
+def _stacked_header(labels: Sequence[str], min_width: int) -> list[list[str]]:
+    """Header rows for ``labels``: check names without ``check_``, a word per line, so no label is abbreviated."""
+    columns: list[list[str]] = []
+    for label in labels:
+        words = label.removeprefix("check_").split("_")
+        width = max(min_width, *(len(w) for w in words))
         column: list[str] = []
-        for word in ws:  # greedy: short words share a line when they fit the column's width
+        for word in words:  # short words share a line when they fit the column's width
             if column and len(column[-1]) + 1 + len(word) <= width:
                 column[-1] += f" {word}"
             else:
                 column.append(word)
-        lines.append(column)
-    depth = max((len(c) for c in lines), default=1)
-    return [[c[i] if i < len(c) else "" for c in lines] for i in range(depth)]
+        columns.append(column)
+    depth = max((len(c) for c in columns), default=1)
+    return [[c[i] if i < len(c) else "" for c in columns] for i in range(depth)]
 
 
 def _check_table(results: Sequence[Any]) -> str:
+    """One row per operation: its sample count, then ok/FAIL/- per check, under headers built from the check names."""
     checks = _check_columns(results)
-    ops = list(dict.fromkeys(r.operation for r in results))
-    body: list[list[str]] = []
-    for op in ops:
+    rows: list[list[str]] = []
+    for i, words in enumerate(_stacked_header(checks, min_width=len("FAIL"))):
+        rows.append(["operation" if i == 0 else "", "samples" if i == 0 else "", *words])
+    for op in dict.fromkeys(r.operation for r in results):
         mine = [r for r in results if r.operation == op]
         samples = {r.sample for r in mine if r.check != "check_has_samples" and r.sample != "no samples"}
         cells = [op, str(len(samples)) if mine[0].ok else "NONE"]
         for c in checks:
             rs = [r for r in mine if r.check == c]
             cells.append("-" if not rs else ("ok" if all(r.ok for r in rs) else "FAIL"))
-        body.append(cells)
-    header = _stacked_header(checks, ["FAIL"])
-    header = [["operation" if i == 0 else "", "samples" if i == 0 else "", *row] for i, row in enumerate(header)]
-    return _table([*header, *body])
+        rows.append(cells)
+    return _table(rows)
 
 
 def _fail_check(message: str) -> int:
