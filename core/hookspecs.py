@@ -10,9 +10,9 @@ or registered at run time (``tapegrad.register_operation`` for single classes,
 ``Registry.register_plugin`` for a whole plugin object).
 
 The plugin name (``myops`` above) is what ``"myops:Name"``, ``--plugin myops`` and
-``TAPEGRAD_DISABLE_PLUGINS`` use: it cannot contain ``:``, ``,`` or whitespace, and the
-names of tapegrad's own plugins (``math``, ``activations``, ``layers``, ``losses``) are
-taken. A plugin that breaks a rule here, or raises anything (``SystemExit`` included) at
+``TAPEGRAD_DISABLE_PLUGINS`` use: it cannot contain ``:``, ``,`` or whitespace, and
+tapegrad's own names are taken (its plugins ``math``, ``activations``, ``layers``,
+``losses``; ``tapegrad``; ``runtime``, the default of run-time registration). A plugin that breaks a rule here, or raises anything (``SystemExit`` included) at
 import or in its hook, is reported as failed (``tapegrad plugins``, a ``PluginWarning``);
 everything else keeps working.
 """
