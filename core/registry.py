@@ -320,7 +320,7 @@ class Registry:
             raise _PluginFailed(f"tapegrad_operations() returned non-Operation entries: {shown}; it must return Operation subclasses")
         classes: dict[str, type[Operation]] = {}
         for cls in entries:
-            if cls in (Operation, Loss):
+            if cls is Operation or cls is Loss:
                 raise _PluginFailed(f"tapegrad_operations() returned tapegrad's base class {cls.__name__} itself")
             problem = operation_name_problem(cls.__name__)
             if problem is not None:
@@ -362,7 +362,7 @@ class Registry:
 
     def register_operation(self, cls: T, *, plugin: str = RUNTIME, override: bool = False) -> T:
         """Register ``cls`` under its class name; see ``tapegrad.register_operation``."""
-        if not (isinstance(cls, type) and issubclass(cls, Operation)) or cls in (Operation, Loss):
+        if not (isinstance(cls, type) and issubclass(cls, Operation)) or cls is Operation or cls is Loss:
             raise RegistrationError(f"register_operation expects an Operation subclass, got {_describe(cls)}")
         problem = plugin_name_problem(plugin) or operation_name_problem(cls.__name__)
         if problem is not None:
