@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import __version__
-from .errors import TapegradError
+from .errors import PluginUnavailableError, TapegradError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -66,69 +66,91 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-_SHORT = {
-    "check_has_samples": "samples",
-    "check_forward_dtype_and_finite": "dtype",
-    "check_forward_deterministic": "determ",
-    "check_inputs_not_mutated": "mutate",
-    "check_gradient_inputs": "grad_in",
-    "check_gradient_parameters": "grad_par",
-    "check_gradient_structure": "struct",
-    "check_accumulates": "accum",
-    "check_fan_out": "fanout",
-    "check_reuse_in_one_pass": "reuse",
-    "check_linear_in_upstream_gradient": "linear",
-    "check_eval_mode": "eval",
-    "check_loss_scalar": "loss",
-}
+def _check_columns(results: Sequence[Any]) -> list[str]:
+    """The table's check columns: tapegrad.testing's checks in its order, then any other check that ran."""
+    from . import testing
+
+    known = [c.__name__ for c in (*testing.ALL_CHECKS, *testing.LOSS_CHECKS)]
+    ran = dict.fromkeys(r.check for r in results)
+    ran.pop(testing.check_has_samples.__name__, None)  # shown as the sample count
+    return [c for c in known if c in ran] + [c for c in ran if c not in known]
+
+
+def _stacked_header(labels: Sequence[str], min_width: int) -> list[list[str]]:
+    """Header rows for ``labels``: check names without ``check_``, a word per line, so no label is abbreviated."""
+    columns: list[list[str]] = []
+    for label in labels:
+        words = label.removeprefix("check_").split("_")
+        width = max(min_width, *(len(w) for w in words))
+        column: list[str] = []
+        for word in words:  # short words share a line when they fit the column's width
+            if column and len(column[-1]) + 1 + len(word) <= width:
+                column[-1] += f" {word}"
+            else:
+                column.append(word)
+        columns.append(column)
+    depth = max((len(c) for c in columns), default=1)
+    return [[c[i] if i < len(c) else "" for c in columns] for i in range(depth)]
+
+
+def _check_table(results: Sequence[Any]) -> str:
+    """One row per operation: its sample count, then ok/FAIL/- per check, under headers built from the check names."""
+    checks = _check_columns(results)
+    rows: list[list[str]] = []
+    for i, words in enumerate(_stacked_header(checks, min_width=len("FAIL"))):
+        rows.append(["operation" if i == 0 else "", "samples" if i == 0 else "", *words])
+    for op in dict.fromkeys(r.operation for r in results):
+        mine = [r for r in results if r.operation == op]
+        samples = {r.sample for r in mine if r.check != "check_has_samples" and r.sample != "no samples"}
+        cells = [op, str(len(samples)) if mine[0].ok else "NONE"]
+        for c in checks:
+            rs = [r for r in mine if r.check == c]
+            cells.append("-" if not rs else ("ok" if all(r.ok for r in rs) else "FAIL"))
+        rows.append(cells)
+    return _table(rows)
+
+
+def _fail_check(message: str) -> int:
+    print(f"tapegrad check: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     from . import testing
     from .registry import default_registry
 
-    plugins = [p for p in (args.plugin or "").split(",") if p] or None
+    plugins = [p.strip() for p in (args.plugin or "").split(",") if p.strip()] or None
     registry = default_registry()
-    names: list[Any] = []
-    for name in args.names:
-        if plugins and ":" not in name:
-            matches = [f"{p}:{name}" for p in plugins if (p, name) in registry._qualified]
-            if not matches:
-                print(f"tapegrad check: no operation {name!r} in plugin(s) {', '.join(plugins)}", file=sys.stderr)
-                return EXIT_USAGE
-            names.extend(matches)
-        else:
-            names.append(name)
     try:
+        if plugins:
+            # A named plugin that is missing, failed or blocked must fail the run, not pass it with fewer checks.
+            registry.require(plugins)
+        names: list[Any] = []
+        for name in args.names:
+            if plugins and ":" not in name:
+                matches = [r.qualified_name for r in registry.operations(plugin=plugins) if r.name == name]
+                if not matches:
+                    return _fail_check(f"no operation {name!r} in plugin(s) {', '.join(plugins)}")
+                names.extend(matches)
+            else:
+                names.append(name)
         pairs = testing.collect_cases(*names, plugin=None if names else plugins, fast=args.fast)
+    except PluginUnavailableError as exc:
+        return _fail_check(f"no operation matched: {exc}" if exc.missing else str(exc))
     except TapegradError as exc:
-        print(f"tapegrad check: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail_check(str(exc))
     if not pairs:
         wanted = f"plugin(s) {', '.join(plugins)}" if plugins else "the registry"
-        print(f"tapegrad check: no operation matched in {wanted}; see `tapegrad ops` and `tapegrad plugins`", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail_check(f"no operation matched in {wanted}; see `tapegrad ops` and `tapegrad plugins`")
     results = list(testing.run_cases(pairs))
     failed = [r for r in results if not r.ok]
     if args.json:
         print(json.dumps([r.__dict__ for r in results], indent=2))
         return EXIT_FAILED if failed else EXIT_OK
-    checks = list(dict.fromkeys(r.check for r in results))
-    ops = list(dict.fromkeys(r.operation for r in results))
-    table: list[Sequence[str]] = [("operation", "samples#", *[_SHORT.get(c, c) for c in checks if c != "check_has_samples"])]
-    for op in ops:
-        mine = [r for r in results if r.operation == op]
-        samples = {r.sample for r in mine if r.check != "check_has_samples" and r.sample != "no samples"}
-        cells = [op, str(len(samples)) if mine[0].ok else "NONE"]
-        for c in checks:
-            if c == "check_has_samples":
-                continue
-            rs = [r for r in mine if r.check == c]
-            cells.append("-" if not rs else ("ok" if all(r.ok for r in rs) else "FAIL"))
-        table.append(cells)
-    print(_table(table))
+    print(_check_table(results))
     for r in failed:
         print(f"\n{r.message}")
+    ops = {r.operation for r in results}
     print(f"\n{len(results) - len(failed)} passed, {len(failed)} failed ({len(ops)} operations, {len(results)} checks)")
     return EXIT_FAILED if failed else EXIT_OK
 

@@ -26,6 +26,7 @@ __all__ = [
     "TrainingError",
     "ScaffoldError",
     "PluginWarning",
+    "PluginUnavailableError",
 ]
 
 
@@ -106,3 +107,16 @@ class TapeWarning(UserWarning):
 
 class PluginWarning(UserWarning):
     """A plugin could not be loaded, or was blocked; everything else keeps working."""
+
+
+class PluginUnavailableError(TapegradError, ValueError):
+    """A plugin that was asked for by name is not installed, failed to load or is blocked.
+
+    ``missing`` lists the names that match no plugin, ``unavailable`` the names of those
+    that failed or are blocked.
+    """
+
+    def __init__(self, message: str, *, missing: tuple[str, ...] = (), unavailable: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.missing = missing
+        self.unavailable = unavailable

@@ -8,6 +8,13 @@ through an entry point in group ``tapegrad``::
 
 or registered at run time (``tapegrad.register_operation`` for single classes,
 ``Registry.register_plugin`` for a whole plugin object).
+
+The plugin name (``myops`` above) is what ``"myops:Name"``, ``--plugin myops`` and
+``TAPEGRAD_DISABLE_PLUGINS`` use: it cannot contain ``:``, ``,`` or whitespace, and
+tapegrad's own names are taken (its plugins ``math``, ``activations``, ``layers``,
+``losses``; ``tapegrad``; ``runtime``, the default of run-time registration). A plugin that breaks a rule here, or raises anything (``SystemExit`` included) at
+import or in its hook, is reported as failed (``tapegrad plugins``, a ``PluginWarning``);
+everything else keeps working.
 """
 
 from __future__ import annotations
@@ -28,10 +35,13 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 @hookspec
 def tapegrad_operations() -> list[type[Operation]]:  # type: ignore[empty-body]
-    """Return the Operation subclasses this plugin provides.
+    """Return the Operation subclasses this plugin provides, as a list (or tuple).
 
-    Called once per plugin, the first time the registry is asked for an operation.
-    Each class is registered under its class name; users reach it as
+    Called once per plugin, the first time the registry is asked for an operation; at
+    most 10,000 entries are read, so an endless iterable fails the plugin instead of
+    hanging. Each class is registered under its class name, which must be a Python
+    identifier; two different classes with one name fail the plugin (the same class
+    twice counts once). Users reach a class as
     ``graph.get_operation("Name")`` or, when two plugins offer one name,
     ``graph.get_operation("plugin:Name")`` where ``plugin`` is the entry-point name.
     """

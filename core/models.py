@@ -20,10 +20,11 @@ class MLP:
     def __init__(self, input_size: int, hidden_size: int, output_size: int, *, seed: int | None = None) -> None:
         self.input_size, self.hidden_size, self.output_size = input_size, hidden_size, output_size
         self.graph = Graph("MLP", seed=seed)
-        self.affine1 = self.graph.get_operation("Affine", [input_size, hidden_size])
-        self.sigmoid = self.graph.get_operation("Sigmoid")
-        self.affine2 = self.graph.get_operation("Affine", [hidden_size, output_size])
-        self.softmax_loss = self.graph.get_operation("SoftmaxLoss")
+        # Qualified names: a third-party plugin offering "Affine" or "Sigmoid" must not change this model.
+        self.affine1 = self.graph.get_operation("layers:Affine", [input_size, hidden_size])
+        self.sigmoid = self.graph.get_operation("activations:Sigmoid")
+        self.affine2 = self.graph.get_operation("layers:Affine", [hidden_size, output_size])
+        self.softmax_loss = self.graph.get_operation("losses:SoftmaxLoss")
 
     def forward(self, x: Any) -> Variable:
         return self.softmax_loss.forward(self.affine2.forward(self.sigmoid.forward(self.affine1.forward(x))))  # type: ignore[no-any-return]

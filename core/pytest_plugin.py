@@ -2,12 +2,18 @@
 
 Generates one test per (operation sample, contract check) for every registered op, or for
 the named plugins only (exact entry-point or distribution names), with no test file at all.
-When nothing matches, the run fails rather than passing green with zero checks.
+
+The run never passes green with checks missing: when a named plugin is not installed,
+failed to load or is blocked, or when nothing matches, collection stops with
+``pytest.exit(reason, returncode=2)`` (exit code 2, pytest's INTERRUPTED, as for a
+collection error), and the reason (the plugin and its load error) is printed on stderr
+and in the summary.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import sys
+from typing import Any, NoReturn
 
 import pytest
 
@@ -49,17 +55,31 @@ class ContractItem(pytest.Item):
         return self.path, None, f"tapegrad contract: {self.name}"
 
 
+def _stop(reason: str) -> NoReturn:
+    # pytest prints the reason of an exit during collection only in the terminal summary (stdout);
+    # like pytest's own usage errors it also goes to stderr (captured now, flushed when pytest ends).
+    sys.stderr.write(f"ERROR: {reason}\n")
+    pytest.exit(reason, returncode=pytest.ExitCode.INTERRUPTED)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     wanted = config.getoption("tapegrad_contract")
     if wanted is None:
         return
+    from .errors import PluginUnavailableError
+    from .registry import default_registry
     from .testing import case_id, collect_cases
 
     plugins = None if wanted == ALL else [p.strip() for p in wanted.split(",") if p.strip()]
+    try:
+        if plugins:
+            default_registry().require(plugins)
+    except PluginUnavailableError as exc:
+        _stop(f"--tapegrad-contract={wanted}: {'no registered operation matched: ' if exc.missing else ''}{exc}")
     pairs = collect_cases(plugin=plugins)
     if not pairs:
-        raise pytest.UsageError(
+        _stop(
             f"--tapegrad-contract={wanted}: no registered operation matched "
             "(plugin names match exactly; see `tapegrad plugins`)"
         )

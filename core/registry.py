@@ -1,20 +1,29 @@
 """The operation registry: pluggy plugins found through entry points, loaded lazily.
 
-Each entry point of group ``tapegrad`` is loaded on its own, so a plugin that fails to
-import, raises in its hook or returns something that is not an Operation is recorded
-(status ``failed``, a ``PluginWarning``) while everything else keeps working.
+Each entry point of group ``tapegrad`` is loaded on its own. A plugin that fails to import,
+raises (even ``SystemExit``) at import or in its hook, returns anything but a finite
+collection of distinct, nameable Operation subclasses, or takes a name it may not have, is
+recorded as ``failed`` (with a ``PluginWarning``) while everything else keeps working.
+Entry points of the ``tapegrad`` distribution itself are read first and own their names,
+whatever the ``sys.path`` order.
+
+A Registry is safe to share between threads: every read and write holds its lock, and the
+first load publishes nothing until every entry point has been read.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import itertools
 import logging
 import os
 import re
+import threading
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any, TypeVar, overload
 
 import pluggy
@@ -22,22 +31,77 @@ import pluggy
 from . import hookspecs
 from .errors import (
     AmbiguousOperationError,
+    PluginUnavailableError,
     PluginWarning,
     RegistrationError,
     UnknownOperationError,
 )
-from .operation import Operation
+from .operation import Loss, Operation
 
 __all__ = ["Registry", "PluginInfo", "OperationInfo", "default_registry", "register_operation"]
 
 log = logging.getLogger(__name__)
 
 FIRST_PARTY = "tapegrad"
+RUNTIME = "runtime"  # the plugin name of run-time registrations that give none
+#: The most entries a plugin's ``tapegrad_operations()`` may return; more is taken for an endless iterable.
+MAX_OPERATIONS_PER_PLUGIN = 10_000
 T = TypeVar("T", bound=type[Operation])
 
 
 def _normalize(name: str | None) -> str:
     return re.sub(r"[-_.]+", "-", name or "").lower()
+
+
+def _describe(value: object) -> str:
+    """``repr`` for messages, safe against objects whose ``repr`` raises, and kept short."""
+    try:
+        text = repr(value)
+    except BaseException:  # a hostile __repr__ must not take the registry down
+        text = f"<{type(value).__name__} object>"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _error_text(exc: BaseException) -> str:
+    """``Type: message`` on one line, safe against exceptions whose ``str`` raises."""
+    try:
+        message = " ".join(str(exc).split())
+    except BaseException:
+        message = "<unprintable message>"
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+def _class_path(cls: type) -> str:
+    return f"{getattr(cls, '__module__', '?')}.{getattr(cls, '__qualname__', cls.__name__)}"
+
+
+def plugin_name_problem(name: object) -> str | None:
+    """Why ``name`` cannot name a plugin (None if it can).
+
+    A plugin name is used in ``"plugin:Name"`` lookups and in comma-separated lists
+    (``--plugin a,b``, ``TAPEGRAD_DISABLE_PLUGINS``), so it cannot contain ``:``, ``,``
+    or whitespace.
+    """
+    if not isinstance(name, str) or not name:
+        return f"a plugin name must be a non-empty string, got {_describe(name)}"
+    if ":" in name or "," in name or any(c.isspace() for c in name):
+        return f"plugin name {name!r} contains ':', ',' or whitespace, so it cannot be asked for"
+    return None
+
+
+def operation_name_problem(name: object) -> str | None:
+    """Why ``name`` (a class's ``__name__``) cannot be a registry name (None if it can).
+
+    Registry names are Python identifiers, like the class statements that make them: a
+    ``:`` would read as ``"plugin:Name"``, and ``.`` or spaces would break parameter names.
+    """
+    if not isinstance(name, str) or not name.isidentifier():
+        return f"operation name {_describe(name)} is not a Python identifier, so it cannot be looked up"
+    return None
+
+
+class _PluginFailed(Exception):
+    """Internal: a plugin breaks a rule; the message says which."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +147,11 @@ class PluginInfo:
     def status_text(self) -> str:
         return f"{self.status}: {self.error}" if self.error else self.status
 
+    @property
+    def label(self) -> str:
+        """``'name' (distribution==version)``, for messages."""
+        return f"{self.name!r} ({self.distribution}=={self.version})" if self.distribution else repr(self.name)
+
 
 class Registry:
     """Maps operation names to classes, from entry-point plugins and run-time registration.
@@ -90,100 +159,179 @@ class Registry:
     ``entry_points=False`` gives an empty registry (for tests and embedding). Entry points
     are read on first use; ``TAPEGRAD_DISABLE_PLUGINS=a,b`` blocks plugins by entry-point or
     distribution name and ``TAPEGRAD_AUTOLOAD=0`` loads the first-party plugins only.
+
+    Queries: ``lookup``/``resolve`` (one name), ``operations`` (optionally of some plugins),
+    ``plugins`` (with their status) and ``require`` (the named plugins, all loaded). Every
+    method is thread-safe; a plugin must not wait at import for another thread that uses
+    the registry (that thread waits for the load to finish).
     """
 
     def __init__(self, *, entry_points: bool = True, group: str = hookspecs.ENTRY_POINT_GROUP) -> None:
         self.group = group
         self._use_entry_points = entry_points
+        # Reentrant: a plugin may call tapegrad.register_operation while it is being imported.
+        self._lock = threading.RLock()
         self._loaded = False
+        self._loading = False
+        self._reset()
+
+    def _reset(self) -> None:
         self._pm = pluggy.PluginManager(hookspecs.PROJECT)
         self._pm.add_hookspecs(hookspecs)
         self._plugins: dict[str, PluginInfo] = {}
         self._providers: dict[str, list[OperationInfo]] = {}
         self._qualified: dict[tuple[str, str], OperationInfo] = {}
         self._overrides: dict[str, OperationInfo] = {}
+        self._unwarned: list[str] = []  # PluginWarnings to issue once the lock is released
 
     # -- loading -----------------------------------------------------------------------
     def load(self) -> None:
-        """Read the entry points once (every lookup calls this first)."""
-        if self._loaded:
-            return
-        self._loaded = True
-        if self._use_entry_points:
-            self._load_entry_points()
+        """Read the entry points once (every query calls this first).
+
+        Other threads wait until the load is complete; if it is interrupted (e.g. by
+        KeyboardInterrupt) nothing is kept and the next query loads again.
+        """
+        with self._lock:
+            if self._loaded or self._loading:  # _loading: the loading thread re-entering from a plugin
+                return
+            self._loading = True
+            try:
+                if self._use_entry_points:
+                    self._load_entry_points()
+            except BaseException:
+                self._reset()
+                raise
+            finally:
+                self._loading = False
+            self._loaded = True
+        self._warn()
+
+    def _warn(self) -> None:
+        # Outside the lock, so that warnings turned into errors (-W error) leave a complete registry.
+        with self._lock:
+            messages, self._unwarned = self._unwarned, []
+        for message in messages:
+            warnings.warn(message, PluginWarning, stacklevel=4)
 
     def _load_entry_points(self) -> None:
         blocked = {_normalize(s.strip()) for s in os.environ.get("TAPEGRAD_DISABLE_PLUGINS", "").split(",") if s.strip()}
         autoload = os.environ.get("TAPEGRAD_AUTOLOAD", "1").strip().lower() not in ("0", "false", "no", "off")
-        for ep in entry_points(group=self.group):
-            dist = getattr(ep, "dist", None)
-            dist_name = dist.metadata["Name"] if dist is not None else None
-            version = dist.version if dist is not None else None
+        found = [(ep, *_distribution(ep)) for ep in entry_points(group=self.group)]
+        # tapegrad's own entry points first: they own their names whatever the sys.path order.
+        found.sort(key=lambda row: _normalize(row[1]) != FIRST_PARTY)
+        # Also reserved: the distribution's own name (``--plugin tapegrad``) and run-time registration's default.
+        reserved = {ep.name for ep, dist, _ in found if _normalize(dist) == FIRST_PARTY} | {FIRST_PARTY, RUNTIME}
+        for ep, dist_name, version in found:
             info = PluginInfo(ep.name, dist_name, version)
+            first_party = _normalize(dist_name) == FIRST_PARTY
             if _normalize(ep.name) in blocked or (dist_name and _normalize(dist_name) in blocked):
                 info.status, info.error = "blocked", "TAPEGRAD_DISABLE_PLUGINS"
-            elif not autoload and _normalize(dist_name) != FIRST_PARTY:
+            elif not autoload and not first_party:
                 info.status, info.error = "blocked", "TAPEGRAD_AUTOLOAD=0"
             if info.status == "blocked":
                 log.info("tapegrad plugin %r (%s) blocked by %s", ep.name, dist_name, info.error)
-                self._record_plugin(info, duplicate_ok=True)
+                self._record(info)
                 continue
-            if ep.name in self._plugins:
-                other = self._plugins[ep.name]
-                self._fail(info, f"entry point name {ep.name!r} is already used by {other.distribution}")
+            problem = plugin_name_problem(ep.name)
+            if problem is not None:
+                self._fail(info, problem)
+                continue
+            if not first_party and ep.name in reserved:
+                clash = f"entry point name {ep.name!r} is reserved for tapegrad's own use; rename the entry point"
+            elif ep.name in self._plugins:
+                clash = f"entry point name {ep.name!r} is already used by plugin {self._plugins[ep.name].label}"
+            else:
+                clash = None
+            if clash is not None:
+                # Never under the plain name: asking for the name must reach its owner, not this plugin.
+                self._fail(info, clash, owner=False)
                 continue
             try:
                 plugin = ep.load()
-            except Exception as exc:
-                self._fail(info, f"import of {ep.value!r} failed: {type(exc).__name__}: {exc}")
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # SystemExit at import fails the plugin, not the process
+                self._fail(info, f"import of {ep.value!r} failed: {_error_text(exc)}")
                 continue
             self._add_plugin(plugin, info)
 
-    def _record_plugin(self, info: PluginInfo, duplicate_ok: bool = False) -> None:
-        key = info.name
-        if key in self._plugins and duplicate_ok:
-            key = f"{info.name} ({info.distribution})"
+    def _record(self, info: PluginInfo, *, owner: bool = True) -> None:
+        """Keep ``info`` for ``plugins()``, under its name if it owns it, else under ``name (distribution)``."""
+        key, n = info.name, 1
+        while key in self._plugins or (not owner and key == info.name):
+            key = f"{info.name} ({info.distribution or info.source})" + (f" #{n}" if n > 1 else "")
+            n += 1
         self._plugins[key] = info
 
-    def _fail(self, info: PluginInfo, error: str) -> None:
+    def _fail(self, info: PluginInfo, error: str, *, owner: bool = True) -> None:
         info.status, info.error = "failed", error
-        self._record_plugin(info, duplicate_ok=True)
+        info.operations.clear()
+        self._record(info, owner=owner)
         where = f" from distribution {info.distribution}" if info.distribution else ""
-        warnings.warn(
+        self._unwarned.append(
             f"tapegrad plugin {info.name!r}{where} was not loaded: {error}. "
-            "Its operations are unavailable; everything else works.",
-            PluginWarning,
-            stacklevel=4,
+            "Its operations are unavailable; everything else works."
         )
 
     def _add_plugin(self, plugin: Any, info: PluginInfo) -> None:
+        """Register ``plugin`` and its operations, or record it as failed; never raises but KeyboardInterrupt."""
+        registered = False
         try:
+            if plugin is None:
+                raise _PluginFailed("the entry point resolved to None, not a module or object")
+            if self._pm.is_registered(plugin):
+                raise _PluginFailed(f"the same object is already registered as plugin {self._pm.get_name(plugin)!r}")
             self._pm.register(plugin, name=info.name)
-        except Exception as exc:
-            self._fail(info, f"{type(exc).__name__}: {exc}")
+            registered = True
+            classes = self._collect(info.name)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # whatever a plugin does, it fails alone
+            if registered:
+                try:
+                    self._pm.unregister(name=info.name)
+                except Exception:
+                    log.debug("could not unregister failed plugin %r", info.name, exc_info=True)
+            self._fail(info, str(exc) if isinstance(exc, _PluginFailed) else _error_text(exc))
             return
-        impls = [i for i in self._pm.hook.tapegrad_operations.get_hookimpls() if i.plugin_name == info.name]
-        if not impls:
-            self._pm.unregister(name=info.name)
-            self._fail(info, "it has no @tapegrad.hookimpl function tapegrad_operations()")
-            return
-        classes: list[type[Operation]] = []
-        try:
-            for impl in impls:
-                classes.extend(impl.function())  # type: ignore[arg-type]
-        except Exception as exc:
-            self._pm.unregister(name=info.name)
-            self._fail(info, f"tapegrad_operations() raised {type(exc).__name__}: {exc}")
-            return
-        bad = [c for c in classes if not (isinstance(c, type) and issubclass(c, Operation))]
-        if bad:
-            self._pm.unregister(name=info.name)
-            self._fail(info, f"tapegrad_operations() returned non-Operation entries: {bad!r}")
-            return
-        self._plugins[info.name] = info
+        self._record(info)
         for cls in classes:
             self._add(OperationInfo(cls.__name__, cls, info.name, info.distribution, info.version))
             info.operations.append(cls.__name__)
+
+    def _collect(self, plugin_name: str) -> list[type[Operation]]:
+        """The distinct classes a registered plugin's hook(s) return, checked; raises on any fault."""
+        impls = [i for i in self._pm.hook.tapegrad_operations.get_hookimpls() if i.plugin_name == plugin_name]
+        if not impls:
+            raise _PluginFailed("it has no @tapegrad.hookimpl function tapegrad_operations()")
+        entries: list[Any] = []
+        for impl in impls:
+            if getattr(impl, "hookwrapper", False) or getattr(impl, "wrapper", False):
+                raise _PluginFailed("tapegrad_operations() must be a plain @tapegrad.hookimpl, not a wrapper")
+            try:
+                entries.extend(_finite_entries(impl.function()))
+            except (_PluginFailed, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                raise _PluginFailed(f"tapegrad_operations() raised {_error_text(exc)}") from None
+        bad = [e for e in entries if not (isinstance(e, type) and issubclass(e, Operation))]
+        if bad:
+            shown = ", ".join(_describe(e) for e in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+            raise _PluginFailed(f"tapegrad_operations() returned non-Operation entries: {shown}; it must return Operation subclasses")
+        classes: dict[str, type[Operation]] = {}
+        for cls in entries:
+            if cls is Operation or cls is Loss:
+                raise _PluginFailed(f"tapegrad_operations() returned tapegrad's base class {cls.__name__} itself")
+            problem = operation_name_problem(cls.__name__)
+            if problem is not None:
+                raise _PluginFailed(f"{problem} (class {_class_path(cls)})")
+            other = classes.setdefault(cls.__name__, cls)
+            if other is not cls:
+                raise _PluginFailed(
+                    f"two different classes are named {cls.__name__!r}: {_class_path(other)} and "
+                    f"{_class_path(cls)}; only one could be looked up"
+                )
+        return list(classes.values())
 
     def _add(self, op: OperationInfo) -> None:
         providers = self._providers.setdefault(op.name, [])
@@ -191,75 +339,105 @@ class Registry:
         if not any(p.cls is op.cls for p in providers):
             providers.append(op)
 
+    # -- run-time registration ---------------------------------------------------------
     def register_plugin(
         self, plugin: Any, name: str, *, distribution: str | None = None, version: str | None = None
     ) -> PluginInfo:
-        """Register a plugin object (a module or object with ``@hookimpl tapegrad_operations``)."""
+        """Register a plugin object (a module or object with ``@hookimpl tapegrad_operations``).
+
+        A name that is taken or unusable raises ``RegistrationError``; a plugin that breaks
+        the hook's rules is recorded as failed (with a ``PluginWarning``), like an entry point.
+        """
+        problem = plugin_name_problem(name)
+        if problem is not None:
+            raise RegistrationError(problem)
         self.load()
-        info = PluginInfo(name, distribution, version, source="run time")
-        if name in self._plugins:
-            raise RegistrationError(f"a plugin named {name!r} is already registered")
-        self._add_plugin(plugin, info)
+        with self._lock:
+            if name in self._plugins:
+                raise RegistrationError(f"a plugin named {name!r} is already registered ({self._plugins[name].label})")
+            info = PluginInfo(name, distribution, version, source="run time")
+            self._add_plugin(plugin, info)
+        self._warn()
         return info
 
-    # -- run-time registration ---------------------------------------------------------
-    def register_operation(self, cls: T, *, plugin: str = "runtime", override: bool = False) -> T:
+    def register_operation(self, cls: T, *, plugin: str = RUNTIME, override: bool = False) -> T:
         """Register ``cls`` under its class name; see ``tapegrad.register_operation``."""
-        if not (isinstance(cls, type) and issubclass(cls, Operation)):
-            raise RegistrationError(f"register_operation expects an Operation subclass, got {cls!r}")
+        if not (isinstance(cls, type) and issubclass(cls, Operation)) or cls is Operation or cls is Loss:
+            raise RegistrationError(f"register_operation expects an Operation subclass, got {_describe(cls)}")
+        problem = plugin_name_problem(plugin) or operation_name_problem(cls.__name__)
+        if problem is not None:
+            raise RegistrationError(f"register_operation({cls.__qualname__}): {problem}")
         self.load()
-        name = cls.__name__
-        providers = self._providers.get(name, [])
-        if any(p.cls is cls for p in providers):
-            return cls
-        if providers and not override:
-            listed = "; ".join(p.provider for p in providers)
-            raise RegistrationError(
-                f"operation {name!r} is already provided by {listed}; pass override=True to make "
-                f"this class the one '{name}' resolves to (the others stay reachable as 'plugin:{name}')"
-            )
-        op = OperationInfo(name, cls, plugin)
-        if (plugin, name) in self._qualified:
-            old = self._qualified[(plugin, name)]
-            self._providers[name] = [p for p in providers if p is not old]
-        self._add(op)
-        if override:
-            self._overrides[name] = op
-        info = self._plugins.get(plugin)
-        if info is None or info.source != "run time":
-            info = self._plugins.setdefault(plugin, PluginInfo(plugin, source="run time"))
-        if name not in info.operations:
-            info.operations.append(name)
+        with self._lock:
+            owner = self._plugins.get(plugin)
+            if owner is not None and owner.source != "run time":
+                raise RegistrationError(
+                    f"register_operation({cls.__qualname__}): plugin name {plugin!r} belongs to "
+                    f"plugin {owner.label}; pass plugin='another-name'"
+                )
+            name = cls.__name__
+            providers = self._providers.get(name, [])
+            if any(p.cls is cls for p in providers):
+                return cls
+            if providers and not override:
+                listed = "; ".join(p.provider for p in providers)
+                raise RegistrationError(
+                    f"operation {name!r} is already provided by {listed}; pass override=True to make "
+                    f"this class the one '{name}' resolves to (the others stay reachable as 'plugin:{name}')"
+                )
+            op = OperationInfo(name, cls, plugin)
+            old = self._qualified.get((plugin, name))
+            if old is not None:
+                self._providers[name] = [p for p in providers if p is not old]
+            self._add(op)
+            if override:
+                self._overrides[name] = op
+            if owner is None:
+                owner = PluginInfo(plugin, source="run time")
+                self._plugins[plugin] = owner
+            if name not in owner.operations:
+                owner.operations.append(name)
         return cls
 
-    # -- lookup ------------------------------------------------------------------------
+    # -- queries -----------------------------------------------------------------------
     def lookup(self, name: str) -> OperationInfo:
-        """The ``OperationInfo`` for ``"Name"`` or ``"plugin:Name"``."""
+        """The ``OperationInfo`` for ``"Name"`` or ``"plugin:Name"``.
+
+        Raises ``UnknownOperationError`` (with close matches and the plugins that did not
+        load) or ``AmbiguousOperationError`` (listing the qualified names to use).
+        """
         self.load()
-        if ":" in name:
-            plugin, _, short = name.partition(":")
-            found = self._qualified.get((plugin, short))
-            if found is not None:
-                return found
-            if plugin not in self._plugins:
-                raise UnknownOperationError(
-                    f"no plugin named {plugin!r} (for {name!r}); loaded plugins: "
-                    f"{', '.join(sorted(self._plugins)) or 'none'}. Run `tapegrad plugins` to list them."
+        with self._lock:
+            if ":" in name:
+                return self._lookup_qualified(name)
+            if name in self._overrides:
+                return self._overrides[name]
+            providers = self._providers.get(name)
+            if not providers:
+                raise UnknownOperationError(self._unknown_message(name))
+            if len(providers) > 1:
+                listed = "\n".join(f"  - {p.provider}: use {p.qualified_name!r}" for p in providers)
+                raise AmbiguousOperationError(
+                    f"operation {name!r} is offered by {len(providers)} plugins:\n{listed}\n"
+                    f"Ask for one by its qualified name, or block a plugin with TAPEGRAD_DISABLE_PLUGINS."
                 )
-            offered = ", ".join(self._plugins[plugin].operations) or "nothing"
-            raise UnknownOperationError(f"plugin {plugin!r} has no operation {short!r}; it offers: {offered}")
-        if name in self._overrides:
-            return self._overrides[name]
-        providers = self._providers.get(name)
-        if not providers:
-            raise UnknownOperationError(self._unknown_message(name))
-        if len(providers) > 1:
-            listed = "\n".join(f"  - {p.provider}: use {p.qualified_name!r}" for p in providers)
-            raise AmbiguousOperationError(
-                f"operation {name!r} is offered by {len(providers)} plugins:\n{listed}\n"
-                f"Ask for one by its qualified name, or block a plugin with TAPEGRAD_DISABLE_PLUGINS."
+            return providers[0]
+
+    def _lookup_qualified(self, name: str) -> OperationInfo:
+        plugin, _, short = name.partition(":")
+        found = self._qualified.get((plugin, short))
+        if found is not None:
+            return found
+        info = self._plugins.get(plugin)
+        if info is None:
+            raise UnknownOperationError(
+                f"no plugin named {plugin!r} (for {name!r}); loaded plugins: "
+                f"{', '.join(sorted(self._plugins)) or 'none'}. Run `tapegrad plugins` to list them."
             )
-        return providers[0]
+        if info.status != "ok":
+            raise UnknownOperationError(f"plugin {info.label} is unavailable ({info.status_text}), so {name!r} is too")
+        offered = ", ".join(info.operations) or "nothing"
+        raise UnknownOperationError(f"plugin {plugin!r} has no operation {short!r}; it offers: {offered}")
 
     def resolve(self, name: str) -> type[Operation]:
         """The class for ``"Name"`` or ``"plugin:Name"``."""
@@ -277,16 +455,59 @@ class Registry:
             message += " (not loaded: " + ", ".join(f"{p.name} [{p.status_text}]" for p in unavailable) + ")"
         return message + ". Run `tapegrad ops` to list every operation."
 
-    def operations(self) -> list[OperationInfo]:
-        """Every registered operation (one row per provider), sorted by name."""
+    def operations(self, plugin: str | Iterable[str] | None = None) -> list[OperationInfo]:
+        """Every registered operation (one row per provider), sorted by name.
+
+        ``plugin`` keeps those of some plugins only: entry-point, run-time or distribution
+        names, matched exactly.
+        """
         self.load()
-        rows = [p for providers in self._providers.values() for p in providers]
+        wanted = None if plugin is None else ({plugin} if isinstance(plugin, str) else set(plugin))
+        with self._lock:
+            rows = [p for providers in self._providers.values() for p in providers]
+        if wanted is not None:
+            rows = [r for r in rows if r.plugin in wanted or r.distribution in wanted]
         return sorted(rows, key=lambda p: (p.name.lower(), p.plugin))
 
     def plugins(self) -> list[PluginInfo]:
-        """Every plugin seen, with its status."""
+        """Every plugin seen, with its status (copies: changing them changes nothing here)."""
         self.load()
-        return sorted(self._plugins.values(), key=lambda p: p.name)
+        with self._lock:
+            rows = [dataclasses.replace(p, operations=list(p.operations)) for p in self._plugins.values()]
+        return sorted(rows, key=lambda p: (p.name, p.distribution or ""))
+
+    def require(self, names: str | Iterable[str]) -> list[PluginInfo]:
+        """The plugins named (entry-point, run-time or distribution names, matched exactly).
+
+        Raises ``PluginUnavailableError`` naming every one that is not installed, failed to
+        load or is blocked, with the reason. For callers that were asked to run a plugin's
+        operations, where "nothing to run" must not read as success.
+        """
+        self.load()
+        wanted = [names] if isinstance(names, str) else list(names)
+        found: list[PluginInfo] = []
+        missing: list[str] = []
+        unavailable: list[PluginInfo] = []
+        with self._lock:
+            for name in dict.fromkeys(wanted):
+                owner = self._plugins.get(name)
+                rows = [owner] if owner is not None else [p for p in self._plugins.values() if p.distribution == name]
+                if not rows:
+                    missing.append(name)
+                unavailable += [p for p in rows if p.status != "ok"]
+                found += [dataclasses.replace(p, operations=list(p.operations)) for p in rows]
+            known = ", ".join(sorted({p.name for p in self._plugins.values()})) or "none"
+        if missing or unavailable:
+            problems = [
+                f"plugin {name!r} is not installed (no entry point, run-time plugin or distribution has that "
+                f"exact name; known plugins: {known})"
+                for name in missing
+            ]
+            problems += [f"plugin {p.label} did not load ({p.status_text})" for p in unavailable]
+            raise PluginUnavailableError(
+                "; ".join(problems), missing=tuple(missing), unavailable=tuple(p.name for p in unavailable)
+            )
+        return found
 
     def __contains__(self, name: object) -> bool:
         try:
@@ -296,43 +517,70 @@ class Registry:
         return True
 
 
+def _distribution(ep: EntryPoint) -> tuple[str | None, str | None]:
+    """(name, version) of the distribution declaring ``ep``, or Nones when its metadata is unreadable."""
+    try:
+        dist = ep.dist
+        if dist is None:
+            return None, None
+        return dist.metadata["Name"], dist.version
+    except Exception:  # broken metadata of one distribution must not stop the others
+        return None, None
+
+
+def _finite_entries(result: Any) -> list[Any]:
+    """The entries of a hook's return value: a finite collection, consumed at most up to the bound."""
+    if result is None:
+        raise _PluginFailed("tapegrad_operations() returned None; it must return a list of Operation subclasses")
+    if isinstance(result, type):
+        raise _PluginFailed(
+            f"tapegrad_operations() returned the class {result.__name__} itself; return a list: [{result.__name__}]"
+        )
+    if isinstance(result, (str, bytes, Mapping)) or not isinstance(result, Iterable):
+        raise _PluginFailed(
+            f"tapegrad_operations() returned {type(result).__name__} {_describe(result)}; "
+            "it must return a list of Operation subclasses"
+        )
+    entries = list(itertools.islice(result, MAX_OPERATIONS_PER_PLUGIN + 1))
+    if len(entries) > MAX_OPERATIONS_PER_PLUGIN:
+        raise _PluginFailed(
+            f"tapegrad_operations() returned more than {MAX_OPERATIONS_PER_PLUGIN} entries "
+            "(an endless iterable?); return a list of Operation subclasses"
+        )
+    return entries
+
+
 _default: Registry | None = None
+_default_lock = threading.Lock()
 
 
 def default_registry() -> Registry:
-    """The process-wide registry every Graph uses unless given its own."""
+    """The process-wide registry every Graph uses unless given its own (one, whichever thread asks first)."""
     global _default
-    if _default is None:
-        _default = Registry()
-    return _default
+    with _default_lock:
+        if _default is None:
+            _default = Registry()
+        return _default
 
 
 def reset_default_registry() -> None:
     """Forget the default registry, so the next use re-reads entry points and environment."""
     global _default
-    _default = None
+    with _default_lock:
+        _default = None
 
 
 @overload
 def register_operation(cls: T, *, plugin: str = ..., override: bool = ...) -> T: ...
 @overload
 def register_operation(cls: None = ..., *, plugin: str = ..., override: bool = ...) -> Callable[[T], T]: ...
-def register_operation(cls: Any = None, *, plugin: str = "runtime", override: bool = False) -> Any:
+def register_operation(cls: Any = None, *, plugin: str = RUNTIME, override: bool = False) -> Any:
     """Register an Operation subclass at run time; usable as ``@register_operation``.
 
     A name that already exists raises ``RegistrationError`` unless ``override=True``;
     registering the same class again does nothing. ``plugin`` names it for
-    ``"plugin:Name"`` lookups.
+    ``"plugin:Name"`` lookups; it cannot be the name of an entry-point plugin.
     """
     if cls is None:
         return lambda c: default_registry().register_operation(c, plugin=plugin, override=override)
     return default_registry().register_operation(cls, plugin=plugin, override=override)
-
-
-def iter_operations(registry: Registry | None = None, plugins: Iterable[str] | None = None) -> list[OperationInfo]:
-    """Operations of ``registry`` (default: the default one), optionally of some plugins only."""
-    rows = (registry or default_registry()).operations()
-    if plugins is not None:
-        wanted = set(plugins)
-        rows = [r for r in rows if r.plugin in wanted or r.distribution in wanted]
-    return rows

@@ -1,0 +1,103 @@
+"""`tapegrad check` and `tapegrad ops`/`plugins` with plugins that are missing, broken or blocked; the check table."""
+
+import json
+
+import pytest
+
+import tapegrad as tg
+from conftest import make_dist, op_module
+from tapegrad import testing
+from tapegrad.cli import main
+
+KAPUTT = {"tgtest_kaputt": "raise ImportError('kaputt')"}
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture
+def kaputt(plugin_dir):
+    """A distribution tgtest-kaputt whose plugin tgtest_kaputt fails to import."""
+    make_dist(plugin_dir, "tgtest-kaputt", "0.1", {"tgtest_kaputt": "tgtest_kaputt"}, KAPUTT)
+    return plugin_dir
+
+
+@pytest.mark.parametrize(
+    "plugins", ["acme,tgtest_kaputt", "tgtest_kaputt", "tgtest-kaputt", "acme, tgtest_kaputt ,acme"]
+)
+def test_check_exits_2_when_a_named_plugin_failed_to_load(capsys, kaputt, plugins):
+    with pytest.warns(tg.PluginWarning):
+        code, out, err = run(capsys, "check", "--plugin", plugins)
+    assert code == 2 and out == ""
+    assert err.startswith("tapegrad check: error: ") and err.count("\n") == 1
+    assert "'tgtest_kaputt' (tgtest-kaputt==0.1) did not load (failed: import of 'tgtest_kaputt' failed: ImportError: kaputt)" in err
+
+
+def test_check_exits_2_when_a_named_plugin_is_not_installed_or_blocked(capsys, monkeypatch):
+    code, _, err = run(capsys, "check", "--plugin", "acme,nope")
+    assert code == 2 and "plugin 'nope' is not installed" in err and "no operation matched" in err
+    code, _, err = run(capsys, "check", "Softplus", "--plugin", "acme,nope")
+    assert code == 2 and "'nope'" in err
+    monkeypatch.setenv("TAPEGRAD_DISABLE_PLUGINS", "acme")
+    tg.registry.reset_default_registry()
+    code, _, err = run(capsys, "check", "--plugin", "acme,layers")
+    assert code == 2 and "'acme' (tapegrad-acme-ops==" in err and "blocked: TAPEGRAD_DISABLE_PLUGINS" in err
+    monkeypatch.setenv("TAPEGRAD_DISABLE_PLUGINS", "")
+    monkeypatch.setenv("TAPEGRAD_AUTOLOAD", "0")
+    tg.registry.reset_default_registry()
+    code, _, err = run(capsys, "check", "--plugin", "acme")
+    assert code == 2 and "blocked: TAPEGRAD_AUTOLOAD=0" in err
+
+
+def test_check_of_a_qualified_name_in_a_failed_plugin_names_the_load_error(capsys, kaputt):
+    with pytest.warns(tg.PluginWarning):
+        code, _, err = run(capsys, "check", "tgtest_kaputt:Anything")
+    assert code == 2 and "ImportError: kaputt" in err
+
+
+def test_check_of_named_plugins_that_loaded_still_passes(capsys, kaputt):
+    with pytest.warns(tg.PluginWarning):
+        code, out, _ = run(capsys, "check", "Softplus", "--plugin", "acme", "--fast")
+    assert code == 0 and "Softplus" in out and "0 failed" in out
+
+
+def test_ops_and_plugins_survive_a_plugin_that_calls_sys_exit(capsys, plugin_dir):
+    make_dist(plugin_dir, "tgtest-quitter", "1.0", {"tgtest_quitter": "tgtest_quitter"}, {"tgtest_quitter": "import sys\nsys.exit(0)\n"})
+    make_dist(plugin_dir, "tgtest-fine", "1.0", {"tgtest_fine": "tgtest_fine"}, {"tgtest_fine": op_module("FineOp")})
+    with pytest.warns(tg.PluginWarning, match="tgtest_quitter"):
+        code, out, _ = run(capsys, "ops")
+    assert code == 0 and "Affine" in out and "FineOp" in out
+    code, out, _ = run(capsys, "plugins", "--json")
+    status = {p["name"]: p for p in json.loads(out)}
+    assert status["tgtest_quitter"]["status"] == "failed" and "SystemExit: 0" in status["tgtest_quitter"]["error"]
+    assert status["tgtest_fine"]["status"] == "ok"
+
+
+def test_the_check_table_has_a_column_for_every_check_of_tapegrad_testing(capsys):
+    code, out, _ = run(capsys, "check", "Sigmoid", "SoftmaxLoss")
+    assert code == 0
+    header = out.split("\nSigmoid")[0]
+    for check in (*testing.ALL_CHECKS, *testing.LOSS_CHECKS):
+        for word in check.__name__.removeprefix("check_").split("_"):
+            assert word in header, (check.__name__, header)
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.startswith(("Sigmoid", "SoftmaxLoss"))}
+    columns = len(testing.ALL_CHECKS) + len(testing.LOSS_CHECKS)
+    assert rows["SoftmaxLoss"][1:] == ["ok"] * columns and rows["Sigmoid"][1:] == ["ok"] * (columns - 1) + ["-"]
+
+
+def test_a_check_added_to_tapegrad_testing_shows_in_the_table_without_cli_changes(capsys, monkeypatch):
+    def check_capture(case):
+        if case.name == "Relu":
+            raise testing.ContractError(case.message("check_capture", "replay differs"))
+
+    monkeypatch.setattr(testing, "ALL_CHECKS", (*testing.ALL_CHECKS, check_capture))
+    code, out, _ = run(capsys, "check", "Sigmoid", "Relu")
+    assert code == 1
+    header, body = out.split("\nSigmoid")
+    assert "capture" in header
+    assert body.split("\n")[0].split()[-1] == "ok"
+    relu = next(line for line in out.splitlines() if line.startswith("Relu"))
+    assert relu.split()[-1] == "FAIL" and "check_capture failed" in out
