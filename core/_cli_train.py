@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from . import parameter as _parameter
+
 DEFAULT_LR = {"sgd": 0.3, "adam": 0.001}
 
 
@@ -173,9 +175,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         except OSError:
             _error("train", f"cannot save parameters to {args.save!r}: it is a directory")
             return 2
-    if len({target.resolve() for _, target in outputs}) < len(outputs):
-        _error("train", f"--save and --plot name the same file {str(outputs[0][1])!r}")
-        return 2
     for option, target in outputs:
         problem = _unwritable(target)
         if problem:
@@ -222,7 +221,7 @@ def _digits_mlp_shapes(inputs: int, hidden: int, outputs: int) -> dict[str, tupl
 
 
 # A file may describe a model at most this much larger than itself (beyond a floor): more is a zip bomb.
-_EXPANSION, _EXPANSION_FLOOR = 16, 64 << 20
+_EXPANSION, _EXPANSION_FLOOR = _parameter._EXPANSION, _parameter._EXPANSION_FLOOR
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

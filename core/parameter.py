@@ -120,10 +120,11 @@ class ParameterFile:
 
     def __init__(self, path: str | os.PathLike[str], *, expected_names: Iterable[object] | None = None) -> None:
         target = Path(path)
-        if not target.exists() and target.suffix != ".npz" and target.name not in ("", ".", ".."):
-            candidate = target.with_name(target.name + ".npz")
-            if candidate.exists():
-                target = candidate
+        with contextlib.suppress(OSError):  # an unreadable path is reported by _open
+            if not target.exists() and target.suffix != ".npz" and target.name not in ("", ".", ".."):
+                candidate = target.with_name(target.name + ".npz")
+                if candidate.exists():
+                    target = candidate
         self.path = target
         self.label = f"parameter file {str(target)!r}"
         self.file_size = 0
@@ -166,6 +167,9 @@ class ParameterFile:
             self.close()
             damaged = "a damaged or truncated zip archive" if head[:2] == b"PK" else "not a zip archive"
             self._fail(f"is not a readable .npz parameter file: {damaged}")
+        except OSError as exc:
+            self.close()
+            self._fail(f"cannot be read: {exc.strerror or exc}")
         except _READ_ERRORS as exc:
             self.close()
             self._fail(f"cannot be read: {type(exc).__name__}: {exc}")
@@ -339,6 +343,26 @@ class ParameterFile:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# Reading a file whole, without parameters to compare against, expands it at most this much (beyond a floor).
+_EXPANSION, _EXPANSION_FLOOR = 16, 64 << 20
+
+
+def read_parameter_file(path: str | os.PathLike[str]) -> tuple[Path, dict[str, np.ndarray]]:
+    """Every value of a file written by ``Parameter.save`` (``.npz`` may be left off the name).
+
+    With no parameters to bound them, the values may take at most 16 times the file's size (or
+    64 MiB): more is a zip bomb and raises ``ParameterLoadError``. ``Parameter.load`` has no such
+    limit: it compares the file with the parameters before reading.
+    """
+    with ParameterFile(path) as source:
+        if source.nbytes > max(_EXPANSION_FLOOR, _EXPANSION * source.file_size):
+            raise ParameterLoadError(
+                f"{source.label} declares {source.nbytes} bytes of values in {source.file_size} bytes: "
+                "refusing to expand it"
+            )
+        return source.path, {name: source.read(name) for name in source.names}
 
 
 def _create_beside(target: Path) -> tuple[int, Path]:

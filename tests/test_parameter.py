@@ -348,3 +348,16 @@ def test_byte_swapped_files_load(tmp_path):
     dst = _store(1)
     dst.load(tmp_path / "swapped.npz")
     assert all(np.array_equal(dst[n].value, v) for n, v in src.state_dict().items())
+
+
+def test_read_parameter_file_reads_every_value_but_refuses_a_bomb(tmp_path, monkeypatch):
+    from tapegrad import parameter
+
+    src = _named(AWKWARD_NAMES[:4])
+    path, values = parameter.read_parameter_file(src.save(tmp_path / "w"))
+    assert path.name == "w.npz" and list(values) == AWKWARD_NAMES[:4]
+    assert all(np.array_equal(values[n], src[n].value) for n in values)
+    _zip(tmp_path / "bomb.npz", {"w.npy": _npy(np.zeros(10**6))}, compression=zipfile.ZIP_DEFLATED)
+    monkeypatch.setattr(parameter, "_EXPANSION_FLOOR", 1 << 20)
+    with pytest.raises(tg.ParameterLoadError, match="refusing to expand"):
+        parameter.read_parameter_file(tmp_path / "bomb.npz")
