@@ -213,6 +213,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         except OSError as exc:
             _error("train", f"cannot write --plot {str(target)!r}: {exc.strerror or exc}")
             ok = False
+        except Exception as exc:  # whatever matplotlib raises: the parameters are saved already
+            _error("train", f"cannot plot to {str(target)!r}: {type(exc).__name__}: {exc}")
+            ok = False
     return 0 if ok else 1
 
 
@@ -252,7 +255,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             hidden = first[1]
         hidden = hidden if hidden is not None else 30
         expected = _digits_mlp_shapes(inputs, hidden, outputs)
-        wrong = [
+        missing = [name for name in expected if name not in source.shapes]
+        extra = [name for name in source.shapes if name not in expected]
+        wrong = [f"missing: {', '.join(missing)}"] if missing else []
+        wrong += [f"unexpected: {', '.join(map(repr, extra))}"] if extra else []
+        wrong += [
             f"{name}: shape {source.shapes[name]} given, {shape} expected"
             for name, shape in expected.items() if name in source.shapes and source.shapes[name] != shape
         ]

@@ -209,3 +209,15 @@ def test_evaluate_loads_the_pre_format_files(tmp_path, capsys):
     np.savez(tmp_path / "old.npz", **_values(path))
     code, out, _ = run(capsys, "evaluate", "--load", str(tmp_path / "old.npz"))
     assert code == 0 and f"test accuracy: {accuracy}" in out
+
+
+def test_evaluate_checks_names_before_building_a_model(tmp_path, capsys, monkeypatch):
+    from tapegrad import models
+
+    def no_model(*args, **kwargs):
+        pytest.fail("a model was built for a file that cannot fit it")
+
+    _rewrite(tmp_path / "other.npz", {"w": np.ones(3)})
+    monkeypatch.setattr(models, "MLP", no_model)
+    code, _, err = run(capsys, "evaluate", "--load", str(tmp_path / "other.npz"), "--hidden", str(10**9))
+    assert code == 1 and "missing: affine_0.W" in err and "unexpected: 'w'" in err
