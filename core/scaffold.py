@@ -132,6 +132,9 @@ def _clash(name: str, package: str) -> str | None:
         except (KeyError, TypeError):  # broken metadata names nothing
             continue
         if installed and _normalize(installed) == _normalize(name):
+            plugins = [(ep.name, ep.value) for ep in dist.entry_points if ep.group == "tapegrad"]
+            if plugins == [(name, f"{package}.plugin")]:
+                return None  # an earlier install of this very plugin: reinstalling it is an upgrade
             return f"a distribution {installed!r} is installed: `pip install` would replace it"
     try:
         spec = importlib.util.find_spec(package)

@@ -164,3 +164,15 @@ def test_new_plugin_into_an_unwritable_place_is_one_line(tmp_path, capsys, monke
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "No space left on device" in err and "nothing was written" in err
     assert not (tmp_path / "new").exists()  # what was written is taken back, folders made for it too
+
+
+def test_new_plugin_may_rewrite_an_installed_plugin_of_its_own(tmp_path, capsys, plugin_dir):
+    from conftest import make_dist
+
+    make_dist(plugin_dir, "tgtest-mine", "0.1", {"tgtest-mine": "tgtest_mine.plugin"}, {})
+    (plugin_dir / "tgtest_mine").mkdir()
+    (plugin_dir / "tgtest_mine" / "__init__.py").write_text("")
+    assert main(["new-plugin", "tgtest-mine", "--dir", str(tmp_path / "again")]) == 0  # an upgrade of the same plugin
+    make_dist(plugin_dir, "tgtest-other", "0.1", {"elsewhere": "tgtest_other.plugin"}, {})
+    assert main(["new-plugin", "tgtest-other", "--dir", str(tmp_path / "other")]) == 1
+    assert "distribution 'tgtest-other' is installed" in capsys.readouterr().err
