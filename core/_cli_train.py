@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import io
+import math
+import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from . import parameter as _parameter
 
 DEFAULT_LR = {"sgd": 0.3, "adam": 0.001}
 
@@ -46,7 +52,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd", help="optimizer (default sgd)")
     p.add_argument("--seed", type=_seed, default=0, help="fixes the split, the initial values and the shuffling")
     p.add_argument("--gradcheck", action="store_true", help="check the model's gradients numerically first")
-    p.add_argument("--plot", metavar="PATH", help="write a PNG of train loss and test accuracy per epoch")
+    p.add_argument("--plot", metavar="PATH", help="write a plot of train loss and test accuracy per epoch (format from the extension, default PNG)")
     p.add_argument("--save", metavar="PATH", help="write the trained parameters (.npz)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
@@ -58,38 +64,91 @@ def add_commands(sub: Any) -> None:
     p.set_defaults(func=cmd_evaluate)
 
 
-def _check_plotting(path: str | None) -> bool:
-    if path is None:
-        return True
+def _unwritable(target: Path) -> str | None:
+    """Why ``target`` cannot be written (None when it can), found without leaving anything behind."""
+    if target.is_dir():
+        return "it is a directory"
+    if target.exists() and not target.is_file():
+        return "it exists and is not a regular file"
+    folder = target.parent
+    while not folder.exists():  # the first existing ancestor: the folders below it get created
+        if folder == folder.parent:
+            break
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{str(folder)!r} is not a folder"
     try:
-        import matplotlib  # noqa: F401
+        with tempfile.TemporaryFile(dir=folder):  # an unnamed file where the OS allows: nothing to clean up
+            pass
+    except OSError as exc:
+        return f"folder {str(folder)!r} is not writable ({exc.strerror or exc})"
+    if target.exists() and not os.access(target, os.W_OK):
+        return "it is not writable"
+    return None
+
+
+def _plot_target(path: str) -> tuple[Path, str] | str:
+    """The file ``--plot path`` writes and its format, or why it cannot be plotted there."""
+    try:
+        import matplotlib
+        from matplotlib.backend_bases import FigureCanvasBase
     except ImportError:
-        print("tapegrad train: --plot needs matplotlib: pip install 'tapegrad[plot]'", file=sys.stderr)
-        return False
-    return True
-
-
-def _plot(history: Any, path: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [r.epoch for r in history]
-    fig, loss_axis = plt.subplots(figsize=(7, 4))
-    loss_axis.plot(epochs, history.train_loss, color="tab:blue", label="train loss")
-    loss_axis.set_xlabel("epoch")
-    loss_axis.set_ylabel("train loss", color="tab:blue")
-    accuracy_axis = loss_axis.twinx()
-    accuracy_axis.plot(epochs, history.test_accuracy, color="tab:orange", label="test accuracy")
-    accuracy_axis.set_ylabel("test accuracy", color="tab:orange")
-    fig.suptitle("tapegrad: seed MLP on digits")
-    fig.tight_layout()
+        return "--plot needs matplotlib: pip install 'tapegrad[plot]'"
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(target, dpi=100)
-    plt.close(fig)
-    return target
+    fmt = target.suffix[1:].lower()
+    if not fmt:  # like matplotlib: no extension means its default format, added to the name
+        fmt = str(matplotlib.rcParams["savefig.format"])
+        target = target.with_name(f"{target.name}.{fmt}")
+    supported = FigureCanvasBase.get_supported_filetypes()
+    if fmt not in supported:
+        return f"cannot plot to {path!r}: unsupported format {fmt!r} (supported: {', '.join(sorted(supported))})"
+    try:  # an empty figure in memory: finds formats whose writer is missing (LaTeX for pgf, ...)
+        _render(None, fmt)
+    except Exception as exc:  # whatever the format's writer raises
+        return f"cannot plot to {path!r}: format {fmt!r} does not work here ({type(exc).__name__}: {exc})"
+    return target, fmt
+
+
+def _render(history: Any, fmt: str) -> bytes:
+    """The figure of train loss and test accuracy per epoch (empty for None) as ``fmt`` bytes."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4))
+    loss_axis = fig.add_subplot()
+    if history is not None:
+        epochs = [r.epoch for r in history]
+        loss_axis.plot(epochs, history.train_loss, color="tab:blue", label="train loss")
+        loss_axis.set_xlabel("epoch")
+        loss_axis.set_ylabel("train loss", color="tab:blue")
+        accuracy_axis = loss_axis.twinx()
+        accuracy_axis.plot(epochs, history.test_accuracy, color="tab:orange", label="test accuracy")
+        accuracy_axis.set_ylabel("test accuracy", color="tab:orange")
+        fig.suptitle("tapegrad: seed MLP on digits")
+        fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=fmt, dpi=100)
+    return buffer.getvalue()
+
+
+def _error(command: str, message: str) -> None:
+    print(f"tapegrad {command}: error: {message}", file=sys.stderr)
+
+
+def _save_or_rescue(parameter: Any, path: str) -> bool:
+    """Save to ``path``; if that fails, say why in one line and save to a temporary file instead."""
+    try:
+        print(f"saved parameters to {parameter.save(path)}")
+        return True
+    except OSError as exc:
+        reason = f"cannot write parameters to {path!r}: {exc.strerror or exc}"
+    try:
+        fd, rescue = tempfile.mkstemp(prefix="tapegrad-parameters-", suffix=".npz")
+        os.close(fd)
+        parameter.save(rescue)
+        _error("train", f"{reason}; saved them to {rescue!r} instead")
+    except OSError as exc:
+        _error("train", f"{reason}; saving them to a temporary file failed too ({exc.strerror or exc})")
+    return False
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -97,11 +156,31 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .gradcheck import numerical_gradient_check
     from .models import MLP
     from .optim import SGD, Adam
+    from .parameter import parameter_file_path
     from .training import Trainer
     from .variable import Variable
 
-    if not _check_plotting(args.plot):
-        return 2
+    # Every output is checked before training, so that a bad path never costs the trained model.
+    plot: tuple[Path, str] | None = None
+    if args.plot is not None:
+        found = _plot_target(args.plot)
+        if isinstance(found, str):
+            _error("train", found)
+            return 2
+        plot = found
+    outputs = [("--plot", plot[0])] if plot else []
+    if args.save is not None:
+        try:
+            outputs.insert(0, ("--save", parameter_file_path(args.save)))
+        except OSError:
+            _error("train", f"cannot save parameters to {args.save!r}: it is a directory")
+            return 2
+    for option, target in outputs:
+        problem = _unwritable(target)
+        if problem:
+            _error("train", f"cannot write {option} {str(target)!r}: {problem}")
+            return 2
+
     x_train, x_test, y_train, y_test = load_digits(seed=args.seed)
     model = MLP(x_train.shape[1], args.hidden, 10, seed=args.seed)
     lr = args.lr if args.lr is not None else DEFAULT_LR[args.optimizer]
@@ -121,26 +200,82 @@ def cmd_train(args: argparse.Namespace) -> int:
     history = trainer.train(x_train, y_train, x_test, y_test, epochs=args.epochs)
     final = history[-1].test_accuracy
     print(f"final test accuracy: {final:.4f} ({sum(history.seconds):.1f} s of training)")
-    if args.save:
-        print(f"saved parameters to {model.graph.parameter.save(args.save)}")
-    if args.plot:
-        print(f"wrote {_plot(history, args.plot)}")
-    return 0
+    ok = True
+    if args.save is not None:
+        ok = _save_or_rescue(model.graph.parameter, args.save)
+    if plot is not None:
+        target, fmt = plot
+        try:
+            image = _render(history, fmt)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(image)
+            print(f"wrote {target}")
+        except OSError as exc:
+            _error("train", f"cannot write --plot {str(target)!r}: {exc.strerror or exc}")
+            ok = False
+        except Exception as exc:  # whatever matplotlib raises: the parameters are saved already
+            _error("train", f"cannot plot to {str(target)!r}: {type(exc).__name__}: {exc}")
+            ok = False
+    return 0 if ok else 1
+
+
+def _digits_mlp_shapes(inputs: int, hidden: int, outputs: int) -> dict[str, tuple[int, ...]]:
+    return {"affine_0.W": (inputs, hidden), "affine_0.b": (hidden,), "affine_1.W": (hidden, outputs), "affine_1.b": (outputs,)}
+
+
+# A file may describe a model at most this much larger than itself (beyond a floor): more is a zip bomb.
+_EXPANSION, _EXPANSION_FLOOR = _parameter._EXPANSION, _parameter._EXPANSION_FLOOR
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .datasets import load_digits
+    from .errors import ParameterLoadError
     from .models import MLP
-    from .parameter import read_parameter_file
+    from .parameter import ParameterFile
     from .training import Trainer
 
-    path, arrays = read_parameter_file(args.load)  # read once: for the hidden size and the values
-    hidden = args.hidden
-    if hidden is None:
-        hidden = int(arrays["affine_0.W"].shape[1]) if "affine_0.W" in arrays else 30
     x_train, x_test, y_train, y_test = load_digits(seed=args.seed)
-    model = MLP(x_train.shape[1], hidden, 10, seed=args.seed)
-    model.graph.parameter.load_state_dict(arrays, source=f"parameter file {str(path)!r}")
+    inputs, outputs = x_train.shape[1], 10
+    # Only headers are read until the file is known to fit the model its first layer describes.
+    with ParameterFile(args.load, expected_names=_digits_mlp_shapes(inputs, 1, outputs)) as source:
+        label = source.label
+        first = source.shapes.get("affine_0.W")
+        hidden = args.hidden
+        if first is not None:
+            if len(first) != 2 or first[0] != inputs or first[1] < 1:
+                raise ParameterLoadError(
+                    f"{label} does not fit the digits MLP (nothing was loaded): affine_0.W: shape {first} given, "
+                    f"({inputs}, hidden) expected"
+                )
+            if hidden is not None and first[1] != hidden:
+                raise ParameterLoadError(
+                    f"{label} does not fit these parameters (nothing was loaded): affine_0.W: shape {first} given, "
+                    f"({inputs}, {hidden}) expected"
+                )
+            hidden = first[1]
+        hidden = hidden if hidden is not None else 30
+        expected = _digits_mlp_shapes(inputs, hidden, outputs)
+        missing = [name for name in expected if name not in source.shapes]
+        extra = [name for name in source.shapes if name not in expected]
+        wrong = [f"missing: {', '.join(missing)}"] if missing else []
+        wrong += [f"unexpected: {', '.join(map(repr, extra))}"] if extra else []
+        wrong += [
+            f"{name}: shape {source.shapes[name]} given, {shape} expected"
+            for name, shape in expected.items() if name in source.shapes and source.shapes[name] != shape
+        ]
+        if wrong:
+            raise ParameterLoadError(f"{label} does not fit these parameters (nothing was loaded): {'; '.join(wrong)}")
+        needed = sum(8 * math.prod(shape) for shape in expected.values())
+        if needed > max(_EXPANSION_FLOOR, _EXPANSION * source.file_size):
+            raise ParameterLoadError(
+                f"{label} describes a hidden size of {hidden} ({needed} bytes of values) in {source.file_size} "
+                "bytes: refusing to expand it"
+            )
+        model = MLP(inputs, hidden, outputs, seed=args.seed)
+        model.graph.parameter.load(source)
+    broken = [name for name, v in model.graph.parameter.variable_dict.items() if not np.isfinite(v.value).all()]
+    if broken:
+        raise ParameterLoadError(f"{label} holds NaN or infinite values in {', '.join(broken)}: nothing to evaluate")
     accuracy = Trainer(model, optimizer=None, verbose=False).test(x_test, y_test)
     print(f"test accuracy: {accuracy:.4f} ({len(x_test)} samples, seed {args.seed})")
     return 0

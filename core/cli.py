@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -160,7 +162,11 @@ def cmd_new_plugin(args: argparse.Namespace) -> int:
 
     root = new_plugin(args.name, args.dir)
     print(f"wrote plugin {args.name!r} to {root}/")
-    print(f"next: pip install {root} && tapegrad check --plugin {args.name}")
+    # A path, so that pip installs this folder rather than looking the name up on the index.
+    where = str(root)
+    if not (os.path.isabs(where) or where.startswith(".")):
+        where = os.path.join(os.curdir, where)
+    print(f"next: pip install {shlex.quote(where)} && tapegrad check --plugin {args.name}")
     return EXIT_OK
 
 

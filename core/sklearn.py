@@ -8,20 +8,51 @@ validation through scikit-learn's utilities, fitted attributes ending in ``_``) 
 from __future__ import annotations
 
 import itertools
-from typing import Any
+from numbers import Integral, Number, Real
+from typing import Any, ClassVar
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, _fit_context
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, InvalidParameterError, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from .errors import NonFiniteError, TrainingError
 from .graph import Graph
 from .optim import SGD, Adam
 from .training import Trainer
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
 
-_ACTIVATIONS = {"sigmoid": "Sigmoid", "logistic": "Sigmoid", "tanh": "Tanh", "relu": "Relu"}
+# First-party ops by qualified name: a third-party op of the same name changes nothing here.
+_ACTIVATIONS = {
+    "sigmoid": "activations:Sigmoid",
+    "logistic": "activations:Sigmoid",
+    "tanh": "activations:Tanh",
+    "relu": "activations:Relu",
+}
+_AFFINE = "layers:Affine"
+
+
+def _validate(estimator: BaseEstimator, *args: Any, **kwargs: Any) -> Any:
+    """scikit-learn's ``validate_data``. Its quick finiteness test sums the data, which overflows
+    (with a RuntimeWarning) for finite values near 1e308 before its exact test decides correctly."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return validate_data(estimator, *args, **kwargs)
+
+
+def _check_label_types(owner: str, y: np.ndarray) -> np.ndarray:
+    """Labels in an object array must be all strings or all numbers (they are sorted into ``classes_``);
+    numbers come back as a numeric array."""
+    if y.dtype != object:
+        return y
+    kinds = {"str" if isinstance(v, str) else "number" if isinstance(v, Number) else type(v).__name__ for v in y}
+    if len(kinds) > 1 or not kinds <= {"str", "number"}:
+        raise TrainingError(
+            f"{owner}: class labels must be all strings or all numbers; got a mix of {', '.join(sorted(kinds))}"
+        )
+    return np.asarray(y.tolist()) if kinds == {"number"} else y
 
 
 class _Network:
@@ -36,7 +67,7 @@ class _Network:
         self.graph = Graph("MLP", seed=seed)
         self.layers = []
         for i, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
-            self.layers.append(self.graph.get_operation("Affine", [fan_in, fan_out]))
+            self.layers.append(self.graph.get_operation(_AFFINE, [fan_in, fan_out]))
             if i < len(sizes) - 2:
                 self.layers.append(self.graph.get_operation(_ACTIVATIONS[activation]))
         self.loss_op = self.graph.get_operation(loss)
@@ -52,7 +83,23 @@ class _Network:
 
 class _BaseMLP(BaseEstimator):
     _task = "classification"
-    _loss = "SoftmaxLoss"
+    _loss = "losses:SoftmaxLoss"
+
+    # Checked by scikit-learn's own machinery when fit starts (errors are its InvalidParameterError).
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
+        "activation": [StrOptions(set(_ACTIVATIONS))],
+        "optimizer": [StrOptions({"sgd", "adam"})],
+        "learning_rate": [Interval(Real, 0, None, closed="neither")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "max_epochs": [Interval(Integral, 1, None, closed="left")],
+        "momentum": [Interval(Real, 0, 1, closed="left")],
+        "alpha": [Interval(Real, 0, None, closed="left")],
+        "tol": [Interval(Real, 0, None, closed="left"), None],
+        "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
 
     def __init__(
         self,
@@ -82,31 +129,29 @@ class _BaseMLP(BaseEstimator):
         self.random_state = random_state
         self.verbose = verbose
 
-    def _check_params(self) -> tuple[int, ...]:
+    def _hidden_sizes(self) -> tuple[int, ...]:
+        """``hidden_layer_sizes`` as a tuple; each entry must be an int of at least 1 (sklearn checked the rest)."""
         sizes: Any = self.hidden_layer_sizes
-        hidden = (sizes,) if np.isscalar(sizes) else tuple(sizes)
-        if not hidden or any(int(h) < 1 for h in hidden):
-            raise ValueError(f"hidden_layer_sizes must be positive integers, got {self.hidden_layer_sizes!r}")
-        if self.activation not in _ACTIVATIONS:
-            raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {self.activation!r}")
-        if self.optimizer not in ("sgd", "adam"):
-            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be positive, got {self.learning_rate!r}")
-        if int(self.batch_size) < 1 or int(self.max_epochs) < 1:
-            raise ValueError(f"batch_size and max_epochs must be at least 1, got {self.batch_size!r}, {self.max_epochs!r}")
+        entries = np.asarray(sizes, dtype=object)
+        hidden = tuple(entries) if entries.ndim == 1 else (sizes,) if isinstance(sizes, Integral) else ()
+        if not hidden or not all(isinstance(h, Integral) and not isinstance(h, bool) and int(h) >= 1 for h in hidden):
+            raise InvalidParameterError(
+                f"The 'hidden_layer_sizes' parameter of {type(self).__name__} must be an int in the range "
+                f"[1, inf) or a non-empty array-like of such ints. Got {sizes!r} instead."
+            )
         return tuple(int(h) for h in hidden)
 
     def _seed(self) -> int | None:
+        """A seed for the graph and the shuffling, from ``random_state`` as scikit-learn reads it."""
         state: Any = self.random_state
         if state is None:
             return None
-        if isinstance(state, (int, np.integer)):
+        if isinstance(state, Integral):
             return int(state)
-        return int(state.randint(np.iinfo(np.int32).max))  # a RandomState instance
+        return int(check_random_state(state).randint(np.iinfo(np.int32).max))  # a RandomState instance
 
     def _fit_network(self, x: np.ndarray, y: np.ndarray, outputs: int) -> None:
-        hidden = self._check_params()
+        hidden = self._hidden_sizes()
         seed = self._seed()
         network = _Network([x.shape[1], *hidden, outputs], self.activation, self._loss, self._task, seed)
         params = network.graph.parameter
@@ -123,7 +168,7 @@ class _BaseMLP(BaseEstimator):
 
     def _forward(self, X: Any) -> np.ndarray:
         check_is_fitted(self, "network_")
-        x = validate_data(self, X, reset=False, dtype=np.float64)
+        x = _validate(self, X, reset=False, dtype=np.float64)
         network = self.network_
         assert network is not None
         graph = network.graph
@@ -153,8 +198,10 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     ``n_epochs_``, ``coefs_``, ``intercepts_``.
     """
 
+    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X: Any, y: Any) -> MLPClassifier:
-        x, y = validate_data(self, X, y, dtype=np.float64)
+        x, y = _validate(self, X, y, dtype=np.float64)
+        y = _check_label_types(type(self).__name__, y)
         check_classification_targets(y)
         self.classes_, encoded = np.unique(y, return_inverse=True)
         if len(self.classes_) == 1:
@@ -168,7 +215,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     def predict_proba(self, X: Any) -> np.ndarray:
         check_is_fitted(self, "classes_")
         if self.network_ is None:
-            x = validate_data(self, X, reset=False, dtype=np.float64)
+            x = _validate(self, X, reset=False, dtype=np.float64)
             return np.ones((len(x), 1))
         return self._forward(X)
 
@@ -179,10 +226,11 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
 class MLPRegressor(RegressorMixin, _BaseMLP):
     """A multi-layer perceptron regressor trained with tapegrad (squared error). Targets are
-    standardised inside ``fit`` and mapped back by ``predict``; 2-D targets give multi-output."""
+    standardised inside ``fit`` and mapped back by ``predict``; 2-D targets give multi-output.
+    Any finite targets work: they are divided by their largest magnitude before squaring."""
 
     _task = "regression"
-    _loss = "SquareLoss"
+    _loss = "losses:SquareLoss"
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
@@ -190,17 +238,29 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         tags.target_tags.single_output = True
         return tags
 
+    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X: Any, y: Any) -> MLPRegressor:
-        x, y = validate_data(self, X, y, dtype=np.float64, multi_output=True, y_numeric=True)
+        x, y = _validate(self, X, y, dtype=np.float64, multi_output=True, y_numeric=True)
         y = np.asarray(y, dtype=np.float64)
         self._y_1d = y.ndim == 1
         targets = y.reshape(len(y), -1)
-        self._y_mean = targets.mean(axis=0)
-        scale = targets.std(axis=0)
-        self._y_scale = np.where(scale > 0, scale, 1.0)
-        self._fit_network(x, (targets - self._y_mean) / self._y_scale, targets.shape[1])
+        # Scale into [-1, 1] first: the mean and variance of targets near 1e200 would overflow.
+        magnitude = np.abs(targets).max(axis=0)
+        self._y_magnitude = np.where(magnitude > 0, magnitude, 1.0)
+        scaled = targets / self._y_magnitude
+        self._y_mean = scaled.mean(axis=0)
+        spread = scaled.std(axis=0)
+        self._y_scale = np.where(spread > 0, spread, 1.0)
+        self._fit_network(x, (scaled - self._y_mean) / self._y_scale, targets.shape[1])
         return self
 
     def predict(self, X: Any) -> np.ndarray:
-        out = self._forward(X) * self._y_scale + self._y_mean
+        raw = self._forward(X)
+        with np.errstate(over="ignore"):
+            out = (raw * self._y_scale + self._y_mean) * self._y_magnitude
+        if not np.isfinite(out).all() and np.isfinite(raw).all():
+            raise NonFiniteError(
+                f"{type(self).__name__}.predict: predictions exceed the float64 range "
+                f"(the targets reached {float(np.max(self._y_magnitude)):.3g}); fit on rescaled targets"
+            )
         return out[:, 0] if self._y_1d else out

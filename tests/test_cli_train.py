@@ -1,0 +1,223 @@
+"""``tapegrad train`` / ``tapegrad evaluate``: outputs checked before training, files checked before loading."""
+
+import os
+import zipfile
+
+import numpy as np
+import pytest
+
+import tapegrad as tg
+from tapegrad.cli import main
+
+TRAIN = ["train", "--epochs", "1", "--hidden", "4", "--no-progress"]
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Fails the test if training starts: the bad output must be found before."""
+    from tapegrad.training import Trainer
+
+    def refuse(*args, **kwargs):
+        pytest.fail("training started although an output path was unusable")
+
+    monkeypatch.setattr(Trainer, "train", refuse)
+
+
+def _folder(path):
+    path.mkdir()
+    return path
+
+
+def _under_a_file(directory, *rest):
+    (directory / "file").write_text("")
+    return directory.joinpath("file", *rest)
+
+
+@pytest.mark.parametrize(
+    "option, make, fault",
+    [
+        ("--save", lambda d: _folder(d / "out.npz"), "is a directory"),
+        ("--save", lambda d: f"{d}/folder/", "is a directory"),
+        ("--save", lambda d: _under_a_file(d, "m.npz"), "is not a folder"),
+        ("--plot", lambda d: _folder(d / "p.png"), "is a directory"),
+        ("--plot", lambda d: _under_a_file(d, "sub", "p.png"), "is not a folder"),
+        ("--plot", lambda d: d / "p.xyz", "unsupported format 'xyz'"),
+        ("--plot", lambda d: d / "p.npz", "unsupported format 'npz'"),
+    ],
+)
+def test_unusable_outputs_are_refused_before_training(tmp_path, capsys, no_training, option, make, fault):
+    target = make(tmp_path)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    code, _, err = run(capsys, *TRAIN, option, str(target))
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("tapegrad train: error:") and fault in err
+    assert str(target).rstrip("/").split("/")[-1] in err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # no junk left behind
+
+
+def test_unwritable_folder_is_refused_before_training(tmp_path, capsys, no_training, monkeypatch):
+    import tempfile
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", denied)  # as root, chmod would not stop us
+    code, _, err = run(capsys, *TRAIN, "--save", str(tmp_path / "m.npz"))
+    assert code == 2 and "not writable (Permission denied)" in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_folder_is_refused_before_training(tmp_path, capsys, no_training):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        code, _, err = run(capsys, *TRAIN, "--plot", str(folder / "p.png"))
+    finally:
+        folder.chmod(0o700)
+    assert code == 2 and "not writable" in err
+
+
+def test_outputs_in_folders_still_to_be_made_and_a_default_plot_format(tmp_path, capsys):
+    code, out, _ = run(capsys, *TRAIN, "--save", str(tmp_path / "a" / "b" / "m"), "--plot", str(tmp_path / "c" / "curve"))
+    assert code == 0
+    assert (tmp_path / "a" / "b" / "m.npz").exists()
+    assert (tmp_path / "c" / "curve.png").read_bytes()[:4] == b"\x89PNG" and "curve.png" in out
+    code, _, _ = run(capsys, *TRAIN, "--plot", str(tmp_path / "curve.svg"))
+    assert code == 0 and b"<svg" in (tmp_path / "curve.svg").read_bytes()
+
+
+def test_a_save_that_fails_after_training_keeps_the_model_and_says_why(tmp_path, capsys, monkeypatch):
+    original = tg.Parameter.save
+    calls = []
+
+    def fails_once(self, path):
+        calls.append(path)
+        if len(calls) == 1:
+            raise PermissionError(13, "Permission denied", str(path))
+        return original(self, path)
+
+    monkeypatch.setattr(tg.Parameter, "save", fails_once)
+    code, _, err = run(capsys, *TRAIN, "--save", str(tmp_path / "m.npz"), "--plot", str(tmp_path / "p.png"))
+    assert code == 1
+    line = err.strip()
+    assert "\n" not in line and "Traceback" not in err
+    assert "m.npz" in line and "Permission denied" in line and "instead" in line
+    rescue = line.split("saved them to '")[1].split("'")[0]
+    try:
+        assert main(["evaluate", "--load", rescue]) == 0  # the trained model was not lost
+    finally:
+        os.unlink(rescue)
+    assert (tmp_path / "p.png").exists()  # the plot was still written
+
+
+def test_a_plot_that_fails_after_training_is_one_line(tmp_path, capsys, monkeypatch):
+    from pathlib import Path
+
+    def full(self, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    code, _, err = run(capsys, *TRAIN, "--save", str(tmp_path / "m.npz"), "--plot", str(tmp_path / "p.png"))
+    assert code == 1 and err.count("\n") == 1 and "p.png" in err and "No space left" in err
+    assert (tmp_path / "m.npz").exists()
+
+
+def _saved(tmp_path, capsys, hidden=4):
+    path = tmp_path / "mlp.npz"
+    assert main([*TRAIN[:3], "--hidden", str(hidden), "--no-progress", "--save", str(path)]) == 0
+    capsys.readouterr()
+    return path
+
+
+def _values(path):
+    with tg.parameter.ParameterFile(path) as source:
+        return {name: source.read(name).copy() for name in source.names}
+
+
+def _rewrite(path, values):
+    p = tg.Parameter()
+    for name, value in values.items():
+        p.get_variable(name, value.shape, init=value)
+    p.save(path)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_evaluate_refuses_non_finite_weights(tmp_path, capsys, bad):
+    path = _saved(tmp_path, capsys)
+    values = _values(path)
+    values["affine_1.b"][3] = bad
+    _rewrite(path, values)
+    code, out, err = run(capsys, "evaluate", "--load", str(path))
+    assert code == 1 and "accuracy" not in out
+    assert "NaN or infinite" in err and "affine_1.b" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("shape", [(64,), (10, 4), (64, 4, 1), (64, 0), (4, 64)])
+def test_evaluate_gives_a_clear_error_for_a_wrongly_shaped_first_layer(tmp_path, capsys, shape):
+    path = _saved(tmp_path, capsys)
+    values = _values(path)
+    values["affine_0.W"] = np.zeros(shape)
+    _rewrite(path, values)
+    code, _, err = run(capsys, "evaluate", "--load", str(path))
+    assert code == 1 and "affine_0.W" in err and "mlp.npz" in err and "Traceback" not in err
+
+
+def test_evaluate_reports_every_misshapen_layer(tmp_path, capsys):
+    path = _saved(tmp_path, capsys)
+    values = _values(path)
+    values["affine_1.W"] = np.zeros((5, 10))
+    _rewrite(path, values)
+    code, _, err = run(capsys, "evaluate", "--load", str(path))
+    assert code == 1 and "affine_1.W: shape (5, 10) given, (4, 10) expected" in err
+
+
+def test_evaluate_refuses_malformed_files(tmp_path, capsys):
+    (tmp_path / "empty.npz").write_bytes(b"")
+    np.save(tmp_path / "one.npy", np.ones(3))
+    (tmp_path / "dir.npz").mkdir()
+    for name, fault in [("empty.npz", "is empty"), ("one.npy", "single .npy"), ("dir.npz", "is a directory")]:
+        code, _, err = run(capsys, "evaluate", "--load", str(tmp_path / name))
+        assert code == 1 and fault in err and err.count("\n") == 1
+
+
+def test_evaluate_refuses_a_bomb_that_describes_a_huge_model(tmp_path, capsys, monkeypatch):
+    from tapegrad import _cli_train
+
+    monkeypatch.setattr(_cli_train, "_EXPANSION_FLOOR", 1 << 20)
+    hidden = 20_000  # 12 MB of values in a file of a few KB
+    path = tmp_path / "bomb.npz"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, shape in [("affine_0.W", (64, hidden)), ("affine_0.b", (hidden,)), ("affine_1.W", (hidden, 10)),
+                            ("affine_1.b", (10,))]:
+            with archive.open(f"{name}.npy", "w") as out:
+                np.lib.format.write_array(out, np.zeros(shape))
+    code, _, err = run(capsys, "evaluate", "--load", str(path))
+    assert code == 1 and "refusing to expand" in err and "20000" in err
+
+
+def test_evaluate_loads_the_pre_format_files(tmp_path, capsys):
+    path = _saved(tmp_path, capsys)
+    code, out, _ = run(capsys, "evaluate", "--load", str(path))
+    accuracy = out.split("test accuracy: ")[1].split()[0]
+    np.savez(tmp_path / "old.npz", **_values(path))
+    code, out, _ = run(capsys, "evaluate", "--load", str(tmp_path / "old.npz"))
+    assert code == 0 and f"test accuracy: {accuracy}" in out
+
+
+def test_evaluate_checks_names_before_building_a_model(tmp_path, capsys, monkeypatch):
+    from tapegrad import models
+
+    def no_model(*args, **kwargs):
+        pytest.fail("a model was built for a file that cannot fit it")
+
+    _rewrite(tmp_path / "other.npz", {"w": np.ones(3)})
+    monkeypatch.setattr(models, "MLP", no_model)
+    code, _, err = run(capsys, "evaluate", "--load", str(tmp_path / "other.npz"), "--hidden", str(10**9))
+    assert code == 1 and "missing: affine_0.W" in err and "unexpected: 'w'" in err
