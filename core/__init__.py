@@ -34,7 +34,7 @@ from .parameter import Parameter
 from .registry import OperationInfo, PluginInfo, Registry, default_registry, register_operation
 from .variable import Variable
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one copy: pyproject.toml reads this literal when building
 
 __all__ = [
     "AmbiguousOperationError",
