@@ -36,7 +36,7 @@ def main() -> int:
     requirements = list(project["dependencies"])
     for extra in project.get("optional-dependencies", {}).values():
         requirements += extra
-    declared = {}
+    declared: dict[str, str] = {}
     for req in requirements:
         match = re.fullmatch(r"\s*([A-Za-z0-9_.-]+)\s*>=\s*([0-9.]+)\s*", req)
         if match is None:
@@ -46,7 +46,7 @@ def main() -> int:
         if declared.setdefault(name, match[2]) != match[2]:
             print(f"check_oldest: error: pyproject.toml declares {name} >={declared[name]} and >={match[2]}")
             return 1
-    pins = {}
+    pins: dict[str, str] = {}
     for line in (ROOT / ".ci" / "oldest-constraints.txt").read_text().splitlines():
         line = line.split("#", 1)[0].strip()
         if line:
@@ -54,8 +54,8 @@ def main() -> int:
             pins[canonical(name)] = pinned.strip()
     problems = []
     for name, minimum in sorted(declared.items()):
-        pinned = pins.get(name)
-        if pinned is None or not same_release(pinned, minimum):
+        pinned = pins.get(name, "nothing")
+        if name not in pins or not same_release(pinned, minimum):
             problems.append(f"{name}: pyproject.toml declares >={minimum}, .ci/oldest-constraints.txt pins {pinned}")
             continue
         try:
