@@ -20,7 +20,7 @@ _NAME = re.compile(r"^[a-z](?:[a-z0-9_-]*[a-z0-9])?$")
 
 PYPROJECT = """\
 [build-system]
-requires = ["setuptools>=64"]
+requires = ["setuptools>=77"]
 build-backend = "setuptools.build_meta"
 
 [project]
@@ -29,6 +29,8 @@ version = "0.1.0"
 description = "Operations for tapegrad."
 readme = "README.md"
 requires-python = ">=3.10"
+# An SPDX expression; setuptools ships any LICENSE* file found next to this one.
+license = "MIT"
 dependencies = ["tapegrad", "numpy"]
 
 [project.optional-dependencies]
