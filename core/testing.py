@@ -600,12 +600,11 @@ def _watched(backward: Callable[..., Any], owners: dict[int, str], records: list
 
 
 def _usable(case: OperationCase, app: _Application) -> bool:
-    """Does one application on these inputs run, forward and backward, with finite results?"""
+    """Does one application on these inputs run, forward and backward, with finite results
+    (and no overflow)? Inputs the op cannot take are not used, rather than reported."""
     try:
-        with np.errstate(over="raise", invalid="raise", divide="raise"), warnings.catch_warnings():
-            warnings.simplefilter("error", RuntimeWarning)
-            return _apply(case, [(0, app)]).finite
-    except Exception:
+        return bool(_guarded(case, "", lambda: _apply(case, [(0, app)])).finite)
+    except ContractError:
         return False
 
 
@@ -724,7 +723,8 @@ def _same_arguments(a: Sample, b: Sample) -> bool:
 
 def _other_shapes(case: OperationCase, arrays: list[np.ndarray]) -> Iterator[tuple[list[np.ndarray], Any, str]]:
     """Inputs of other shapes for the same op instance: the op's other samples with the same
-    constructor arguments, then this sample with its batch doubled (axis 0, new values)."""
+    constructor arguments, then this sample with its batch doubled (axis 0, new values), then
+    with its shapes reversed (as many elements: for ops that fix the size, such as Reshape)."""
     sample = case._need_sample()
     shapes = [a.shape for a in arrays]
     samples = case.samples()
@@ -745,6 +745,9 @@ def _other_shapes(case: OperationCase, arrays: list[np.ndarray]) -> Iterator[tup
     for values, _ in _other_values(arrays):
         doubled = [np.concatenate([a, v]) if a.ndim else a for a, v in zip(arrays, values)]
         yield doubled, target, f"sample {case.sample_name!r} with its batch doubled"
+    reversed_shapes = [a.reshape(a.shape[::-1]) for a in arrays]
+    if [a.shape for a in reversed_shapes] != shapes:
+        yield reversed_shapes, sample.target, f"sample {case.sample_name!r} with its shapes reversed"
 
 
 @requires(check_gradient_structure)

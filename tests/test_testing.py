@@ -561,6 +561,12 @@ class ReshapeShapeOnSelf(tg.Operation):
         yield tg.Sample(args=[(-1, 3)], inputs=[rng.standard_normal((2, 3))], name="s")
 
 
+class FlattenShapeOnSelf(ReshapeShapeOnSelf):
+    @classmethod
+    def samples(cls, rng):
+        yield tg.Sample(args=[(1, 6)], inputs=[rng.standard_normal((2, 3))], name="s")  # no batch to double
+
+
 class ConcatSizesOnSelf(tg.Operation):
     def forward(self, ctx, *xs):
         self.sizes = [x.shape[0] for x in xs]
@@ -626,6 +632,7 @@ class DropoutMaskInCtx(tg.Operation):
         (ShapeOfFirstCall, "sample 's' with its batch doubled"),
         (MeanShapeOnSelf, "sample 'wide_rows'"),
         (ReshapeShapeOnSelf, "sample 's' with its batch doubled"),
+        (FlattenShapeOnSelf, "sample 's' with its shapes reversed"),
         (ConcatSizesOnSelf, "sample 's' with its batch doubled"),
         (AddShapesOnSelf, "sample 'row'"),
         (SubtractShapesOnSelf, "sample 'row'"),
