@@ -95,8 +95,18 @@ def _stacked_header(labels: Sequence[str], min_width: int) -> list[list[str]]:
     return [[c[i] if i < len(c) else "" for c in columns] for i in range(depth)]
 
 
+def _cell(results: Sequence[Any]) -> str:
+    """A check's verdict over an operation's samples: FAIL if any failed, skip if any was skipped
+    (a check it requires failed), ok if all passed, - if it did not run."""
+    if not results:
+        return "-"
+    if not all(r.ok for r in results):
+        return "FAIL"
+    return "skip" if any(r.outcome == "skipped" for r in results) else "ok"
+
+
 def _check_table(results: Sequence[Any]) -> str:
-    """One row per operation: its sample count, then ok/FAIL/- per check, under headers built from the check names."""
+    """One row per operation: its sample count, then ok/FAIL/skip/- per check, under headers built from the check names."""
     checks = _check_columns(results)
     rows: list[list[str]] = []
     for i, words in enumerate(_stacked_header(checks, min_width=len("FAIL"))):
@@ -105,9 +115,7 @@ def _check_table(results: Sequence[Any]) -> str:
         mine = [r for r in results if r.operation == op]
         samples = {r.sample for r in mine if r.check != "check_has_samples" and r.sample != "no samples"}
         cells = [op, str(len(samples)) if mine[0].ok else "NONE"]
-        for c in checks:
-            rs = [r for r in mine if r.check == c]
-            cells.append("-" if not rs else ("ok" if all(r.ok for r in rs) else "FAIL"))
+        cells += [_cell([r for r in mine if r.check == c]) for c in checks]
         rows.append(cells)
     return _table(rows)
 
@@ -153,7 +161,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     for r in failed:
         print(f"\n{r.message}")
     ops = {r.operation for r in results}
-    print(f"\n{len(results) - len(failed)} passed, {len(failed)} failed ({len(ops)} operations, {len(results)} checks)")
+    print(f"\n{testing.summary(results)} ({len(ops)} operations, {len(results)} checks)")
     return EXIT_FAILED if failed else EXIT_OK
 
 

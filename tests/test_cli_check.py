@@ -101,3 +101,39 @@ def test_a_check_added_to_tapegrad_testing_shows_in_the_table_without_cli_change
     assert body.split("\n")[0].split()[-1] == "ok"
     relu = next(line for line in out.splitlines() if line.startswith("Relu"))
     assert relu.split()[-1] == "FAIL" and "check_capture failed" in out
+
+
+WRONG_SHAPE = '''
+import numpy as np
+import tapegrad as tg
+
+class WrongGradShape(tg.Operation):
+    def forward(self, ctx, x):
+        return x * 3
+    def backward(self, ctx, grad):
+        return (grad * 3).sum(axis=0)
+    @classmethod
+    def samples(cls, rng):
+        yield tg.Sample(inputs=[rng.standard_normal((3, 2))], name="s")
+
+@tg.hookimpl
+def tapegrad_operations():
+    return [WrongGradShape]
+'''
+
+
+def test_a_structural_fault_is_one_FAIL_and_the_checks_it_blocks_read_skip(capsys, plugin_dir):
+    make_dist(plugin_dir, "tgtest-shapes", "1.0", {"tgtest_shapes": "tgtest_shapes"}, {"tgtest_shapes": WRONG_SHAPE})
+    code, out, _ = run(capsys, "check", "--plugin", "tgtest_shapes")
+    assert code == 1
+    columns = [c.__name__ for c in testing.ALL_CHECKS]
+    row = next(line for line in out.splitlines() if line.startswith("WrongGradShape")).split()[2:]
+    cells = dict(zip(columns, row))
+    assert cells.pop("check_gradient_structure") == "FAIL"
+    assert cells.pop("check_forward_deterministic") == cells.pop("check_eval_mode") == "ok"
+    assert set(cells.values()) == {"skip"}
+    assert out.count("check_gradient_structure failed:") == 1 and "has shape (2,), the input has shape (3, 2)" in out
+    assert "3 passed, 1 failed, 8 skipped (1 operations, 12 checks)" in out
+    code, out, _ = run(capsys, "check", "--plugin", "tgtest_shapes", "--json")
+    outcomes = {r["check"]: r["outcome"] for r in json.loads(out)}
+    assert code == 1 and outcomes["check_fan_out"] == "skipped" and outcomes["check_gradient_structure"] == "failed"

@@ -31,3 +31,27 @@ def test_a_named_plugin_that_is_not_installed_or_blocked_fails_the_run_with_exit
     for stream in (result.stdout.str(), result.stderr.str()):
         assert "no registered operation matched: plugin 'nope' is not installed" in stream
         assert "plugin 'rnn' (tapegrad-rnn==" in stream and "blocked: TAPEGRAD_DISABLE_PLUGINS" in stream
+
+
+def test_a_structural_fault_fails_one_item_and_skips_the_items_it_blocks(pytester):
+    pytester.makeconftest(
+        """
+        import numpy as np, tapegrad as tg
+
+        @tg.register_operation(plugin="shapes")
+        class WrongGradShape(tg.Operation):
+            def forward(self, ctx, x):
+                return x * 3
+            def backward(self, ctx, grad):
+                return (grad * 3).sum(axis=0)
+            @classmethod
+            def samples(cls, rng):
+                yield tg.Sample(inputs=[rng.standard_normal((3, 2))], name="s")
+        """
+    )
+    result = pytester.runpytest_subprocess("--tapegrad-contract=shapes", "-rfs", *ARGS)
+    assert result.ret == 1
+    result.assert_outcomes(passed=3, failed=1, skipped=8)
+    out = result.stdout.str()
+    assert "contract::WrongGradShape[s]-check_gradient_structure - " in out
+    assert "check_fan_out cannot run because check_gradient_structure failed (gradient of input 0 has shape (2,)" in out

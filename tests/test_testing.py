@@ -103,6 +103,8 @@ class EvalDiffers(tg.Operation):
 
 
 class IntegerGradient(tg.Operation):
+    integer_inputs = (1,)
+
     def forward(self, ctx, x, idx):
         return x[idx]
 
@@ -137,13 +139,27 @@ def test_each_broken_op_is_caught_by_the_check_named_for_it(cls, check):
     assert not report.passed and cls.__name__ in str(report)
 
 
+
+
+class TwoFaults(OverwritesParameterGrad):
+    def backward(self, ctx, grad):
+        (x,) = ctx.saved
+        self.w.grad = (grad * x).sum(axis=0)  # should be +=
+        return grad * 2.0 * self.w.value  # should be grad * w
+
+
 def test_contract_error_lists_every_failure_and_is_an_assertion_error():
     with pytest.raises(ContractError) as err:
-        check_operation(WrongDerivative)
+        check_operation(TwoFaults)
     assert isinstance(err.value, AssertionError)
     text = str(err.value)
-    assert "check_gradient_inputs" in text and "check_fan_out" in text
+    assert "check_gradient_inputs" in text and "check_accumulates" in text
     assert "input 0[" in text and "analytic" in text and "numeric" in text and "atol 1e-05" in text
+
+
+def test_a_wrong_derivative_is_reported_by_the_gradient_check_alone():
+    report = check_operation(WrongDerivative, raise_on_failure=False)
+    assert {r.check for r in report.failures} == {"check_gradient_inputs"}
 
 
 def test_failure_message_names_plugin_sample_and_worst_element():
@@ -173,7 +189,7 @@ def test_parametrize_operations_ids_read_like_sentences():
     ids = [p.id for p in mark.args[1]]
     assert "Affine-check_has_samples" in ids
     assert "Affine[batch1]-check_gradient_parameters" in ids
-    with pytest.raises(tg.UnknownOperationError):
+    with pytest.raises(tg.PluginUnavailableError, match="'no-such-plugin' is not installed"):
         parametrize_operations(plugin="no-such-plugin")
 
 
@@ -250,3 +266,522 @@ def test_a_broken_plugin_warns_without_breaking_pytest_summary(pytester, tmp_pat
     result = pytester.runpytest_subprocess("--tapegrad-contract=acme", "-q", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=24, warnings=1)
     assert "tgtest_kaputt" in result.stdout.str()
+
+
+# -- item 20: check_fan_out feeds the same inputs to three applications ---------------------------
+class Square(tg.Operation):
+    """x * x on a shape-() sample."""
+
+    def forward(self, ctx, x):
+        ctx.save(x)
+        return x * x
+
+    def backward(self, ctx, grad):
+        (x,) = ctx.saved
+        return 2.0 * grad * x
+
+    @classmethod
+    def samples(cls, rng):
+        yield tg.Sample(inputs=[np.array(0.7)], name="scalar")
+
+
+class ScalarGain(tg.Operation):
+    """w * x with a shape-() parameter w."""
+
+    def __init__(self):
+        self.w = self.parameter("w", (), init="ones")
+
+    def forward(self, ctx, x):
+        ctx.save(x)
+        return x * self.w.value
+
+    def backward(self, ctx, grad):
+        (x,) = ctx.saved
+        self.w.add_grad(np.sum(grad * x))
+        return grad * self.w.value
+
+    @classmethod
+    def samples(cls, rng):
+        yield tg.Sample(inputs=[rng.standard_normal((2, 3))], name="matrix")
+        yield tg.Sample(inputs=[np.array(-1.3)], name="scalar")
+
+
+class PassThrough(tg.Operation):
+    """Returns the upstream gradient itself as its input's gradient (allowed)."""
+
+    def forward(self, ctx, x):
+        return x.copy()
+
+    def backward(self, ctx, grad):
+        return grad
+
+    samples = classmethod(_sample)
+
+
+class AddOneArray(tg.Operation):
+    """Returns one array as the gradient of both inputs (allowed)."""
+
+    def forward(self, ctx, x, y):
+        return x + y
+
+    def backward(self, ctx, grad):
+        return grad, grad
+
+    @classmethod
+    def samples(cls, rng):
+        yield tg.Sample(inputs=[rng.standard_normal((3, 2)), rng.standard_normal((3, 2))], name="s")
+        yield tg.Sample(inputs=[np.array(0.5), np.array(-2.0)], name="scalars")
+
+
+class ScalarHalfSquareLoss(tg.Loss):
+    """0.5 * (x - t)^2 on shape-() inputs and targets."""
+
+    def forward(self, ctx, x):
+        ctx.save(x)
+        return x.copy()
+
+    def loss(self, ctx, target):
+        (x,) = ctx.saved
+        ctx.diff = x - target
+        return 0.5 * float(ctx.diff**2)
+
+    def backward(self, ctx, grad):
+        return grad * ctx.diff
+
+    @classmethod
+    def samples(cls, rng):
+        yield tg.Sample(inputs=[np.array(0.3)], target=np.array(-0.4), name="scalar")
+
+
+class GradientBufferOnSelf(tg.Operation):
+    """Keeps one gradient buffer on self and returns it on every call."""
+
+    _buffer = None
+
+    def forward(self, ctx, x):
+        ctx.save(x)
+        return x * x
+
+    def backward(self, ctx, grad):
+        (x,) = ctx.saved
+        if self._buffer is None or self._buffer.shape != x.shape:
+            self._buffer = np.empty_like(x)
+        np.multiply(grad, 2.0 * x, out=self._buffer)
+        return self._buffer
+
+    samples = classmethod(_sample)
+
+
+def _old_accumulation(self, grad):
+    """The rule that let the 0-d bug through: for shape (), ``current + grad`` is a numpy scalar,
+    and ``current += grad`` then rebinds a local: every contribution after the second is lost."""
+    grad = self._checked(grad)
+    if self._grad is None:
+        self._grad, self._grad_is_borrowed = grad, True
+    elif self._grad_is_borrowed:
+        self._grad, self._grad_is_borrowed = self._grad + grad, False
+    else:
+        current = self._grad
+        current += grad
+
+
+def _accumulation_into_the_first_contribution(self, grad):
+    """A rule that adds into the first contribution, an array others may hold."""
+    grad = self._checked(grad)
+    if self._grad is None:
+        self._grad, self._grad_is_borrowed = grad, True
+    else:
+        np.add(self._grad, grad, out=self._grad)
+
+
+@pytest.mark.parametrize("cls", [Square, ScalarGain, PassThrough, AddOneArray, ScalarHalfSquareLoss])
+def test_correct_ops_pass_the_whole_contract_at_shape_0d_with_shared_and_passed_through_arrays(cls):
+    assert check_operation(cls).passed
+
+
+@pytest.mark.parametrize("cls, name", [(Square, "input 0"), (ScalarGain, "scalar_gain_0.w"), (ScalarHalfSquareLoss, "input 0")])
+def test_fan_out_catches_a_lost_third_contribution_that_two_applications_miss(monkeypatch, cls, name):
+    monkeypatch.setattr(tg.Variable, "add_grad", _old_accumulation)
+    report = check_operation(cls, checks=["check_fan_out"], raise_on_failure=False)
+    assert not report.passed
+    message = report.failures[0].message
+    assert f"{name} fed to 3 applications" in message and "contribution (arriving 3rd) was lost" in message
+    assert "at []" in message  # the shape-() element, by its index
+    monkeypatch.setattr(testing, "FAN_OUT", 2)  # the old check's two applications
+    assert check_operation(cls, checks=["check_fan_out"], raise_on_failure=False).passed
+
+
+@pytest.mark.parametrize("cls", [PassThrough, AddOneArray, ScalarGain])
+def test_fan_out_catches_accumulation_that_writes_into_an_array_it_was_handed(monkeypatch, cls):
+    # PassThrough: the first contribution is the upstream gradient; AddOneArray: one array for two inputs
+    monkeypatch.setattr(tg.Variable, "add_grad", _accumulation_into_the_first_contribution)
+    report = check_operation(cls, checks=["check_fan_out"], raise_on_failure=False)
+    assert not report.passed
+    message = report.failures[0].message
+    assert "was written into later in the same backward pass" in message and "application 3" in message
+
+
+def test_fan_out_and_reuse_catch_a_gradient_buffer_reused_across_calls():
+    report = check_operation(GradientBufferOnSelf, raise_on_failure=False)
+    failed = {r.check: r.message for r in report.failures}
+    assert set(failed) == {"check_fan_out", "check_reuse_in_one_pass"}
+    assert "the gradient of input 0 that backward returned for application 3 was written into" in failed["check_fan_out"]
+
+
+def test_fan_out_names_an_overwritten_contribution():
+    report = check_operation(OverwritesParameterGrad, checks=["check_fan_out"], raise_on_failure=False)
+    message = report.failures[0].message
+    assert "overwrites_parameter_grad_0.w fed to 3 applications" in message
+    assert "application 1's contribution (arriving 3rd) was the only one kept (the others were overwritten)" in message
+
+
+# -- item 21: check_reuse_in_one_pass applies the op to independent inputs -----------------------
+def _one(shape):
+    def samples(cls, rng):
+        yield tg.Sample(inputs=[rng.standard_normal(shape)], name="s")
+
+    return classmethod(samples)
+
+
+class ReluMaskOnSelf(tg.Operation):
+    def forward(self, ctx, x):
+        self.mask = x > 0
+        return np.where(self.mask, x, 0.0)
+
+    def backward(self, ctx, grad):
+        return grad * self.mask
+
+    samples = _one((3, 4))
+
+
+class LeakyReluSlopeOnSelf(tg.Operation):
+    def __init__(self, alpha=0.01):
+        self.alpha = alpha
+
+    def forward(self, ctx, x):
+        self.slope = np.where(x > 0, 1.0, self.alpha).astype(x.dtype)
+        return x * self.slope
+
+    def backward(self, ctx, grad):
+        return grad * self.slope
+
+    @classmethod
+    def samples(cls, rng):
+        # x and 1.1x (the old check's second application) have the same signs, so the same slope
+        yield tg.Sample(kwargs={"alpha": 0.2}, inputs=[np.array([[-2.0, -0.5, 0.5, 2.0]])], name="alpha")
+
+
+class ScalarReluMaskOnSelf(ReluMaskOnSelf):
+    @classmethod
+    def samples(cls, rng):
+        yield tg.Sample(inputs=[np.array(0.8)], name="scalar")  # no other shape to try
+
+
+class SqrtOutputOnSelf(tg.Operation):
+    """Its input must stay positive: negated values are refused, so other positive ones are used."""
+
+    def forward(self, ctx, x):
+        self.y = np.sqrt(x)
+        return self.y
+
+    def backward(self, ctx, grad):
+        return grad / (2.0 * self.y)
+
+    @classmethod
+    def samples(cls, rng):
+        yield tg.Sample(inputs=[np.array(2.5)], name="scalar")
+
+
+class MaskCachedInBackward(tg.Operation):
+    _mask = None
+
+    def forward(self, ctx, x):
+        ctx.save(x)
+        return np.maximum(x, 0.0)
+
+    def backward(self, ctx, grad):
+        if self._mask is None:
+            self._mask = ctx.saved[0] > 0
+        return grad * self._mask
+
+    @classmethod
+    def samples(cls, rng):
+        yield tg.Sample(inputs=[np.array([[-1.0, 2.0], [3.0, -4.0]])], name="s")
+
+
+class SumShapeOnSelf(tg.Operation):
+    def forward(self, ctx, x):
+        self.shape = x.shape
+        return np.sum(x)
+
+    def backward(self, ctx, grad):
+        return np.broadcast_to(grad, self.shape).copy()
+
+    samples = _one((2, 3))
+
+
+class ShapeOfFirstCall(SumShapeOnSelf):
+    def forward(self, ctx, x):
+        if not hasattr(self, "shape"):
+            self.shape = x.shape
+        return np.sum(x)
+
+
+class MeanShapeOnSelf(tg.Operation):
+    def __init__(self, axis=0):
+        self.axis = axis
+
+    def forward(self, ctx, x):
+        self.shape = x.shape
+        return x.mean(axis=self.axis)
+
+    def backward(self, ctx, grad):
+        return np.broadcast_to(np.expand_dims(grad, self.axis) / self.shape[self.axis], self.shape).copy()
+
+    @classmethod
+    def samples(cls, rng):
+        yield tg.Sample(args=[1], inputs=[rng.standard_normal((2, 3))], name="rows")
+        yield tg.Sample(args=[0], inputs=[rng.standard_normal((4, 3))], name="columns")
+        yield tg.Sample(args=[1], inputs=[rng.standard_normal((2, 5))], name="wide_rows")
+
+
+class ReshapeShapeOnSelf(tg.Operation):
+    def __init__(self, shape):
+        self.shape = tuple(shape)
+
+    def forward(self, ctx, x):
+        self.input_shape = x.shape
+        return x.reshape(self.shape)
+
+    def backward(self, ctx, grad):
+        return grad.reshape(self.input_shape)
+
+    @classmethod
+    def samples(cls, rng):
+        yield tg.Sample(args=[(-1, 3)], inputs=[rng.standard_normal((2, 3))], name="s")
+
+
+class FlattenShapeOnSelf(ReshapeShapeOnSelf):
+    @classmethod
+    def samples(cls, rng):
+        yield tg.Sample(args=[(1, 6)], inputs=[rng.standard_normal((2, 3))], name="s")  # no batch to double
+
+
+class ConcatSizesOnSelf(tg.Operation):
+    def forward(self, ctx, *xs):
+        self.sizes = [x.shape[0] for x in xs]
+        return np.concatenate(xs, axis=0)
+
+    def backward(self, ctx, grad):
+        return tuple(np.split(grad, np.cumsum(self.sizes)[:-1], axis=0))
+
+    @classmethod
+    def samples(cls, rng):
+        yield tg.Sample(inputs=[rng.standard_normal((1, 3)), rng.standard_normal((2, 3))], name="s")
+
+
+class AddShapesOnSelf(tg.Operation):
+    def forward(self, ctx, x, y):
+        self.shapes = (x.shape, y.shape)
+        return x + y
+
+    def backward(self, ctx, grad):
+        gy = grad
+        while gy.ndim > len(self.shapes[1]):
+            gy = gy.sum(axis=0)
+        return grad.copy(), gy
+
+    @classmethod
+    def samples(cls, rng):
+        yield tg.Sample(inputs=[rng.standard_normal((4, 3)), rng.standard_normal((4, 3))], name="same")
+        yield tg.Sample(inputs=[rng.standard_normal((4, 3)), rng.standard_normal(3)], name="row")
+
+
+class SubtractShapesOnSelf(AddShapesOnSelf):
+    def forward(self, ctx, x, y):
+        self.shapes = (x.shape, y.shape)
+        return x - y
+
+    def backward(self, ctx, grad):
+        gx, gy = AddShapesOnSelf.backward(self, ctx, grad)
+        return gx, -gy
+
+
+class DropoutMaskInCtx(tg.Operation):
+    """Stochastic, state in ctx: correct, and replayed with the same masks by the check."""
+
+    def forward(self, ctx, x):
+        ctx.mask = ctx.rng.random(x.shape) > 0.5
+        return x * ctx.mask
+
+    def backward(self, ctx, grad):
+        return grad * ctx.mask
+
+    samples = _one((4, 3))
+
+
+@pytest.mark.parametrize(
+    "cls, second",
+    [
+        (ReluMaskOnSelf, "same shapes, other values and signs"),
+        (LeakyReluSlopeOnSelf, "same shapes, other values and signs"),
+        (ScalarReluMaskOnSelf, "same shapes, other values and signs"),
+        (SqrtOutputOnSelf, "same shapes, values shifted and doubled"),
+        (MaskCachedInBackward, "same shapes, other values and signs"),
+        (SumShapeOnSelf, "sample 's' with its batch doubled"),
+        (ShapeOfFirstCall, "sample 's' with its batch doubled"),
+        (MeanShapeOnSelf, "sample 'wide_rows'"),
+        (ReshapeShapeOnSelf, "sample 's' with its batch doubled"),
+        (FlattenShapeOnSelf, "sample 's' with its shapes reversed"),
+        (ConcatSizesOnSelf, "sample 's' with its batch doubled"),
+        (AddShapesOnSelf, "sample 'row'"),
+        (SubtractShapesOnSelf, "sample 'row'"),
+    ],
+)
+def test_reuse_catches_per_call_state_on_self_that_a_scaled_second_input_hides(cls, second):
+    report = check_operation(cls, raise_on_failure=False)
+    failed = {r.check: r.message for r in report.failures}
+    assert "check_reuse_in_one_pass" in failed, str(report)
+    message = failed["check_reuse_in_one_pass"]
+    assert second in message and "must live in ctx, not on self" in message
+    assert set(failed) <= {"check_reuse_in_one_pass", "check_fan_out"}  # gradients alone are right
+
+
+def test_reuse_passes_a_stochastic_op_whose_state_is_in_ctx():
+    assert check_operation(DropoutMaskInCtx).passed
+
+
+def test_reuse_with_values_only_catches_a_mask_on_self():
+    class ThreeByTwoOnly(ReluMaskOnSelf):
+        def forward(self, ctx, x):
+            if x.shape != (3, 2):
+                raise tg.ShapeError("expects (3, 2)")
+            return super().forward(ctx, x)
+
+        samples = classmethod(_sample)
+
+    message = check_operation(ThreeByTwoOnly, checks=["check_reuse_in_one_pass"], raise_on_failure=False).results[0].message
+    assert "other values and signs" in message and "batch doubled" not in message
+    assert "when application 1 runs alone" in message
+
+
+# -- item 22: one structural fault, one failure; what cannot run after it is skipped --------------
+DEPENDENT = {
+    "check_forward_dtype_and_finite", "check_inputs_not_mutated", "check_gradient_inputs",
+    "check_gradient_parameters", "check_accumulates", "check_fan_out", "check_reuse_in_one_pass",
+    "check_linear_in_upstream_gradient",
+}
+
+
+@pytest.mark.parametrize("cls", [WrongGradShape, IntegerGradient])
+def test_a_structural_fault_fails_once_and_skips_the_checks_that_cannot_run(cls):
+    report = check_operation(cls, raise_on_failure=False)
+    assert not report.passed
+    assert [r.check for r in report.failures] == ["check_gradient_structure"]
+    skipped = {r.check: r.message for r in report.results if r.outcome == "skipped"}
+    assert set(skipped) == DEPENDENT and report.skipped and all(r.ok for r in report.skipped)
+    assert all("cannot run because check_gradient_structure failed" in m for m in skipped.values())
+    passed = {r.check for r in report.results if r.outcome == "passed"}
+    assert {"check_forward_deterministic", "check_eval_mode"} <= passed
+    assert "SKIPPED" in str(report) and "1 failed, 8 skipped" in str(report)
+    with pytest.raises(ContractError) as err:
+        check_operation(cls)
+    assert str(err.value).count("failed:") == 1
+
+
+def test_the_skip_reason_names_the_structural_fault():
+    report = check_operation(WrongGradShape, raise_on_failure=False)
+    reason = next(r.message for r in report.results if r.check == "check_fan_out")
+    assert reason == (
+        "WrongGradShape[s]: check_fan_out cannot run because check_gradient_structure failed "
+        "(gradient of input 0 has shape (2,), the input has shape (3, 2))"
+    )
+
+
+def test_non_finite_values_are_not_a_structural_fault():
+    report = check_operation(NonFiniteForward, raise_on_failure=False)
+    assert "check_gradient_structure" not in {r.check for r in report.failures}
+    assert "check_forward_dtype_and_finite" in {r.check for r in report.failures}
+
+
+def test_the_structure_check_runs_once_per_case_in_any_order():
+    calls = []
+
+    class Counted(WrongGradShape):
+        def backward(self, ctx, grad):
+            calls.append(1)
+            return super().backward(ctx, grad)
+
+    pairs = list(reversed(testing.collect_cases(Counted)))
+    results = {r.check: r.outcome for r in testing.run_cases(pairs)}
+    assert results["check_gradient_structure"] == "failed" and results["check_fan_out"] == "skipped"
+    assert len(calls) == 1
+
+
+def test_a_check_whose_prerequisite_is_not_in_the_run_fails_with_its_message():
+    report = check_operation(WrongGradShape, checks=["check_gradient_inputs"], raise_on_failure=False)
+    (result,) = report.results
+    assert result.outcome == "failed" and not report.passed
+    assert "check_gradient_structure (not part of this run) failed" in result.message
+    assert "gradient of input 0 has shape (2,)" in result.message
+
+
+def test_a_new_check_can_require_the_structure_check(monkeypatch):
+    @testing.requires(testing.check_gradient_structure)
+    def check_capture(case):
+        """A later check that runs backward."""
+        raise AssertionError("must not run after a structural fault")
+
+    assert check_capture.__name__ == "check_capture" and check_capture.requires == (testing.check_gradient_structure,)
+    monkeypatch.setattr(testing, "ALL_CHECKS", (*testing.ALL_CHECKS, check_capture))
+    report = check_operation(WrongGradShape, raise_on_failure=False)
+    assert next(r.outcome for r in report.results if r.check == "check_capture") == "skipped"
+
+
+def test_parametrize_operations_skips_what_a_structural_fault_blocks(pytester):
+    pytester.makeconftest(
+        """
+        import numpy as np, tapegrad as tg
+
+        @tg.register_operation(plugin="shapes")
+        class WrongGradShape(tg.Operation):
+            def forward(self, ctx, x):
+                return x * 3
+            def backward(self, ctx, grad):
+                return (grad * 3).sum(axis=0)
+            @classmethod
+            def samples(cls, rng):
+                yield tg.Sample(inputs=[rng.standard_normal((3, 2))], name="s")
+        """
+    )
+    pytester.makepyfile(
+        """
+        from tapegrad.testing import parametrize_operations
+
+        @parametrize_operations(plugin="shapes")
+        def test_contract(operation, check):
+            check(operation)
+        """
+    )
+    result = pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider", "-rs")
+    result.assert_outcomes(passed=3, failed=1, skipped=8)
+    out = result.stdout.str()
+    assert "cannot run because check_gradient_structure failed (gradient of input 0 has shape (2,)" in out
+
+
+# -- registry: named plugins must be available ----------------------------------------------------
+def test_collect_and_parametrize_fail_for_a_named_plugin_that_is_missing_or_failed(plugin_dir):
+    from conftest import make_dist
+
+    make_dist(plugin_dir, "tgtest-kaputt", "0.1", {"tgtest_kaputt": "tgtest_kaputt"},
+              {"tgtest_kaputt": "raise ImportError('kaputt')"})
+    with pytest.warns(tg.PluginWarning), pytest.raises(tg.PluginUnavailableError, match="'tgtest_kaputt' .*ImportError: kaputt"):
+        parametrize_operations(plugin=["acme", "tgtest_kaputt"])
+    with pytest.raises(tg.PluginUnavailableError, match="'brokenops' is not installed"):
+        parametrize_operations(plugin=["acme", "brokenops"])
+    with pytest.raises(tg.PluginUnavailableError, match="'brokenops'"):
+        testing.collect_cases(plugin="brokenops")
+    with pytest.raises(tg.PluginUnavailableError, match="'brokenops'"):
+        testing.collect_cases("Softplus", plugin=["acme", "brokenops"])
+    assert {case.info.plugin for case, _ in testing.collect_cases(plugin=["acme"])} == {"acme"}
+    assert {case.info.plugin for case, _ in testing.collect_cases(plugin="tapegrad-acme-ops")} == {"acme"}
