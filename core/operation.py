@@ -12,11 +12,12 @@ from __future__ import annotations
 import inspect
 import math
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+from numpy import ndarray  # (numpy's module __getattr__ makes np.ndarray a slow load in hot code)
 
 from .errors import GraphError, InputTypeError, NonFiniteError, OperationError, TapegradError
 from .parameter import Init
@@ -68,19 +69,27 @@ def _make_forward(impl: Callable[..., Any], low: int, high: float) -> Callable[.
     def forward(self: Operation, *inputs: Any) -> Any:
         if inputs and isinstance(inputs[0], Context):
             return impl(self, *inputs)  # an author's subclass calling super().forward(ctx, ...)
-        graph = self.require_graph()
-        if not low <= len(inputs) <= high:
-            raise InputTypeError(f"{self.label}: expected {_count(low, high)} input(s), got {len(inputs)}")
-        arrays = [self.input_array(x, i) for i, x in enumerate(inputs)]
-        ctx = Context(self, inputs)
+        graph = self.graph or self.require_graph()
+        # unwrap (the fast path: one float Variable, as most applications in a model are)
+        if len(inputs) == 1 and type(inputs[0]) is Variable and inputs[0].value.dtype.kind == "f":
+            arrays: Sequence[np.ndarray] = (inputs[0].value,)
+            ctx = Context(self, inputs, (True,))
+        else:
+            arrays = self._input_arrays(inputs, low, high)
+            ctx = Context(self, inputs)
+        # call
         try:
             out = impl(self, ctx, *arrays)
         except TapegradError:
             raise
         except AUTHOR_ERRORS as exc:
             raise self._author_error("forward", exc, arrays) from exc
-        outputs = tuple(map(self._output_variable, out)) if isinstance(out, tuple) else self._output_variable(out)
-        graph.tape.record(ctx, outputs, keep=graph.train_state)
+        # record
+        try:
+            outputs = tuple(map(Variable, out)) if type(out) is tuple else Variable(out)
+        except InputTypeError as exc:
+            raise OperationError(f"{self.label}: forward must return real arrays (or a tuple of them): {exc}") from None
+        graph.tape.record(ctx, arrays, outputs, graph.train_state)
         return outputs
 
     forward.__doc__ = impl.__doc__
@@ -101,9 +110,14 @@ def _make_loss(impl: Callable[..., Any]) -> Callable[..., float]:
     def loss(self: Operation, target: Any, *rest: Any) -> float:
         if isinstance(target, Context):
             return impl(self, target, *rest)  # type: ignore[no-any-return]  # a subclass calling super().loss(ctx, t)
-        tape = self.require_graph().tape
+        tape = (self.graph or self.require_graph()).tape
         ctx = tape.latest_application(self)
-        array = as_array(target, f"{self.label} target")
+        if type(target) is Variable:
+            array = target.value
+        elif type(target) is ndarray and target.dtype.kind in "fiub":
+            array = target
+        else:
+            array = as_array(target, f"{self.label} target")
         try:
             value = float(impl(self, ctx, array))
         except TapegradError:
@@ -115,7 +129,7 @@ def _make_loss(impl: Callable[..., Any]) -> Callable[..., float]:
                 f"{self.label}: the loss is {value}; its input holds NaN or infinite values "
                 "(a diverging model: try a smaller learning rate)"
             )
-        tape.add_loss(ctx)
+        tape.add_loss(ctx, target, array, value)
         return value
 
     loss.__doc__ = impl.__doc__
@@ -210,34 +224,32 @@ class Operation:
             )
         return self.graph
 
-    def input_array(self, x: Any, index: int) -> np.ndarray:
-        """The array ``forward`` receives for input ``index``: a Variable's value, or a constant.
+    def _input_arrays(self, inputs: tuple[Any, ...], low: int, high: float) -> list[np.ndarray]:
+        """The arrays ``forward`` receives: Variables' values and constants, checked.
 
         Lists and scalars become arrays (floats in the graph's dtype); integer and bool arrays
-        are converted to the graph's dtype unless ``index`` is in ``integer_inputs``.
+        are converted to the graph's dtype unless their position is in ``integer_inputs``.
         """
-        if isinstance(x, Variable):
-            array = x.value
-        elif isinstance(x, np.ndarray):
-            array = x
-        else:
-            array = as_array(x, f"{self.label} input {index}")
-            if array.dtype.kind == "f" and self.graph is not None:
-                array = array.astype(self.graph.dtype, copy=False)
-        kind = array.dtype.kind
-        if kind == "f" or (kind in "iub" and index in self.integer_inputs):
-            return array
-        if kind not in "iub":
-            raise InputTypeError(f"{self.label} input {index}: expected a real numeric array, got dtype {array.dtype}")
-        return array.astype(self.require_graph().dtype)
-
-    def _output_variable(self, out: Any) -> Variable:
-        if not (isinstance(out, np.ndarray) and out.dtype.kind in "fiub"):
-            try:
-                out = as_array(out, f"{self.label}: forward's output")
-            except InputTypeError as exc:
-                raise OperationError(f"{exc} (forward must return arrays, or a tuple of arrays)") from None
-        return Variable(out)
+        if not low <= len(inputs) <= high:
+            raise InputTypeError(f"{self.label}: expected {_count(low, high)} input(s), got {len(inputs)}")
+        dtype = self.require_graph().dtype
+        arrays = []
+        for index, x in enumerate(inputs):
+            if isinstance(x, Variable):
+                array = x.value
+            elif isinstance(x, np.ndarray):
+                array = x
+            else:
+                array = as_array(x, f"{self.label} input {index}")
+                if array.dtype.kind == "f":
+                    array = array.astype(dtype, copy=False)
+            kind = array.dtype.kind
+            if kind not in "fiub":
+                raise InputTypeError(f"{self.label} input {index}: expected a real numeric array, got dtype {array.dtype}")
+            if kind != "f" and index not in self.integer_inputs:
+                array = array.astype(dtype)
+            arrays.append(array)
+        return arrays
 
     def _author_error(self, stage: str, exc: BaseException, values: Any) -> TapegradError:
         kind = InputTypeError if isinstance(exc, TypeError) else OperationError

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy import ndarray  # (numpy's module __getattr__ makes np.ndarray a slow load in hot code)
 
 from .errors import BackwardError, GraphError, InputTypeError, ShapeError, TapegradError, TapeWarning
 from .variable import Variable
@@ -54,13 +55,13 @@ class Context:
     saved: tuple[Any, ...]
     recorded: bool
 
-    def __init__(self, op: Operation, inputs: tuple[Any, ...]) -> None:
+    def __init__(self, op: Operation, inputs: tuple[Any, ...], needs_input_grad: tuple[bool, ...] | None = None) -> None:
         self.op = op
         self.inputs = inputs
         self.outputs = None
         self.saved = ()
         self.recorded = False
-        self._needs_input_grad: tuple[bool, ...] | None = None
+        self._needs_input_grad = needs_input_grad  # worked out from inputs on first read when None
 
     if TYPE_CHECKING:  # authors' own attributes type-check
 
@@ -74,7 +75,7 @@ class Context:
     def needs_input_grad(self) -> tuple[bool, ...]:
         """Per input: is its gradient wanted (a float Variable, not a constant)?"""
         if self._needs_input_grad is None:
-            self._needs_input_grad = tuple(isinstance(x, Variable) and x.differentiable for x in self.inputs)
+            self._needs_input_grad = tuple([isinstance(x, Variable) and x.value.dtype.kind == "f" for x in self.inputs])
         return self._needs_input_grad
 
     @needs_input_grad.setter
@@ -113,9 +114,9 @@ class Tape:
         self._warned = False
 
     # -- recording -----------------------------------------------------------------------------
-    def record(self, ctx: Context, outputs: Any, keep: bool) -> None:
-        """Note an application that produced ``outputs``; keep it for backward when ``keep``
-        (train mode). A growing tape that nobody differentiates warns once."""
+    def record(self, ctx: Context, arrays: Sequence[np.ndarray], outputs: Any, keep: bool) -> None:
+        """Note an application (its op received ``arrays`` and produced ``outputs``); keep it for
+        backward when ``keep`` (train mode). A growing tape that nobody differentiates warns once."""
         ctx.outputs = outputs
         if ctx.op.is_loss:
             self.latest[ctx.op] = ctx
@@ -142,8 +143,9 @@ class Tape:
             raise GraphError(f"{op.label}: loss() needs a forward() first")
         return ctx
 
-    def add_loss(self, ctx: Context) -> None:
-        """Queue a computed loss for seeding by ``backward`` (recorded applications only)."""
+    def add_loss(self, ctx: Context, target: Any, array: np.ndarray, value: float) -> None:
+        """Queue a computed loss for seeding by ``backward`` (recorded applications only).
+        ``target`` is what ``loss(target)`` received, ``array`` its array, ``value`` the loss."""
         if not ctx.recorded:
             return  # eval mode: a loss for reading, nothing to differentiate
         if not any(entry is ctx for entry in reversed(self.entries)):
@@ -151,7 +153,7 @@ class Tape:
                 f"{ctx.op.label}: loss() refers to a forward pass that backward() already consumed "
                 "(or clear() dropped); run forward again"
             )
-        if not any(queued is ctx for queued in self.losses):
+        if ctx not in self.losses:  # (Contexts compare by identity)
             self.losses.append(ctx)
 
     def clear(self) -> None:
@@ -193,9 +195,25 @@ class Tape:
             for variable, grad in seeds:
                 variable.add_grad(grad)
             for ctx in reversed(self.entries):
-                grad = self._output_grad(ctx, loss_grad)
-                if grad is not None:
-                    self._route(ctx, ctx.op.backward(ctx, grad))
+                outputs = ctx.outputs
+                if ctx.op.is_loss:  # seeded if its loss was computed; its outputs are for reading
+                    grad = loss_grad if ctx in self.losses else None  # (Contexts compare by identity)
+                elif type(outputs) is Variable:
+                    grad = outputs.peek_grad()
+                else:
+                    grad = _output_grads(outputs)
+                if grad is None:
+                    continue  # nothing reached this application's outputs
+                in_grads = ctx.op.backward(ctx, grad)
+                if type(in_grads) is ndarray and len(ctx.inputs) == 1:  # one input, one gradient
+                    x = ctx.inputs[0]
+                    if isinstance(x, Variable) and x.value.dtype.kind == "f":
+                        try:
+                            x.add_grad(in_grads)
+                        except TapegradError as exc:
+                            raise _gradient_error(ctx.op, 0, in_grads, x, exc) from None
+                elif in_grads is not None:
+                    self._route(ctx, in_grads)
         except BackwardError:
             raise
         except (*AUTHOR_ERRORS, AttributeError) as exc:
@@ -234,26 +252,11 @@ class Tape:
                 raise type(exc)(f"Graph {name!r}: backward(grads=...): {exc}") from None
         return seeds
 
-    def _output_grad(self, ctx: Context, loss_grad: float) -> Any:
-        """What flows into ``ctx.op.backward``: the loss gradient, the output's gradient, or for
-        several outputs a tuple (zeros for unused ones); None when nothing reached the outputs."""
-        if ctx.op.is_loss:
-            return loss_grad if any(queued is ctx for queued in self.losses) else None
-        outputs = ctx.outputs
-        if isinstance(outputs, Variable):
-            return outputs.peek_grad()
-        grads = [o.peek_grad() for o in outputs]
-        if all(g is None for g in grads):
-            return None
-        return tuple(np.zeros_like(o.value) if g is None else g for o, g in zip(outputs, grads))
-
     @staticmethod
     def _route(ctx: Context, in_grads: Any) -> None:
         """Add the gradients an op's backward returned into its input Variables."""
-        if in_grads is None:
-            return
         op, inputs = ctx.op, ctx.inputs
-        if not isinstance(in_grads, tuple):
+        if type(in_grads) is not tuple:
             if len(inputs) != 1:
                 raise BackwardError(
                     f"{op.label}: backward returned one gradient for {len(inputs)} inputs; "
@@ -263,17 +266,30 @@ class Tape:
         elif len(in_grads) != len(inputs):
             raise BackwardError(f"{op.label}: backward returned {len(in_grads)} gradients for {len(inputs)} inputs")
         for index, (x, grad) in enumerate(zip(inputs, in_grads)):
-            if grad is None or not isinstance(x, Variable) or not x.differentiable:
-                continue
+            if grad is None or not isinstance(x, Variable) or x.value.dtype.kind != "f":
+                continue  # no gradient, a constant, or an integer input
             try:
                 x.add_grad(grad)
-            except ShapeError:
-                raise BackwardError(
-                    f"{op.label}: backward returned a gradient of shape {np.shape(grad)} for input {index}, "
-                    f"which has shape {x.shape}"
-                ) from None
             except TapegradError as exc:
-                raise BackwardError(f"{op.label}: backward's gradient for input {index}: {exc}") from None
+                raise _gradient_error(op, index, grad, x, exc) from None
+
+
+def _gradient_error(op: Operation, index: int, grad: Any, x: Variable, exc: TapegradError) -> BackwardError:
+    """The error for a gradient an op's backward returned that its input cannot take."""
+    if isinstance(exc, ShapeError):
+        return BackwardError(
+            f"{op.label}: backward returned a gradient of shape {np.shape(grad)} for input {index}, which has shape {x.shape}"
+        )
+    return BackwardError(f"{op.label}: backward's gradient for input {index}: {exc}")
+
+
+def _output_grads(outputs: tuple[Variable, ...]) -> tuple[np.ndarray, ...] | None:
+    """What flows into a multi-output op's backward: one gradient per output, zeros for unused
+    ones; None when no output received a gradient."""
+    grads = [o.peek_grad() for o in outputs]
+    if all(g is None for g in grads):
+        return None
+    return tuple(np.zeros_like(o.value) if g is None else g for o, g in zip(outputs, grads))
 
 
 def _as_tuple(outputs: Any) -> tuple[Any, ...]:

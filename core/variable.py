@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from numpy import ndarray  # (numpy's module __getattr__ makes np.ndarray a slow load in hot code)
 
 from .errors import InputTypeError, ShapeError
 
@@ -54,7 +55,7 @@ class Variable:
     trainable: bool
 
     def __init__(self, value: Any, name: str | None = None, trainable: bool = True) -> None:
-        if type(value) is np.ndarray and value.dtype.kind in "fiub":
+        if type(value) is ndarray and value.dtype.kind in "fiub":
             self.value = value  # the common case (every op output): nothing to convert
         else:
             self.value = as_array(value, f"Variable {name!r}" if name else "Variable")
@@ -91,13 +92,17 @@ class Variable:
         contribution is added into a new array this Variable owns; later ones are added into
         that array in place. Ops call this for their parameters' gradients.
         """
-        grad = self._checked(grad)
+        value = self.value
+        if type(grad) is not ndarray or grad.dtype is not value.dtype or grad.shape != value.shape:
+            grad = self._checked(grad)  # converts it, or says what is wrong
+        elif value.dtype.kind != "f":
+            self._checked(grad)  # raises: integer values have no gradient
         current = self._grad
         if current is None:
             self._grad = grad
             self._grad_is_borrowed = True
         elif self._grad_is_borrowed:
-            self._grad = np.add(current, grad, out=np.empty_like(self.value))
+            self._grad = np.add(current, grad, out=np.empty_like(value))
             self._grad_is_borrowed = False
         else:
             np.add(current, grad, out=current)
@@ -107,10 +112,10 @@ class Variable:
         value = self.value
         if value.dtype.kind != "f":
             raise InputTypeError(f"{self._title()}: integer values have no gradient (dtype {value.dtype})")
-        if type(grad) is not np.ndarray:
+        if type(grad) is not ndarray:
             grad = np.asarray(grad)  # numpy scalars (what ufuncs return for shape ()), lists
         if grad.shape != value.shape:
-            raise ShapeError(f"{self._title()}: gradient must have the value's shape {value.shape}, got {grad.shape}")
+            raise ShapeError(f"{self._title()}: got a gradient of shape {grad.shape}; it must have the value's shape {value.shape}")
         if grad.dtype != value.dtype:
             if grad.dtype.kind not in "fiub":
                 raise InputTypeError(
