@@ -15,7 +15,6 @@ from tapegrad import (
     InputTypeError,
     NonFiniteError,
     Operation,
-    OperationError,
     OutOfRangeError,
     ShapeError,
     TapegradError,
@@ -141,8 +140,9 @@ def overflow_checked(method: Method) -> Method:
     instead of silently becoming ±inf (numpy only warns).
 
     Finite inputs whose exact result or gradient exceeds the dtype's largest value raise
-    OperationError (forward) or BackwardError (backward) naming the op; NaN and infinite inputs
-    still give NaN and infinite results, without a warning (NaN in, NaN out is not silent).
+    NonFiniteError (forward; an OperationError, and what a diverging model raises) or
+    BackwardError (backward) naming the op; NaN and infinite inputs still give NaN and infinite
+    results, without a warning (NaN in, NaN out is not silent).
     """
     stage = method.__name__
     guarded = _float_errors(method)
@@ -182,7 +182,7 @@ def overflow_error(op: Operation, stage: str, arrays: Any) -> TapegradError:
         f"{op.label}: {what} exceeds the {dtype} range (|value| above {np.finfo(dtype).max:.4g}) "
         f"for finite inputs of shapes {shapes}"
     )
-    return BackwardError(message) if stage == "backward" else OperationError(message)
+    return BackwardError(message) if stage == "backward" else NonFiniteError(message)
 
 
 def _flat(values: Any) -> list[Any]:
@@ -208,13 +208,14 @@ def scaled_mean(x: np.ndarray, axis: Any = None, keepdims: bool = False) -> np.n
 
 def loss_not_finite(op: Operation, value: float, **arrays: np.ndarray) -> TapegradError:
     """Why a loss came out non-finite: the array that holds NaN or infinity, by name; or, when
-    every input is finite, a loss beyond the float range."""
+    every input is finite, a loss beyond the float range. Both are NonFiniteError, which the
+    Trainer reports as divergence."""
     for name, array in arrays.items():
         if not np.isfinite(array).all():
             kind = "NaN" if np.isnan(array).any() else "infinite values"
             return NonFiniteError(f"{op.label}: the loss is {value} because of {kind} in the {name}")
     dtype = next(iter(arrays.values())).dtype
-    return OperationError(
+    return NonFiniteError(
         f"{op.label}: the loss exceeds the {dtype} range (above {np.finfo(dtype).max:.4g}) although every "
         f"input is finite; scale the data down"
     )

@@ -14,6 +14,7 @@ import tapegrad as tg
 from tapegrad import (
     ArgumentError,
     InputTypeError,
+    NonFiniteError,
     OperationError,
     ShapeError,
     broadcast_error,
@@ -332,7 +333,7 @@ class Concat(tg.Operation):
 
 class Exp(tg.Operation):
     """Elementwise ``exp(x)``; an input whose exponential exceeds the float range raises
-    OperationError (NaN gives NaN). Saves the output."""
+    NonFiniteError, an OperationError (NaN gives NaN). Saves the output."""
 
     def forward(self, ctx: tg.Context, x: np.ndarray) -> np.ndarray:
         # The overflow flag, not a max() test: x.max() is NaN when x holds a NaN, and hides a 800 next to it.
@@ -341,7 +342,7 @@ class Exp(tg.Operation):
                 out = np.exp(x)
             except FloatingPointError:
                 limit = np.log(np.finfo(x.dtype).max)
-                raise OperationError(
+                raise NonFiniteError(
                     f"{self.label}: exp overflows {x.dtype} for inputs above {limit:.6g} (largest input {np.nanmax(x):g})"
                 ) from None
         ctx.saved = (out,)

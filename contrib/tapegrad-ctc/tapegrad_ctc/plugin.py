@@ -177,7 +177,7 @@ class CTCLoss(tg.Loss):
             )
         infinite = np.flatnonzero(np.isneginf(log_likelihood) & ~impossible)
         if infinite.size and not self.zero_infinity:
-            raise OperationError(
+            raise NonFiniteError(
                 f"{self.label}: the loss of batch element {infinite[0]} (of {infinite.tolist()}) is infinite: every "
                 "alignment of its target has probability 0 (logits of -inf, or more than the float range apart); "
                 "pass zero_infinity=True to ignore such elements"

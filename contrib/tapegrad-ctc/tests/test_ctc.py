@@ -133,7 +133,7 @@ def test_a_minus_inf_logit_is_a_probability_of_zero():
 
 def test_logits_further_apart_than_the_float_range_give_an_infinite_loss_error_or_zero():
     logits = np.array([[[1e308, -1e308, 0.0]] * 3])  # class 1 gets probability 0 in float64
-    with pytest.raises(tg.OperationError, match=r"the loss of batch element 0 \(of \[0\]\) is infinite"):
+    with pytest.raises(tg.NonFiniteError, match=r"the loss of batch element 0 \(of \[0\]\) is infinite"):
         ctc(logits, np.array([[1]]))
     g, _, x, _, value = ctc(logits, np.array([[1]]), zero_infinity=True)
     g.backward()

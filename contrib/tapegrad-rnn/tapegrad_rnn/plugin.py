@@ -2,7 +2,7 @@
 in the 4H columns of W (D, 4H), U (H, 4H) and b (4H,).
 
 Forward and backward run under ``np.errstate(over="raise", invalid="ignore")``: a product beyond
-the float range raises OperationError (BackwardError in backward) naming the op instead of
+the float range raises NonFiniteError (BackwardError in backward) naming the op instead of
 becoming inf, while NaN inputs give NaN outputs without a warning."""
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def _guarded(method: Callable[..., Any]) -> Callable[..., Any]:
             with np.errstate(over="raise", invalid="ignore"):
                 return method(self, *args)
         except FloatingPointError as exc:
-            error = tg.BackwardError if stage == "backward" else tg.OperationError
+            error = tg.BackwardError if stage == "backward" else tg.NonFiniteError
             raise error(f"{self.label}: {stage}: a value exceeds the float range ({exc}); scale the inputs down") from None
 
     return run
