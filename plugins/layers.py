@@ -91,8 +91,8 @@ class Embedding(tg.Operation):
 
 class Dropout(tg.Operation):
     """Zeroes each element with probability p in [0, 1) at train time and scales the rest by
-    1/(1-p) (beyond the float range: OperationError); the identity in eval mode. Draws from the
-    graph's seeded generator. Saves the mask."""
+    1/(1-p) (a result beyond the float range: NonFiniteError); the identity in eval mode. Draws
+    from the graph's seeded generator. Saves the mask."""
 
     differs_in_eval = True
 
@@ -171,7 +171,7 @@ def _normalise_scaled(x: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray
 
     Each row is divided by a power of two (exact) that brings it below 1, where nothing
     overflows; eps shrinks by that factor squared. 1/std in x's units is 0 where std itself
-    exceeds the float range (its true value is below the smallest subnormal's neighbourhood).
+    exceeds the float range (its true value, below 5.6e-309 in float64, rounds to about 0).
     """
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
         _, k = np.frexp(np.max(np.abs(x), axis=-1, keepdims=True))

@@ -1,6 +1,7 @@
 """Elementwise and array math: Add, Subtract, Multiply, Divide, Matmul, Sum, Mean,
 Reshape, Transpose, Concat, Exp, Log. Binary ops broadcast like numpy; their gradients
-are summed back over the broadcast axes."""
+are summed back over the broadcast axes. Where numpy would warn and give ±inf for finite
+inputs, the op raises NonFiniteError naming itself (``overflow_checked``); NaN in gives NaN out."""
 
 from __future__ import annotations
 
