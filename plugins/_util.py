@@ -2,26 +2,75 @@
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+import numbers
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 
-from tapegrad import InputTypeError, Operation, OutOfRangeError, ShapeError
+from tapegrad import (
+    ArgumentError,
+    BackwardError,
+    InputTypeError,
+    NonFiniteError,
+    Operation,
+    OutOfRangeError,
+    ShapeError,
+    TapegradError,
+    check_number,
+)
 
 try:  # numpy >= 2
+    from numpy.exceptions import AxisError
     from numpy.lib.array_utils import normalize_axis_tuple
 except ImportError:  # pragma: no cover - numpy 1.x
+    from numpy import AxisError  # type: ignore[attr-defined,no-redef]
     from numpy.core.numeric import normalize_axis_tuple  # type: ignore[no-redef]
 
+Method = TypeVar("Method", bound=Callable[..., Any])
 
+
+# -- constructor arguments ------------------------------------------------------------------
+def check_flag(where: str, name: str, value: Any) -> bool:
+    """``value`` as a bool; anything but True/False (an int, a string) raises InputTypeError."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise InputTypeError(f"{where}: {name} must be True or False, got {type(value).__name__} {value!r}")
+    return bool(value)
+
+
+def check_size(where: str, name: str, value: Any) -> int:
+    """A layer size: a whole number of at least 1."""
+    return int(check_number(where, name, value, low=1, integer=True))
+
+
+def check_axis(where: str, name: str, value: Any, *, allow_none: bool = False, allow_tuple: bool = False) -> Any:
+    """An axis argument: an int (None and tuples of distinct ints where allowed), checked for
+    type here; whether it fits an input's rank is checked in forward (``axes``)."""
+    if value is None and allow_none:
+        return None
+    if allow_tuple and isinstance(value, (tuple, list)):
+        checked = tuple(int(check_number(where, f"{name}[{i}]", a, integer=True)) for i, a in enumerate(value))
+        if len(set(checked)) != len(checked):
+            raise ArgumentError(f"{where}: {name} must not repeat an axis, got {value!r}")
+        return checked
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        wanted = "an int" + (", a tuple of ints" if allow_tuple else "") + (" or None" if allow_none else "")
+        raise InputTypeError(f"{where}: {name} must be {wanted}, got {type(value).__name__} {value!r}")
+    return int(value)
+
+
+# -- inputs ---------------------------------------------------------------------------------
 def axes(op: Operation, axis: Any, ndim: int) -> tuple[int, ...] | None:
     """``axis`` (None, int or tuple) normalised for an input of rank ``ndim``, or a ShapeError."""
     if axis is None:
         return None
     try:
         return tuple(normalize_axis_tuple(axis, ndim))
-    except (TypeError, ValueError):  # numpy AxisError is a ValueError
+    except AxisError:
         raise ShapeError(f"{op.label}: axis {axis!r} is out of range for an input of rank {ndim}") from None
+    except (TypeError, ValueError):  # numpy says "repeated axis" (normalised: -1 and 1 may clash)
+        raise ShapeError(f"{op.label}: axis {axis!r} names one axis twice for an input of rank {ndim}") from None
 
 
 def need_rank(op: Operation, x: np.ndarray, low: int, what: str = "input") -> None:
@@ -34,13 +83,28 @@ def need_float(op: Operation, x: np.ndarray, what: str = "input") -> None:
         raise InputTypeError(f"{op.label}: expected a float {what}, got dtype {x.dtype}")
 
 
+def need_examples(op: Operation, x: np.ndarray, what: str = "prediction", *, elements: bool = False) -> None:
+    """A loss averages over the batch (over every element when ``elements``): an empty one has
+    no mean, which is an error rather than a NaN."""
+    if x.ndim and x.shape[0] == 0:
+        raise ShapeError(f"{op.label}: the batch is empty ({what} shape {x.shape}); a loss needs at least one example")
+    if elements and x.size == 0:
+        raise ShapeError(f"{op.label}: the {what} have no elements (shape {x.shape}); a mean over none is undefined")
+
+
+def _show(value: float) -> str:
+    """A label as a user wrote it: ``3`` for 3.0, ``1e+20`` for 1e20."""
+    return str(int(value)) if float(value).is_integer() and abs(value) < 1e15 else f"{value:g}"
+
+
 def integer_labels(op: Operation, target: np.ndarray, classes: int, what: str = "label") -> np.ndarray:
-    """``target`` as integers in ``[0, classes)``; integral floats are accepted."""
+    """``target`` as integers in ``[0, classes)``; integral floats are accepted.
+
+    NaN raises NonFiniteError; a value outside the range (floats beyond int64 and infinity
+    included) OutOfRangeError; a non-integral float or another dtype InputTypeError.
+    """
     if target.dtype.kind == "f":
-        as_int = target.astype(np.int64)
-        if not np.array_equal(as_int, target):
-            raise InputTypeError(f"{op.label}: expected integer {what}s, got non-integral values of dtype {target.dtype}")
-        target = as_int
+        target = _float_labels(op, target, classes, what)
     elif target.dtype.kind not in "iu":
         raise InputTypeError(f"{op.label}: expected integer {what}s, got dtype {target.dtype}")
     if target.size == 1:
@@ -54,3 +118,104 @@ def integer_labels(op: Operation, target: np.ndarray, classes: int, what: str = 
             bad = int(target.min()) if target.min() < 0 else int(target.max())
             raise OutOfRangeError(f"{op.label}: {what} {bad} is out of range [0, {classes})")
     return target
+
+
+def _float_labels(op: Operation, target: np.ndarray, classes: int, what: str) -> np.ndarray:
+    """Float labels checked before the cast to int64, which would turn NaN or 1e20 into garbage."""
+    if np.isnan(target).any():
+        raise NonFiniteError(f"{op.label}: the {what}s hold NaN")
+    fractional = np.floor(target) != target
+    if fractional.any():
+        bad = target[fractional].flat[0]
+        raise InputTypeError(f"{op.label}: expected integer {what}s, got the non-integral value {bad:g}")
+    outside = (target < 0) | (target >= classes)  # infinity and anything beyond int64 included
+    if outside.any():
+        raise OutOfRangeError(f"{op.label}: {what} {_show(target[outside].flat[0])} is out of range [0, {classes})")
+    return target.astype(np.int64)
+
+
+# -- floating-point range -------------------------------------------------------------------
+def overflow_checked(method: Method) -> Method:
+    """Run an op's ``forward`` or ``backward`` so that a result beyond the float range raises
+    instead of silently becoming ±inf (numpy only warns).
+
+    Finite inputs whose exact result or gradient exceeds the dtype's largest value raise
+    NonFiniteError (forward; an OperationError, and what a diverging model raises) or
+    BackwardError (backward) naming the op; NaN and infinite inputs still give NaN and infinite
+    results, without a warning (NaN in, NaN out is not silent).
+    """
+    stage = method.__name__
+    guarded = _float_errors(method)
+
+    @functools.wraps(method)
+    def checked(self: Operation, ctx: Any, *args: Any) -> Any:
+        try:
+            return guarded(self, ctx, *args)
+        except FloatingPointError:
+            raise overflow_error(self, stage, args) from None
+
+    return checked  # type: ignore[return-value]
+
+
+def _float_errors(method: Method) -> Method:
+    """``method`` under ``np.errstate(over="raise", invalid="ignore")``."""
+    if int(np.__version__.split(".")[0]) >= 2:
+        # numpy 2's errstate decorator keeps its state in a context variable: thread-safe,
+        # and about twice as cheap per call as entering a new errstate
+        return np.errstate(over="raise", invalid="ignore")(method)  # type: ignore[no-any-return]
+
+    @functools.wraps(method)
+    def run(*args: Any) -> Any:  # numpy 1.x: one errstate per call (its decorator is not thread-safe)
+        with np.errstate(over="raise", invalid="ignore"):
+            return method(*args)
+
+    return run  # type: ignore[return-value]
+
+
+def overflow_error(op: Operation, stage: str, arrays: Any) -> TapegradError:
+    """The error for a result beyond the float range (see ``overflow_checked``)."""
+    floats = [a for a in _flat(arrays) if isinstance(a, np.ndarray) and a.dtype.kind == "f"]
+    dtype = floats[0].dtype if floats else np.dtype(np.float64)
+    shapes = ", ".join(str(a.shape) for a in floats)
+    what = "a gradient" if stage == "backward" else "the result"
+    message = (
+        f"{op.label}: {what} exceeds the {dtype} range (|value| above {np.finfo(dtype).max:.4g}) "
+        f"for finite inputs of shapes {shapes}"
+    )
+    return BackwardError(message) if stage == "backward" else NonFiniteError(message)
+
+
+def _flat(values: Any) -> list[Any]:
+    out: list[Any] = []
+    for v in values:
+        out.extend(_flat(v) if isinstance(v, (tuple, list)) else [v])
+    return out
+
+
+def scaled_mean(x: np.ndarray, axis: Any = None, keepdims: bool = False) -> np.ndarray:
+    """``x.mean(axis)`` for any finite ``x``: a sum that would overflow is taken over slices
+    scaled by a power of two (exact), and the mean scaled back. NaN and inf propagate."""
+    with np.errstate(over="raise", invalid="ignore"):
+        try:
+            return np.asarray(x.mean(axis=axis, keepdims=keepdims))
+        except FloatingPointError:
+            pass
+    with np.errstate(invalid="ignore"):
+        _, exponent = np.frexp(np.max(np.abs(x), axis=axis, keepdims=True))
+        mean = np.ldexp(np.ldexp(x, -exponent).mean(axis=axis, keepdims=True), exponent).astype(x.dtype, copy=False)
+    return mean if keepdims else np.squeeze(mean, axis=axis)
+
+
+def loss_not_finite(op: Operation, value: float, **arrays: np.ndarray) -> TapegradError:
+    """Why a loss came out non-finite: the array that holds NaN or infinity, by name; or, when
+    every input is finite, a loss beyond the float range. Both are NonFiniteError, which the
+    Trainer reports as divergence."""
+    for name, array in arrays.items():
+        if not np.isfinite(array).all():
+            kind = "NaN" if np.isnan(array).any() else "infinite values"
+            return NonFiniteError(f"{op.label}: the loss is {value} because of {kind} in the {name}")
+    dtype = next(iter(arrays.values())).dtype
+    return NonFiniteError(
+        f"{op.label}: the loss exceeds the {dtype} range (above {np.finfo(dtype).max:.4g}) although every "
+        f"input is finite; scale the data down"
+    )

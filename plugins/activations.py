@@ -1,5 +1,6 @@
 """Activations: Sigmoid, Tanh, Relu, LeakyRelu, Softmax, LogSoftmax.
-Each is stable for any finite input: no overflow warnings, finite outputs and gradients."""
+Each is stable for any finite input: no overflow warnings, finite outputs and gradients (only
+LogSoftmax raises, for log-probabilities beyond the float range). NaN in gives NaN out."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ import numpy as np
 
 import tapegrad as tg
 
-from ._util import axes
+from ._util import axes, check_axis, overflow_checked
 
 
-def _samples(rng: np.random.Generator, away_from_zero: bool = False) -> Iterator[tg.Sample]:
+def _samples(rng: np.random.Generator, away_from_zero: bool = False, scalar: bool = True) -> Iterator[tg.Sample]:
     def draw(shape: tuple[int, ...]) -> np.ndarray:
         x = rng.standard_normal(shape)
         # Kinks at 0 are avoided by the samples, not by loose tolerances.
@@ -22,6 +23,8 @@ def _samples(rng: np.random.Generator, away_from_zero: bool = False) -> Iterator
     yield tg.Sample(inputs=[draw((8, 5))], name="batch8")
     yield tg.Sample(inputs=[draw((2, 3, 4))], name="rank3")
     yield tg.Sample(inputs=[np.array([[-800.0, -30.0, 30.0, 800.0]])], name="large")
+    if scalar:  # elementwise ops only: Softmax needs an axis
+        yield tg.Sample(inputs=[draw(())], name="scalar")
 
 
 class Sigmoid(tg.Operation):
@@ -65,13 +68,14 @@ class Relu(tg.Operation):
     """``max(x, 0)``; the gradient at exactly 0 is taken as 0. Any shape; saves the output."""
 
     def forward(self, ctx: tg.Context, x: np.ndarray) -> np.ndarray:
-        out = np.maximum(x, 0)
+        out = np.maximum(x, 0)  # keeps NaN
         ctx.saved = (out,)
         return out
 
     def backward(self, ctx: tg.Context, grad: np.ndarray) -> np.ndarray:
         (out,) = ctx.saved
-        return grad * (out > 0)
+        # heaviside is 1 above 0, 0 at 0 and NaN at NaN: a NaN input gets a NaN gradient, not a plausible 0
+        return grad * np.heaviside(out, 0.0)
 
     @classmethod
     def samples(cls, rng: np.random.Generator) -> Iterator[tg.Sample]:
@@ -79,19 +83,21 @@ class Relu(tg.Operation):
 
 
 class LeakyRelu(tg.Operation):
-    """``x`` for x > 0, ``alpha * x`` otherwise. Any shape; saves the sign mask."""
+    """``x`` for x > 0, ``alpha * x`` otherwise, with alpha in [0, 1] (so |output| <= |input|).
+    Any shape; saves the slope."""
 
     def __init__(self, alpha: float = 0.01) -> None:
-        self.alpha = float(alpha)
+        self.alpha = tg.check_number(self.label, "alpha", alpha, low=0.0, high=1.0)
 
     def forward(self, ctx: tg.Context, x: np.ndarray) -> np.ndarray:
-        positive = x > 0
-        ctx.saved = (positive,)
-        return np.where(positive, x, x * self.alpha)
+        # np.sign is exactly 1 for x > 0 and NaN for NaN: a NaN input gets a NaN slope (and gradient)
+        slope = np.where(x <= 0, self.alpha, np.sign(x))
+        ctx.saved = (slope,)
+        return x * slope
 
     def backward(self, ctx: tg.Context, grad: np.ndarray) -> np.ndarray:
-        (positive,) = ctx.saved
-        return np.where(positive, grad, grad * self.alpha)
+        (slope,) = ctx.saved
+        return grad * slope
 
     @classmethod
     def samples(cls, rng: np.random.Generator) -> Iterator[tg.Sample]:
@@ -100,14 +106,18 @@ class LeakyRelu(tg.Operation):
 
 
 class Softmax(tg.Operation):
-    """Softmax along ``axis`` (shifted by the max: stable for large logits). Saves the output."""
+    """Softmax along ``axis`` (shifted by the max: stable for any finite logits; a row holding
+    NaN or +inf gives NaN). Saves the output."""
 
     def __init__(self, axis: int = -1) -> None:
-        self.axis = int(axis)
+        self.axis = check_axis(self.label, "axis", axis)
 
     def forward(self, ctx: tg.Context, x: np.ndarray) -> np.ndarray:
         (axis,) = axes(self, self.axis, x.ndim) or (0,)
-        e = np.exp(x - x.max(axis=axis, keepdims=True))
+        # Logits more than the float range apart shift to -inf, whose exp is the right 0;
+        # inf - inf (an infinite logit) is NaN, as it should be.
+        with np.errstate(over="ignore", invalid="ignore"):
+            e = np.exp(x - x.max(axis=axis, keepdims=True))
         out = e / e.sum(axis=axis, keepdims=True)
         ctx.saved = (out, axis)
         return out
@@ -118,17 +128,19 @@ class Softmax(tg.Operation):
 
     @classmethod
     def samples(cls, rng: np.random.Generator) -> Iterator[tg.Sample]:
-        yield from _samples(rng)
+        yield from _samples(rng, scalar=False)
         yield tg.Sample(args=[0], inputs=[rng.standard_normal((3, 4))], name="axis0")
         yield tg.Sample(inputs=[np.array([[1000.0, 1001.0, 999.0], [-1000.0, 0.0, 1000.0]])], name="logits_1e3")
 
 
 class LogSoftmax(tg.Operation):
-    """``x - logsumexp(x)`` along ``axis``, stable for large logits. Saves the output."""
+    """``x - logsumexp(x)`` along ``axis``, stable for large logits; logits more than the float
+    range apart give a log-probability beyond it, which raises OperationError. Saves the output."""
 
     def __init__(self, axis: int = -1) -> None:
-        self.axis = int(axis)
+        self.axis = check_axis(self.label, "axis", axis)
 
+    @overflow_checked
     def forward(self, ctx: tg.Context, x: np.ndarray) -> np.ndarray:
         (axis,) = axes(self, self.axis, x.ndim) or (0,)
         shifted = x - x.max(axis=axis, keepdims=True)
@@ -142,7 +154,7 @@ class LogSoftmax(tg.Operation):
 
     @classmethod
     def samples(cls, rng: np.random.Generator) -> Iterator[tg.Sample]:
-        yield from _samples(rng)
+        yield from _samples(rng, scalar=False)
         yield tg.Sample(args=[0], inputs=[rng.standard_normal((3, 4))], name="axis0")
         yield tg.Sample(inputs=[np.array([[1000.0, 1001.0, 999.0], [-1000.0, 0.0, 1000.0]])], name="logits_1e3")
 

@@ -7,22 +7,25 @@ from collections.abc import Iterator
 import numpy as np
 
 import tapegrad as tg
-from tapegrad import OperationError, ShapeError
+from tapegrad import ShapeError
 
-from ._util import integer_labels, need_rank
+from ._util import check_flag, check_size, integer_labels, need_rank, overflow_checked
 
 
 class Affine(tg.Operation):
     """``x @ W + b``: (..., input_size) -> (..., output_size).
     W is (input_size, output_size), standard normal / sqrt(input_size); b is (output_size,),
-    zeros (absent with bias=False). Saves the input."""
+    zeros (absent with bias=False). An output or gradient beyond the float range raises.
+    Saves the input."""
 
     def __init__(self, input_size: int, output_size: int, bias: bool = True) -> None:
-        self.input_size = int(input_size)
-        self.output_size = int(output_size)
+        self.input_size = check_size(self.label, "input_size", input_size)
+        self.output_size = check_size(self.label, "output_size", output_size)
+        bias = check_flag(self.label, "bias", bias)
         self.W = self.parameter("W", (self.input_size, self.output_size))
         self.b = self.parameter("b", (self.output_size,), init="zeros") if bias else None
 
+    @overflow_checked
     def forward(self, ctx: tg.Context, x: np.ndarray) -> np.ndarray:
         try:  # matmul checks the shapes; the message below says what Affine expected
             out = x @ self.W.value
@@ -35,20 +38,19 @@ class Affine(tg.Operation):
         ctx.saved = (x,)
         return out
 
+    @overflow_checked
     def backward(self, ctx: tg.Context, grad: np.ndarray) -> np.ndarray | None:
         (x,) = ctx.saved
-        if x.ndim == 2:
-            self.W.add_grad(x.T @ grad)
-            if self.b is not None:
-                self.b.add_grad(grad.sum(axis=0))
-        else:
-            flat = grad.reshape(-1, self.output_size)
-            self.W.add_grad(x.reshape(-1, self.input_size).T @ flat)
-            if self.b is not None:
-                self.b.add_grad(flat.sum(axis=0))
-        if not ctx.needs_input_grad[0]:
-            return None  # a constant input (data): its gradient is never used
-        return grad @ self.W.value.T
+        flat = grad if x.ndim == 2 else grad.reshape(-1, self.output_size)
+        dW = (x if x.ndim == 2 else x.reshape(-1, self.input_size)).T @ flat
+        db = flat.sum(axis=0) if self.b is not None else None
+        # a constant input (data) needs no gradient; computed before any parameter is touched,
+        # so an overflow leaves the gradients as they were
+        dx = grad @ self.W.value.T if ctx.needs_input_grad[0] else None
+        self.W.add_grad(dW)
+        if self.b is not None:
+            self.b.add_grad(db)
+        return dx
 
     @classmethod
     def samples(cls, rng: np.random.Generator) -> Iterator[tg.Sample]:
@@ -65,8 +67,8 @@ class Embedding(tg.Operation):
     integer_inputs = (0,)
 
     def __init__(self, vocab_size: int, embed_size: int) -> None:
-        self.vocab_size = int(vocab_size)
-        self.embed_size = int(embed_size)
+        self.vocab_size = check_size(self.label, "vocab_size", vocab_size)
+        self.embed_size = check_size(self.label, "embed_size", embed_size)
         self.W = self.parameter("W", (self.vocab_size, self.embed_size), init=lambda shape, rng: rng.standard_normal(shape))
 
     def forward(self, ctx: tg.Context, ids: np.ndarray) -> np.ndarray:
@@ -88,17 +90,16 @@ class Embedding(tg.Operation):
 
 
 class Dropout(tg.Operation):
-    """Zeroes each element with probability p at train time and scales the rest by 1/(1-p);
-    the identity in eval mode. Draws from the graph's seeded generator. Saves the mask."""
+    """Zeroes each element with probability p in [0, 1) at train time and scales the rest by
+    1/(1-p) (a result beyond the float range: NonFiniteError); the identity in eval mode. Draws
+    from the graph's seeded generator. Saves the mask."""
 
     differs_in_eval = True
 
     def __init__(self, p: float = 0.5) -> None:
-        p = float(p)
-        if not 0.0 <= p < 1.0:
-            raise OperationError(f"Dropout: p must be in [0, 1), got {p}")
-        self.p = p
+        self.p = tg.check_number(self.label, "p", p, low=0.0, high=1.0, high_inclusive=False)
 
+    @overflow_checked
     def forward(self, ctx: tg.Context, x: np.ndarray) -> np.ndarray:
         if not ctx.training or self.p == 0.0:
             ctx.saved = (None,)
@@ -108,6 +109,7 @@ class Dropout(tg.Operation):
         ctx.saved = (mask,)
         return x * mask
 
+    @overflow_checked
     def backward(self, ctx: tg.Context, grad: np.ndarray) -> np.ndarray:
         (mask,) = ctx.saved
         return grad if mask is None else grad * mask
@@ -117,43 +119,71 @@ class Dropout(tg.Operation):
         yield tg.Sample(args=[0.5], inputs=[rng.standard_normal((1, 6))], name="batch1")
         yield tg.Sample(args=[0.2], inputs=[rng.standard_normal((8, 5))], name="batch8")
         yield tg.Sample(args=[0.0], inputs=[rng.standard_normal((3, 2))], name="p0")
+        yield tg.Sample(args=[0.5], inputs=[rng.standard_normal(())], name="scalar")
 
 
 class LayerNorm(tg.Operation):
     """Normalise over the last axis, then scale by gamma and shift by beta (both (size,)).
-    (..., size) -> (..., size). Saves the normalised input and 1/std."""
+    (..., size) -> (..., size); finite for any finite input (rows too large to square are
+    scaled first). Saves the normalised input and 1/std."""
 
     def __init__(self, size: int, eps: float = 1e-5) -> None:
-        self.size = int(size)
-        self.eps = float(eps)
+        self.size = check_size(self.label, "size", size)
+        self.eps = tg.check_number(self.label, "eps", eps, low=0.0, low_inclusive=False)
         self.gamma = self.parameter("gamma", (self.size,), init="ones")
         self.beta = self.parameter("beta", (self.size,), init="zeros")
 
+    @overflow_checked
     def forward(self, ctx: tg.Context, x: np.ndarray) -> np.ndarray:
         need_rank(self, x, 1)
         if x.shape[-1] != self.size:
             raise ShapeError(f"{self.label}: expected the last axis to have size {self.size}, got shape {x.shape}")
-        centred = x - x.mean(axis=-1, keepdims=True)
-        inv_std = 1.0 / np.sqrt((centred * centred).mean(axis=-1, keepdims=True) + self.eps)
-        xhat = centred * inv_std
+        try:
+            with np.errstate(over="raise", divide="raise"):
+                centred = x - x.mean(axis=-1, keepdims=True)
+                inv_std = 1.0 / np.sqrt((centred * centred).mean(axis=-1, keepdims=True) + self.eps)
+                xhat = centred * inv_std
+        except FloatingPointError:  # |x| beyond about 1e154 squares past the float range
+            xhat, inv_std = _normalise_scaled(x, self.eps)
         ctx.saved = (xhat, inv_std)
         return xhat * self.gamma.value + self.beta.value
 
+    @overflow_checked
     def backward(self, ctx: tg.Context, grad: np.ndarray) -> np.ndarray:
         xhat, inv_std = ctx.saved
         flat_g = grad.reshape(-1, self.size)
-        self.gamma.add_grad((flat_g * xhat.reshape(-1, self.size)).sum(axis=0))
-        self.beta.add_grad(flat_g.sum(axis=0))
+        dgamma = (flat_g * xhat.reshape(-1, self.size)).sum(axis=0)
         dxhat = grad * self.gamma.value
-        return inv_std * (
-            dxhat - dxhat.mean(axis=-1, keepdims=True) - xhat * (dxhat * xhat).mean(axis=-1, keepdims=True)
-        )
+        dx = inv_std * (dxhat - dxhat.mean(axis=-1, keepdims=True) - xhat * (dxhat * xhat).mean(axis=-1, keepdims=True))
+        self.gamma.add_grad(dgamma)
+        self.beta.add_grad(flat_g.sum(axis=0))
+        return dx
 
     @classmethod
     def samples(cls, rng: np.random.Generator) -> Iterator[tg.Sample]:
         yield tg.Sample(args=[5], inputs=[rng.standard_normal((1, 5))], name="batch1")
         yield tg.Sample(args=[5], inputs=[rng.standard_normal((4, 5)) * 3 + 1], name="batch4")
         yield tg.Sample(args=[4], kwargs={"eps": 1e-3}, inputs=[rng.standard_normal((2, 3, 4))], name="rank3_eps")
+
+
+def _normalise_scaled(x: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """LayerNorm's (xhat, 1/std) for rows whose squares would overflow.
+
+    Each row is divided by a power of two (exact) that brings it below 1, where nothing
+    overflows; eps shrinks by that factor squared. 1/std in x's units is 0 where std itself
+    exceeds the float range (its true value, below 5.6e-309 in float64, rounds to about 0).
+    """
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        _, k = np.frexp(np.max(np.abs(x), axis=-1, keepdims=True))
+        y = np.ldexp(x, -k)
+        centred = y - y.mean(axis=-1, keepdims=True)
+        root_var = np.sqrt((centred * centred).mean(axis=-1, keepdims=True))
+        root_eps = np.asarray(np.sqrt(eps), dtype=x.dtype)
+        std = np.hypot(root_var, np.ldexp(root_eps, -k))  # sqrt(var + eps), in the row's scaled units
+        # std is 0 only for a constant row (centred 0, xhat 0); NaN rows stay NaN
+        xhat = np.divide(centred, std, out=np.zeros_like(centred), where=std != 0)
+        inv_std = 1.0 / np.hypot(np.ldexp(root_var, k), root_eps)
+    return xhat, inv_std.astype(x.dtype, copy=False)
 
 
 @tg.hookimpl

@@ -2,7 +2,10 @@
 
 ``forward`` returns the prediction (probabilities for the classification losses);
 ``loss(target)`` returns a float; ``backward`` gives the gradient of that float with
-respect to the forward input, scaled by the upstream gradient (1.0 from graph.backward())."""
+respect to the forward input, scaled by the upstream gradient (1.0 from graph.backward()).
+Every loss is finite for finite inputs unless its exact value exceeds the float range
+(OperationError); NaN or infinity in an input or target raises NonFiniteError naming it, and
+an empty batch raises ShapeError."""
 
 from __future__ import annotations
 
@@ -12,9 +15,9 @@ from collections.abc import Iterator
 import numpy as np
 
 import tapegrad as tg
-from tapegrad import OutOfRangeError, ShapeError
+from tapegrad import NonFiniteError, OutOfRangeError, ShapeError
 
-from ._util import integer_labels, need_float
+from ._util import integer_labels, loss_not_finite, need_examples, need_float
 
 
 class SoftmaxLoss(tg.Loss):
@@ -24,18 +27,28 @@ class SoftmaxLoss(tg.Loss):
     logits and their exp-sums; loss adds the (row, label) index."""
 
     def forward(self, ctx: tg.Context, logits: np.ndarray) -> np.ndarray:
-        if logits.ndim != 2:
-            raise ShapeError(f"{self.label}: expected logits of shape (batch, classes), got {logits.shape}")
-        shifted = logits - logits.max(axis=1, keepdims=True)
+        if logits.ndim != 2 or logits.shape[1] == 0:
+            raise ShapeError(f"{self.label}: expected logits of shape (batch, classes) with classes >= 1, got {logits.shape}")
+        # Logits more than the float range apart shift to -inf, whose exp is the right 0;
+        # an infinite logit gives NaN (inf - inf), which loss() reports.
+        with np.errstate(over="ignore", invalid="ignore"):
+            shifted = logits - logits.max(axis=1, keepdims=True)
         e = np.exp(shifted)
         total = e.sum(axis=1, keepdims=True)
         probs = e / total
-        ctx.saved = (probs, shifted, total)
+        ctx.saved = (probs, shifted, total, logits)
         return probs
 
     def loss(self, ctx: tg.Context, target: np.ndarray) -> float:
-        probs, shifted, total = ctx.saved
+        value = self._loss(ctx, target)
+        if not math.isfinite(value):
+            raise loss_not_finite(self, value, logits=ctx.saved[3])
+        return value
+
+    def _loss(self, ctx: tg.Context, target: np.ndarray) -> float:
+        probs, shifted, total, _ = ctx.saved
         n, classes = probs.shape
+        need_examples(self, probs, "logits")
         if target.ndim != 1 or target.shape[0] != n:
             raise ShapeError(f"{self.label}: expected {n} labels of shape ({n},), got shape {target.shape}")
         if target.dtype.kind not in "iu":
@@ -56,7 +69,8 @@ class SoftmaxLoss(tg.Loss):
             integer_labels(self, target, classes)
             raise
         ctx.picked = picked
-        return float(np.add.reduce(np.log(total[:, 0]) - chosen)) / n
+        # each row's loss is finite (or the row's logits were not); averaging before summing keeps the sum in range
+        return float(np.add.reduce((np.log(total[:, 0]) - chosen) / n))
 
     def backward(self, ctx: tg.Context, grad: float) -> np.ndarray:
         probs = ctx.saved[0]
@@ -89,10 +103,17 @@ class SquareLoss(tg.Loss):
         (y,) = ctx.saved
         if target.shape != y.shape:
             raise ShapeError(f"{self.label}: target shape {target.shape} does not match prediction shape {y.shape}")
-        diff = y - target
-        ctx.diff = diff
+        need_examples(self, y)
         n = y.shape[0] if y.ndim else 1
-        return float(0.5 * np.vdot(diff, diff) / n)
+        with np.errstate(over="ignore", invalid="ignore"):  # judged below, on the one number
+            diff = y - target
+        value = 0.5 * float(np.vdot(diff, diff)) / n
+        if not math.isfinite(value):
+            value = _half_mean_square(diff, n)  # the sum of squares overflowed: scale it
+            if not math.isfinite(value):
+                raise loss_not_finite(self, value, prediction=y, target=target)
+        ctx.diff = diff
+        return value
 
     def backward(self, ctx: tg.Context, grad: float) -> np.ndarray:
         diff = ctx.diff
@@ -104,6 +125,17 @@ class SquareLoss(tg.Loss):
         yield tg.Sample(inputs=[rng.standard_normal((1, 3))], target=rng.standard_normal((1, 3)), name="batch1")
         yield tg.Sample(inputs=[rng.standard_normal((5, 2))], target=rng.standard_normal((5, 2)), name="batch5")
         yield tg.Sample(inputs=[rng.standard_normal(4)], target=rng.standard_normal(4), name="vector")
+
+
+def _half_mean_square(diff: np.ndarray, n: int) -> float:
+    """0.5 * ||diff||^2 / n with diff scaled by a power of two (exact) before squaring:
+    inf only where the loss itself exceeds the float range, or diff is not finite."""
+    _, k = np.frexp(np.max(np.abs(diff)))
+    scaled = np.ldexp(diff, -k)
+    try:
+        return math.ldexp(0.5 * float(np.vdot(scaled, scaled)) / n, 2 * int(k))
+    except OverflowError:
+        return math.inf
 
 
 class SigmoidCrossEntropyLoss(tg.Loss):
@@ -123,16 +155,24 @@ class SigmoidCrossEntropyLoss(tg.Loss):
         logits, probs = ctx.saved
         if target.shape != logits.shape:
             raise ShapeError(f"{self.label}: target shape {target.shape} does not match logits shape {logits.shape}")
-        if target.size and (target.min() < 0 or target.max() > 1):
+        need_examples(self, logits, "logits", elements=True)
+        if not (target.min() >= 0 and target.max() <= 1):  # written so that NaN fails it too
+            if np.isnan(target).any():
+                raise NonFiniteError(f"{self.label}: the targets hold NaN")
             raise OutOfRangeError(f"{self.label}: targets must lie in [0, 1], got values from {target.min()} to {target.max()}")
         ctx.target = target
-        # max(x, 0) - x t + log(1 + exp(-|x|)): never overflows
-        elementwise = np.maximum(logits, 0) - logits * target + np.log1p(np.exp(-np.abs(logits)))
-        return float(elementwise.mean()) if elementwise.size else 0.0
+        # max(x, 0) - x t + log(1 + exp(-|x|)): each term is at most |x| + log 2, never overflowing;
+        # an infinite logit gives NaN (inf - inf), reported below
+        with np.errstate(invalid="ignore"):
+            elementwise = np.maximum(logits, 0) - logits * target + np.log1p(np.exp(-np.abs(logits)))
+        value = float(np.add.reduce(elementwise / elementwise.size, axis=None))  # dividing first keeps the sum in range
+        if not math.isfinite(value):
+            raise loss_not_finite(self, value, logits=logits)
+        return value
 
     def backward(self, ctx: tg.Context, grad: float) -> np.ndarray:
         _, probs = ctx.saved
-        return (probs - ctx.target) * (grad / max(probs.size, 1))
+        return (probs - ctx.target) * (grad / probs.size)
 
     @classmethod
     def samples(cls, rng: np.random.Generator) -> Iterator[tg.Sample]:

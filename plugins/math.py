@@ -1,6 +1,7 @@
 """Elementwise and array math: Add, Subtract, Multiply, Divide, Matmul, Sum, Mean,
 Reshape, Transpose, Concat, Exp, Log. Binary ops broadcast like numpy; their gradients
-are summed back over the broadcast axes."""
+are summed back over the broadcast axes. Where numpy would warn and give ±inf for finite
+inputs, the op raises NonFiniteError naming itself (``overflow_checked``); NaN in gives NaN out."""
 
 from __future__ import annotations
 
@@ -11,11 +12,18 @@ from typing import Any
 import numpy as np
 
 import tapegrad as tg
-from tapegrad import OperationError, ShapeError, as_shape, broadcast_error, broadcast_shape, unbroadcast
+from tapegrad import (
+    ArgumentError,
+    InputTypeError,
+    NonFiniteError,
+    OperationError,
+    ShapeError,
+    broadcast_error,
+    broadcast_shape,
+    unbroadcast,
+)
 
-from ._util import axes, need_rank
-
-_LOG_MAX = {np.dtype(np.float64): 709.0, np.dtype(np.float32): 88.0, np.dtype(np.float16): 11.0}
+from ._util import axes, check_axis, check_flag, need_rank, overflow_checked, scaled_mean
 
 
 def _binary_samples(rng: np.random.Generator, positive_b: bool = False) -> Iterator[tg.Sample]:
@@ -28,12 +36,15 @@ def _binary_samples(rng: np.random.Generator, positive_b: bool = False) -> Itera
     yield tg.Sample(inputs=[rng.standard_normal((4, 3)), b((3,))], name="broadcast_row")
     yield tg.Sample(inputs=[rng.standard_normal((2, 1, 3)), b((4, 1))], name="broadcast_both")
     yield tg.Sample(inputs=[rng.standard_normal(()), b((2, 3))], name="broadcast_scalar")
+    yield tg.Sample(inputs=[rng.standard_normal(()), b(())], name="scalar")
 
 
 class Add(tg.Operation):
-    """Sum of any number of inputs, broadcasting. Saves only the input shapes."""
+    """Sum of one or more inputs, broadcasting. Saves only the input shapes."""
 
-    def forward(self, ctx: tg.Context, *xs: np.ndarray) -> np.ndarray:
+    @overflow_checked
+    def forward(self, ctx: tg.Context, first: np.ndarray, *rest: np.ndarray) -> np.ndarray:
+        xs = (first, *rest)
         if len(xs) == 2:  # the common case, kept short
             a, b = xs
             try:
@@ -65,6 +76,7 @@ class Add(tg.Operation):
 class Subtract(tg.Operation):
     """``a - b``, broadcasting. Saves the input shapes."""
 
+    @overflow_checked
     def forward(self, ctx: tg.Context, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         try:
             out = a - b
@@ -85,6 +97,7 @@ class Subtract(tg.Operation):
 class Multiply(tg.Operation):
     """Elementwise ``a * b``, broadcasting. Saves both inputs."""
 
+    @overflow_checked
     def forward(self, ctx: tg.Context, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         try:
             out = a * b
@@ -93,6 +106,7 @@ class Multiply(tg.Operation):
         ctx.saved = (a, b)
         return out
 
+    @overflow_checked
     def backward(self, ctx: tg.Context, grad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         a, b = ctx.saved
         return unbroadcast(grad * b, a.shape), unbroadcast(grad * a, b.shape)
@@ -103,17 +117,20 @@ class Multiply(tg.Operation):
 
 
 class Divide(tg.Operation):
-    """Elementwise ``a / b``, broadcasting; a zero in ``b`` raises OperationError. Saves b and a/b."""
+    """Elementwise ``a / b``, broadcasting; a zero in ``b`` raises OperationError, and so does a
+    quotient (or gradient) beyond the float range. Saves b and a/b."""
 
+    @overflow_checked
     def forward(self, ctx: tg.Context, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         if a.shape != b.shape:
             broadcast_shape(self.label, a, b)  # before the zero check: shapes first
-        if not np.all(b):
+        if not np.all(b):  # NaN counts as non-zero here: it gives NaN, not an error
             raise OperationError(f"{self.label}: division by zero (the divisor holds {np.sum(b == 0)} zero(s))")
         out = a / b
         ctx.saved = (a.shape, b, out)
         return out
 
+    @overflow_checked
     def backward(self, ctx: tg.Context, grad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         shape_a, b, out = ctx.saved
         grad_a = grad / b
@@ -129,6 +146,7 @@ class Matmul(tg.Operation):
     """Matrix product ``a @ b`` of arrays with at least 2 dimensions (batch dims broadcast).
     (..., n, k) @ (..., k, m) -> (..., n, m); saves both inputs."""
 
+    @overflow_checked
     def forward(self, ctx: tg.Context, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         need_rank(self, a, 2, "first input")
         need_rank(self, b, 2, "second input")
@@ -142,6 +160,7 @@ class Matmul(tg.Operation):
         ctx.saved = (a, b)
         return a @ b
 
+    @overflow_checked
     def backward(self, ctx: tg.Context, grad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         a, b = ctx.saved
         if a.ndim == 2 and b.ndim == 2:
@@ -159,12 +178,14 @@ class Matmul(tg.Operation):
 
 
 class Sum(tg.Operation):
-    """Sum over ``axis`` (None: all), optionally keeping reduced dims. Saves the input shape."""
+    """Sum over ``axis`` (None: all), optionally keeping reduced dims; a sum beyond the float
+    range raises OperationError. Saves the input shape."""
 
     def __init__(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> None:
-        self.axis = axis
-        self.keepdims = keepdims
+        self.axis = check_axis(self.label, "axis", axis, allow_none=True, allow_tuple=True)
+        self.keepdims = check_flag(self.label, "keepdims", keepdims)
 
+    @overflow_checked
     def forward(self, ctx: tg.Context, x: np.ndarray) -> np.ndarray:
         ax = axes(self, self.axis, x.ndim)
         ctx.saved = (x.shape, ax)
@@ -180,11 +201,12 @@ class Sum(tg.Operation):
 
 
 class Mean(tg.Operation):
-    """Mean over ``axis`` (None: all), optionally keeping reduced dims. Saves the input shape."""
+    """Mean over ``axis`` (None: all), optionally keeping reduced dims; finite for any finite
+    input (a sum that would overflow is scaled). Saves the input shape."""
 
     def __init__(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> None:
-        self.axis = axis
-        self.keepdims = keepdims
+        self.axis = check_axis(self.label, "axis", axis, allow_none=True, allow_tuple=True)
+        self.keepdims = check_flag(self.label, "keepdims", keepdims)
 
     def forward(self, ctx: tg.Context, x: np.ndarray) -> np.ndarray:
         ax = axes(self, self.axis, x.ndim)
@@ -192,7 +214,7 @@ class Mean(tg.Operation):
         if count == 0:
             raise ShapeError(f"{self.label}: mean over an empty axis (input shape {x.shape})")
         ctx.saved = (x.shape, ax, count)
-        return np.asarray(x.mean(axis=ax, keepdims=self.keepdims))
+        return scaled_mean(x, ax, self.keepdims)
 
     def backward(self, ctx: tg.Context, grad: np.ndarray) -> np.ndarray:
         shape, ax, count = ctx.saved
@@ -217,13 +239,14 @@ def _reduction_samples(rng: np.random.Generator) -> Iterator[tg.Sample]:
     yield tg.Sample(kwargs={"axis": -1, "keepdims": True}, inputs=[rng.standard_normal((4, 3))], name="last_keepdims")
     yield tg.Sample(kwargs={"axis": (0, 2)}, inputs=[rng.standard_normal((2, 3, 4))], name="two_axes")
     yield tg.Sample(kwargs={"keepdims": True}, inputs=[rng.standard_normal((2, 3))], name="all_keepdims")
+    yield tg.Sample(inputs=[rng.standard_normal(())], name="scalar")
 
 
 class Reshape(tg.Operation):
     """Reshape to ``shape`` (one entry may be -1). Saves the input shape."""
 
     def __init__(self, shape: Any) -> None:
-        self.shape = as_shape(shape)
+        self.shape = _shape_argument(self.label, shape)
 
     def forward(self, ctx: tg.Context, x: np.ndarray) -> np.ndarray:
         try:
@@ -240,46 +263,63 @@ class Reshape(tg.Operation):
     def samples(cls, rng: np.random.Generator) -> Iterator[tg.Sample]:
         yield tg.Sample(args=[(1, 6)], inputs=[rng.standard_normal((2, 3))], name="flatten")
         yield tg.Sample(args=[(3, -1)], inputs=[rng.standard_normal((2, 3, 2))], name="infer")
+        yield tg.Sample(args=[(1, 1)], inputs=[rng.standard_normal(())], name="scalar")
+
+
+def _shape_argument(where: str, shape: Any) -> tuple[int, ...]:
+    """A target shape: an int or a sequence of ints, each at least -1, with at most one -1."""
+    entries = [shape] if isinstance(shape, (int, np.integer)) else shape
+    if isinstance(shape, (str, bytes)) or not isinstance(entries, (list, tuple, np.ndarray)):
+        raise InputTypeError(f"{where}: shape must be an int or a sequence of ints, got {type(shape).__name__} {shape!r}")
+    dims = tuple(int(tg.check_number(where, f"shape[{i}]", d, low=-1, integer=True)) for i, d in enumerate(entries))
+    if dims.count(-1) > 1:
+        raise ArgumentError(f"{where}: shape may infer one dimension (-1), got {shape!r}")
+    return dims
 
 
 class Transpose(tg.Operation):
-    """Permute axes (None: reverse them), like ``numpy.transpose``. Saves nothing but the axes."""
+    """Permute axes (None: reverse them), like ``numpy.transpose``. Saves the normalised axes."""
 
     def __init__(self, axes: Any = None) -> None:
-        self.axes = None if axes is None else tuple(int(a) for a in axes)
+        if isinstance(axes, np.ndarray):
+            axes = axes.tolist()
+        self.axes = check_axis(self.label, "axes", axes, allow_none=True, allow_tuple=True)
+        if isinstance(self.axes, int):
+            raise InputTypeError(f"{self.label}: axes must be a sequence of ints or None, got int {axes!r}")
 
     def forward(self, ctx: tg.Context, x: np.ndarray) -> np.ndarray:
-        if self.axes is not None and sorted(a % max(x.ndim, 1) for a in self.axes) != list(range(x.ndim)):
+        ax = axes(self, self.axes, x.ndim)
+        if ax is not None and len(ax) != x.ndim:
             raise ShapeError(f"{self.label}: axes {self.axes} are not a permutation of the {x.ndim} axes of shape {x.shape}")
-        return np.transpose(x, self.axes)
+        ctx.saved = (ax,)
+        return np.transpose(x, ax)
 
     def backward(self, ctx: tg.Context, grad: np.ndarray) -> np.ndarray:
-        if self.axes is None:
-            return np.transpose(grad)
-        return np.transpose(grad, np.argsort([a % grad.ndim for a in self.axes]))
+        (ax,) = ctx.saved
+        return np.transpose(grad) if ax is None else np.transpose(grad, np.argsort(ax))
 
     @classmethod
     def samples(cls, rng: np.random.Generator) -> Iterator[tg.Sample]:
         yield tg.Sample(inputs=[rng.standard_normal((2, 3))], name="matrix")
         yield tg.Sample(args=[(1, 2, 0)], inputs=[rng.standard_normal((2, 3, 4))], name="permute")
+        yield tg.Sample(inputs=[rng.standard_normal(())], name="scalar")
 
 
 class Concat(tg.Operation):
-    """Join inputs along ``axis`` (the seed's HStack is axis=1, VStack axis=0).
+    """Join one or more inputs along ``axis`` (the seed's HStack is axis=1, VStack axis=0).
     Saves the split points."""
 
     def __init__(self, axis: int = 0) -> None:
-        self.axis = int(axis)
+        self.axis = check_axis(self.label, "axis", axis)
 
-    def forward(self, ctx: tg.Context, *xs: np.ndarray) -> np.ndarray:
-        first = xs[0]
+    def forward(self, ctx: tg.Context, first: np.ndarray, *rest: np.ndarray) -> np.ndarray:
         (axis,) = axes(self, self.axis, first.ndim) or (0,)
-        for x in xs[1:]:
+        for x in rest:
             if x.ndim != first.ndim or x.shape[:axis] + x.shape[axis + 1 :] != first.shape[:axis] + first.shape[axis + 1 :]:
-                listed = ", ".join(str(x.shape) for x in xs)
+                listed = ", ".join(str(x.shape) for x in (first, *rest))
                 raise ShapeError(f"{self.label}: inputs must match except along axis {self.axis}, got {listed}")
-        ctx.saved = (axis, np.cumsum([x.shape[axis] for x in xs[:-1]]))
-        return np.concatenate(xs, axis=axis)
+        ctx.saved = (axis, np.cumsum([x.shape[axis] for x in (first, *rest)][:-1]))
+        return np.concatenate((first, *rest), axis=axis)
 
     def backward(self, ctx: tg.Context, grad: np.ndarray) -> tuple[np.ndarray, ...]:
         axis, splits = ctx.saved
@@ -293,18 +333,23 @@ class Concat(tg.Operation):
 
 
 class Exp(tg.Operation):
-    """Elementwise ``exp(x)``; an input whose exponential overflows raises OperationError. Saves the output."""
+    """Elementwise ``exp(x)``; an input whose exponential exceeds the float range raises
+    NonFiniteError, an OperationError (NaN gives NaN). Saves the output."""
 
     def forward(self, ctx: tg.Context, x: np.ndarray) -> np.ndarray:
-        if x.size and x.max() > _LOG_MAX.get(x.dtype, 709.0):
-            raise OperationError(
-                f"{self.label}: exp overflows {x.dtype} for inputs above {_LOG_MAX.get(x.dtype, 709.0)} "
-                f"(largest input {x.max()})"
-            )
-        out = np.exp(x)
+        # The overflow flag, not a max() test: x.max() is NaN when x holds a NaN, and hides a 800 next to it.
+        with np.errstate(over="raise"):
+            try:
+                out = np.exp(x)
+            except FloatingPointError:
+                limit = np.log(np.finfo(x.dtype).max)
+                raise NonFiniteError(
+                    f"{self.label}: exp overflows {x.dtype} for inputs above {limit:.6g} (largest input {np.nanmax(x):g})"
+                ) from None
         ctx.saved = (out,)
         return out
 
+    @overflow_checked
     def backward(self, ctx: tg.Context, grad: np.ndarray) -> np.ndarray:
         return grad * ctx.saved[0]
 
@@ -313,17 +358,21 @@ class Exp(tg.Operation):
         yield tg.Sample(inputs=[rng.standard_normal((1, 3))], name="batch1")
         yield tg.Sample(inputs=[rng.standard_normal((4, 3))], name="batch4")
         yield tg.Sample(inputs=[np.array([[-700.0, -30.0, 0.0, 5.0]])], name="wide_range")
+        yield tg.Sample(inputs=[rng.standard_normal(())], name="scalar")
 
 
 class Log(tg.Operation):
-    """Elementwise natural log; inputs <= 0 raise OperationError. Saves the input."""
+    """Elementwise natural log; inputs <= 0 raise OperationError (NaN gives NaN). Saves the input."""
 
     def forward(self, ctx: tg.Context, x: np.ndarray) -> np.ndarray:
-        if x.size and not x.min() > 0:
-            raise OperationError(f"{self.label}: log needs positive inputs, got a minimum of {x.min()}")
+        if x.size and not x.min() > 0:  # also true when x holds a NaN: look closer
+            outside = x[x <= 0]
+            if outside.size:
+                raise OperationError(f"{self.label}: log needs positive inputs, got a minimum of {outside.min()}")
         ctx.saved = (x,)
         return np.log(x)
 
+    @overflow_checked  # 1/x exceeds the float range for subnormal x (below about 5.6e-309 in float64)
     def backward(self, ctx: tg.Context, grad: np.ndarray) -> np.ndarray:
         return grad / ctx.saved[0]
 
@@ -332,6 +381,7 @@ class Log(tg.Operation):
         yield tg.Sample(inputs=[np.abs(rng.standard_normal((1, 3))) + 0.5], name="batch1")
         yield tg.Sample(inputs=[np.abs(rng.standard_normal((4, 3))) + 0.1], name="batch4")
         yield tg.Sample(inputs=[np.array([[1e-3, 1.0, 1e3]])], name="wide_range")
+        yield tg.Sample(inputs=[np.abs(rng.standard_normal(())) + 0.5], name="scalar")
 
 
 @tg.hookimpl

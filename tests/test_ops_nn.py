@@ -109,9 +109,9 @@ def test_dropout_scales_at_train_time_is_identity_in_eval_and_is_seeded():
     assert np.array_equal(c.value, x)
 
 
-@pytest.mark.parametrize("p", [-0.1, 1.0, 1.5])
+@pytest.mark.parametrize("p", [-0.1, 1.0, 1.5, float("nan")])
 def test_dropout_rejects_p_outside_unit_interval(p):
-    with pytest.raises(tg.OperationError, match=r"p must be in \[0, 1\)"):
+    with pytest.raises(tg.ArgumentError, match=r"Dropout \(dropout_0\): p must be in \[0, 1\)"):
         tg.Graph().get_operation("Dropout", [p])
 
 

@@ -1,4 +1,5 @@
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -80,8 +81,12 @@ def test_impossible_alignment_names_the_batch_element_unless_zero_infinity():
 @pytest.mark.parametrize(
     "targets, error, match",
     [
-        (np.array([[1, 0]]), tg.ShapeError, "blank"),
-        (np.array([[1, 5]]), tg.ShapeError, "label 5"),
+        (np.array([[1, 0]]), tg.OutOfRangeError, "label 0 is not allowed.*blank"),
+        (np.array([[1, 5]]), tg.OutOfRangeError, "label 5"),
+        (np.array([[-2, 1]]), tg.OutOfRangeError, "label -2"),
+        (np.array([[1.0, 1e20]]), tg.OutOfRangeError, r"label 1e\+20"),
+        (np.array([[1.0, np.inf]]), tg.OutOfRangeError, "label inf"),
+        (np.array([[1.0, np.nan]]), tg.NonFiniteError, "NaN"),
         (np.array([[-1, 2]]), tg.ShapeError, "padding"),
         (np.array([1, 2]), tg.ShapeError, r"\(1, S\)"),
         (np.array([[1.5, 2.0]]), tg.InputTypeError, "integers"),
@@ -98,3 +103,80 @@ def test_bad_targets_raise_framework_errors(targets, error, match):
 def test_bad_logits_rank():
     with pytest.raises(tg.ShapeError, match=r"\(N, T, C\)"):
         tg.Graph().get_operation("CTCLoss")(np.zeros((4, 4)))
+
+
+def test_a_nan_logit_raises_non_finite_error_naming_the_batch_element():
+    """It used to be dropped like an impossible alignment: row 0's loss alone, row 1's gradient zero."""
+    logits = np.random.default_rng(0).standard_normal((2, 5, 3))
+    logits[1, 3, 2] = np.nan
+    for zero_infinity in (False, True):
+        with pytest.raises(tg.NonFiniteError, match=r"CTCLoss \(ctc_loss_0\): the logits of batch element 1 \(of \[1\]\)"):
+            ctc(logits, np.array([[1, 2], [2, 1]]), zero_infinity=zero_infinity)
+
+
+@pytest.mark.parametrize("fill", [np.nan, np.inf])
+def test_all_nan_or_infinite_logits_raise_instead_of_a_zero_loss(fill):
+    with pytest.raises(tg.NonFiniteError, match=r"batch element 0 \(of \[0, 1\]\) hold NaN or infinite values"):
+        ctc(np.full((2, 5, 3), fill), np.array([[1, 2], [2, 1]]))
+
+
+def test_a_minus_inf_logit_is_a_probability_of_zero():
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((1, 5, 3))
+    masked = logits.copy()
+    masked[0, 3, 2] = -np.inf
+    g, _, x, log_probs, value = ctc(masked, np.array([[1, 1]]))  # class 2 is never needed
+    assert value == pytest.approx(brute_force_nll(log_probs.value[0], [1, 1]), rel=1e-10)
+    g.backward()
+    assert np.isfinite(x.grad).all()
+
+
+def test_logits_further_apart_than_the_float_range_give_an_infinite_loss_error_or_zero():
+    logits = np.array([[[1e308, -1e308, 0.0]] * 3])  # class 1 gets probability 0 in float64
+    with pytest.raises(tg.NonFiniteError, match=r"the loss of batch element 0 \(of \[0\]\) is infinite"):
+        ctc(logits, np.array([[1]]))
+    g, _, x, _, value = ctc(logits, np.array([[1]]), zero_infinity=True)
+    g.backward()
+    assert value == 0.0 and not x.grad.any()
+
+
+@pytest.mark.parametrize("empty", [np.zeros((2, 0), dtype=np.int64), np.full((2, 3), -1)])
+def test_empty_targets_of_width_zero_or_all_padding_give_the_empty_target_loss(empty):
+    logits = np.random.default_rng(2).standard_normal((2, 4, 3))
+    _, _, _, log_probs, value = ctc(logits, empty)
+    assert value == pytest.approx(-log_probs.value[:, :, 0].sum() / 2, rel=1e-12)  # blank at every step
+
+
+@pytest.mark.parametrize("targets", [np.zeros((2, 0), dtype=np.int64), np.full((2, 2), -1)])
+def test_no_time_steps_and_an_empty_target_is_a_loss_of_zero(targets):
+    g, _, x, _, value = ctc(np.zeros((2, 0, 3)), targets)
+    assert value == 0.0 and math.copysign(1.0, value) == 1.0  # not -0.0
+    g.backward()
+    assert x.grad.shape == (2, 0, 3)
+
+
+def test_no_time_steps_and_a_label_is_an_impossible_alignment():
+    with pytest.raises(tg.OperationError, match="batch element 0 .* the input has 0"):
+        ctc(np.zeros((2, 0, 3)), np.array([[1], [-1]]))
+    assert ctc(np.zeros((2, 0, 3)), np.array([[1], [-1]]), zero_infinity=True)[4] == 0.0
+
+
+def test_an_empty_batch_is_a_clear_error():
+    with pytest.raises(tg.ShapeError, match=r"CTCLoss \(ctc_loss_0\): the batch is empty \(logits shape \(0, 4, 3\)\)"):
+        ctc(np.zeros((0, 4, 3)), np.zeros((0, 2), dtype=np.int64))
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"blank": "a"}, tg.InputTypeError, "blank must be a whole number, got str 'a'"),
+        ({"blank": -1}, tg.ArgumentError, "blank must be at least 0, got -1"),
+        ({"blank": 1.5}, tg.InputTypeError, "blank must be a whole number"),
+        ({"blank": None}, tg.InputTypeError, "blank must be a whole number"),
+        ({"zero_infinity": 1}, tg.InputTypeError, "zero_infinity must be True or False, got int 1"),
+        ({"zero_infinity": "no"}, tg.InputTypeError, "zero_infinity must be True or False"),
+    ],
+)
+def test_constructor_arguments_name_the_op(kwargs, error, match):
+    with pytest.raises(error, match=rf"^CTCLoss \(ctc_loss_0\): {match}"):
+        tg.Graph().get_operation("CTCLoss", **kwargs)

@@ -1,9 +1,14 @@
 """Recurrent cells and a whole-sequence LSTM. Gates are ordered (input, forget, output, cell)
-in the 4H columns of W (D, 4H), U (H, 4H) and b (4H,)."""
+in the 4H columns of W (D, 4H), U (H, 4H) and b (4H,).
+
+Forward and backward run under ``np.errstate(over="raise", invalid="ignore")``: a product beyond
+the float range raises NonFiniteError (BackwardError in backward) naming the op instead of
+becoming inf, while NaN inputs give NaN outputs without a warning."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -26,6 +31,30 @@ def _check(op: tg.Operation, name: str, array: np.ndarray, shape: tuple[Any, ...
         raise ShapeError(f"{op.label}: expected {name} of shape {wanted}, got {array.shape}")
 
 
+def _guarded(method: Callable[..., Any]) -> Callable[..., Any]:
+    """``method`` (forward or backward) under ``np.errstate(over="raise", invalid="ignore")``,
+    entered per call; an overflow becomes tapegrad's error naming the op."""
+    stage = method.__name__
+
+    @functools.wraps(method)
+    def run(self: tg.Operation, *args: Any) -> Any:
+        try:
+            with np.errstate(over="raise", invalid="ignore"):
+                return method(self, *args)
+        except FloatingPointError as exc:
+            error = tg.BackwardError if stage == "backward" else tg.NonFiniteError
+            raise error(f"{self.label}: {stage}: a value exceeds the float range ({exc}); scale the inputs down") from None
+
+    return run
+
+
+def _sizes(op: tg.Operation, input_size: Any, hidden_size: Any) -> tuple[int, int]:
+    return (
+        int(tg.check_number(op.label, "input_size", input_size, low=1, integer=True)),
+        int(tg.check_number(op.label, "hidden_size", hidden_size, low=1, integer=True)),
+    )
+
+
 def _forget_bias(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
     """Zeros, with the forget gate's bias at 1 (keeps memory early in training)."""
     b = np.zeros(shape)
@@ -39,11 +68,12 @@ class RNNCell(tg.Operation):
     Saves x, h_prev and h."""
 
     def __init__(self, input_size: int, hidden_size: int) -> None:
-        self.input_size, self.hidden_size = int(input_size), int(hidden_size)
+        self.input_size, self.hidden_size = _sizes(self, input_size, hidden_size)
         self.W = self.parameter("W", (self.input_size, self.hidden_size))
         self.U = self.parameter("U", (self.hidden_size, self.hidden_size))
         self.b = self.parameter("b", (self.hidden_size,), init="zeros")
 
+    @_guarded
     def forward(self, ctx: tg.Context, x: np.ndarray, h_prev: np.ndarray) -> np.ndarray:
         _check(self, "x", x, (None, self.input_size))
         _check(self, "h_prev", h_prev, (x.shape[0], self.hidden_size))
@@ -51,13 +81,16 @@ class RNNCell(tg.Operation):
         ctx.save(x, h_prev, h)
         return h
 
+    @_guarded
     def backward(self, ctx: tg.Context, grad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x, h_prev, h = ctx.saved
         dz = grad * (1.0 - h * h)
-        self.W.add_grad(x.T @ dz)
-        self.U.add_grad(h_prev.T @ dz)
+        # every product before any accumulation: an overflow leaves the gradients as they were
+        dW, dU, dx, dh_prev = x.T @ dz, h_prev.T @ dz, dz @ self.W.value.T, dz @ self.U.value.T
+        self.W.add_grad(dW)
+        self.U.add_grad(dU)
         self.b.add_grad(dz.sum(axis=0))
-        return dz @ self.W.value.T, dz @ self.U.value.T
+        return dx, dh_prev
 
     @classmethod
     def samples(cls, rng: np.random.Generator) -> Iterator[tg.Sample]:
@@ -93,11 +126,12 @@ class LSTMCell(tg.Operation):
     Saves the inputs and the gate activations."""
 
     def __init__(self, input_size: int, hidden_size: int) -> None:
-        self.input_size, self.hidden_size = int(input_size), int(hidden_size)
+        self.input_size, self.hidden_size = _sizes(self, input_size, hidden_size)
         self.W = self.parameter("W", (self.input_size, 4 * self.hidden_size))
         self.U = self.parameter("U", (self.hidden_size, 4 * self.hidden_size))
         self.b = self.parameter("b", (4 * self.hidden_size,), init=_forget_bias)
 
+    @_guarded
     def forward(self, ctx: tg.Context, x: np.ndarray, h_prev: np.ndarray, c_prev: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         _check(self, "x", x, (None, self.input_size))
         _check(self, "h_prev", h_prev, (x.shape[0], self.hidden_size))
@@ -107,14 +141,17 @@ class LSTMCell(tg.Operation):
         ctx.save(x, h_prev, c_prev, tuple(gates))
         return h, gates[4]
 
+    @_guarded
     def backward(self, ctx: tg.Context, grads: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, ...]:
         x, h_prev, c_prev, gates = ctx.saved
         dh, dc = grads
         dz, dc_prev = _lstm_step_backward(dh, dc, c_prev, gates)
-        self.W.add_grad(x.T @ dz)
-        self.U.add_grad(h_prev.T @ dz)
+        # every product before any accumulation: an overflow leaves the gradients as they were
+        dW, dU, dx, dh_prev = x.T @ dz, h_prev.T @ dz, dz @ self.W.value.T, dz @ self.U.value.T
+        self.W.add_grad(dW)
+        self.U.add_grad(dU)
         self.b.add_grad(dz.sum(axis=0))
-        return dz @ self.W.value.T, dz @ self.U.value.T, dc_prev
+        return dx, dh_prev, dc_prev
 
     @classmethod
     def samples(cls, rng: np.random.Generator) -> Iterator[tg.Sample]:
@@ -129,11 +166,12 @@ class LSTM(tg.Operation):
     state; backpropagation through time in backward. Saves every step's gates."""
 
     def __init__(self, input_size: int, hidden_size: int) -> None:
-        self.input_size, self.hidden_size = int(input_size), int(hidden_size)
+        self.input_size, self.hidden_size = _sizes(self, input_size, hidden_size)
         self.W = self.parameter("W", (self.input_size, 4 * self.hidden_size))
         self.U = self.parameter("U", (self.hidden_size, 4 * self.hidden_size))
         self.b = self.parameter("b", (4 * self.hidden_size,), init=_forget_bias)
 
+    @_guarded
     def forward(self, ctx: tg.Context, x: np.ndarray) -> np.ndarray:
         _check(self, "x", x, (None, None, self.input_size))
         n, steps, _ = x.shape
@@ -154,6 +192,7 @@ class LSTM(tg.Operation):
         ctx.save(x, history)
         return out
 
+    @_guarded
     def backward(self, ctx: tg.Context, grad: np.ndarray) -> np.ndarray:
         x, history = ctx.saved
         n, steps, _ = x.shape
@@ -170,10 +209,11 @@ class LSTM(tg.Operation):
             dU += h_prev.T @ dz
             dh_next = dz @ U.T
         flat = dzs.reshape(-1, 4 * hidden)
-        self.W.add_grad(x.reshape(-1, self.input_size).T @ flat)
+        dW, dx = x.reshape(-1, self.input_size).T @ flat, (flat @ self.W.value.T).reshape(x.shape)
+        self.W.add_grad(dW)
         self.U.add_grad(dU)
         self.b.add_grad(flat.sum(axis=0))
-        return (flat @ self.W.value.T).reshape(x.shape)
+        return dx
 
     @classmethod
     def samples(cls, rng: np.random.Generator) -> Iterator[tg.Sample]:

@@ -114,3 +114,54 @@ def test_lstm_cell_learns_to_count_ones_in_a_bit_sequence():
     x, y = batch(500)
     accuracy = np.mean(run(x).value.argmax(axis=1) == y)
     assert accuracy >= 0.95, accuracy
+
+
+@pytest.mark.parametrize("name", ["RNNCell", "LSTMCell", "LSTM"])
+@pytest.mark.parametrize(
+    "args, error, match",
+    [
+        ([3, 0], tg.ArgumentError, "hidden_size must be at least 1, got 0"),
+        ([-1, 3], tg.ArgumentError, "input_size must be at least 1, got -1"),
+        ([None, 3], tg.InputTypeError, "input_size must be a whole number, got NoneType"),
+        ([3, "4"], tg.InputTypeError, "hidden_size must be a whole number, got str"),
+        ([2.5, 3], tg.InputTypeError, "input_size must be a whole number, got float"),
+        ([True, 3], tg.InputTypeError, "input_size must be a whole number, got bool"),
+    ],
+)
+def test_sizes_are_checked_when_the_op_is_made(name, args, error, match):
+    """LSTM(3, 0) used to build, and fail only in backward."""
+    g = tg.Graph()
+    with pytest.raises(error, match=rf"^{name} \(\w+\): {match}"):
+        g.get_operation(name, args)
+
+
+def _inputs(name, x):
+    n = x.shape[0]
+    return {"RNNCell": [x, np.zeros((n, 3))], "LSTMCell": [x, np.zeros((n, 3)), np.zeros((n, 3))], "LSTM": [x[:, None, :]]}[name]
+
+
+@pytest.mark.parametrize("name", ["RNNCell", "LSTMCell", "LSTM"])
+def test_a_product_beyond_the_float_range_raises_naming_the_op(name):
+    g = tg.Graph()
+    op = g.get_operation(name, [2, 3])
+    op.W.value[:] = 1.0
+    with pytest.raises(tg.NonFiniteError, match=rf"^{name} \(\w+\): forward: a value exceeds the float range"):
+        op(*[tg.Variable(a) for a in _inputs(name, np.full((1, 2), 1e308))])
+
+
+@pytest.mark.parametrize("name", ["RNNCell", "LSTMCell", "LSTM"])
+@pytest.mark.parametrize("value", [np.nan, np.inf, 1e-310])
+def test_nan_infinity_and_tiny_inputs_give_no_warning_and_nan_stays_nan(name, value):
+    g = tg.Graph(seed=0)
+    op = g.get_operation(name, [2, 3])
+    inputs = [tg.Variable(a) for a in _inputs(name, np.array([[value, 1.0], [0.5, 1.0]]))]
+    outs = op(*inputs)
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    h = outs[0].value.reshape(2, -1)
+    if np.isnan(value):
+        assert np.isnan(h[0]).all()
+    else:
+        assert np.isfinite(h[0]).all()  # inf saturates the gates; 1e-310 is just small
+    assert np.isfinite(h[1]).all()  # batch rows are independent
+    g.backward(grads={o: np.ones_like(o.value) for o in outs})
+    assert np.isfinite(inputs[0].grad.reshape(2, -1)[1]).all()
