@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -134,6 +134,21 @@ class Graph:
         accumulate into ``.grad`` of every float Variable reached, parameters included.
         """
         self.tape.backward(grads, loss_grad, name=self.name)
+
+    # -- captured steps --------------------------------------------------------------------
+    def capture(self, fn: Callable[..., Any] | None = None, *, check: bool = True, max_records: int = 8) -> Any:
+        """Capture a step function: its first call per signature runs eagerly and records it,
+        later calls replay the record at numpy speed (see ``tapegrad.capture``).
+
+        Use as ``step = graph.capture(fn)`` or as a decorator (``@graph.capture``, or
+        ``@graph.capture(check=False)``). ``check`` verifies the first replay of every record
+        against an eager run, bit for bit; ``max_records`` bounds the cache of records.
+        """
+        from .capture import CapturedStep
+
+        if fn is None:
+            return lambda f: CapturedStep(self, f, check=check, max_records=max_records)
+        return CapturedStep(self, fn, check=check, max_records=max_records)
 
     def __getstate__(self) -> dict[str, Any]:
         # The registry holds plugin modules and is not picklable; an unpickled graph

@@ -98,6 +98,14 @@ def _make_forward(impl: Callable[..., Any], low: int, high: float) -> Callable[.
     return forward
 
 
+def nonfinite_loss(op: Operation, value: float) -> NonFiniteError:
+    """The error for a loss that came out NaN or infinite."""
+    return NonFiniteError(
+        f"{op.label}: the loss is {value}; its input holds NaN or infinite values "
+        "(a diverging model: try a smaller learning rate)"
+    )
+
+
 def _count(low: int, high: float) -> str:
     if low == high:
         return str(low)
@@ -125,10 +133,7 @@ def _make_loss(impl: Callable[..., Any]) -> Callable[..., float]:
         except AUTHOR_ERRORS as exc:
             raise self._author_error("loss", exc, [*ctx.saved, array]) from exc
         if not math.isfinite(value):
-            raise NonFiniteError(
-                f"{self.label}: the loss is {value}; its input holds NaN or infinite values "
-                "(a diverging model: try a smaller learning rate)"
-            )
+            raise nonfinite_loss(self, value)
         tape.add_loss(ctx, target, array, value)
         return value
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -10,6 +11,7 @@ import numpy as np
 from .arguments import check_number
 from .errors import InputTypeError
 from .parameter import Parameter
+from .tape import replayable
 from .variable import Variable
 
 __all__ = ["Optimizer", "SGD", "Adam"]
@@ -34,16 +36,29 @@ def _variables(parameter: Any) -> list[Variable]:
 
 
 class Optimizer:
-    """Base class: holds the variables (a Parameter store, a dict, a list, or a model/graph)."""
+    """Base class: holds the variables (a Parameter store, a dict, a list, or a model/graph).
+
+    Subclasses write ``step()``; it is replayed by captured steps (as is ``zero_grad``). A step
+    computes every update before it applies any, so an error while computing one (numpy's
+    overflow, raised under the Trainer's ``np.errstate``) leaves every parameter as it was.
+    """
 
     def __init__(self, parameter: Any, lr: float) -> None:
         self.variables = _variables(parameter)
         self.lr = check_number(type(self).__name__, "lr", lr, low=0.0, low_inclusive=False)
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in ("step", "zero_grad"):
+            method = cls.__dict__.get(name)
+            if method is not None and not hasattr(method, "__wrapped__"):
+                setattr(cls, name, replayable(method))
+
     @property
     def trainable(self) -> list[Variable]:
         return [v for v in self.variables if v.trainable and v.value.dtype.kind == "f"]
 
+    @replayable
     def zero_grad(self) -> None:
         """Reset every gradient to zeros (lazily)."""
         for v in self.variables:
@@ -51,6 +66,14 @@ class Optimizer:
 
     def step(self) -> None:
         raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """A copy of everything the optimizer keeps besides its variables (hyperparameters, step
+        count, moment buffers); ``load_state_dict`` puts it back."""
+        return copy.deepcopy({k: v for k, v in vars(self).items() if k != "variables"})
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        vars(self).update(copy.deepcopy(dict(state)))
 
 
 class SGD(Optimizer):
@@ -64,6 +87,7 @@ class SGD(Optimizer):
 
     def step(self) -> None:
         lr, momentum, decay = self.lr, self.momentum, self.weight_decay
+        updates = []
         for v in self.variables:
             grad = v.peek_grad()
             if grad is None or not v.trainable:
@@ -78,8 +102,9 @@ class SGD(Optimizer):
                     buf *= momentum
                     buf += grad
                 grad = buf
-            value = v.value
-            value -= lr * grad  # in place: whoever holds the value sees the update
+            updates.append((v.value, lr * grad))
+        for value, update in updates:
+            value -= update  # in place: whoever holds the value sees the update
 
 
 class Adam(Optimizer):
@@ -108,6 +133,7 @@ class Adam(Optimizer):
         self.t += 1
         b1, b2 = self.beta1, self.beta2
         scale = self.lr * np.sqrt(1.0 - b2**self.t) / (1.0 - b1**self.t)
+        updates = []
         for v in self.variables:
             grad = v.peek_grad()
             if grad is None or not v.trainable:
@@ -123,4 +149,6 @@ class Adam(Optimizer):
             m += (1.0 - b1) * grad
             s *= b2
             s += (1.0 - b2) * grad * grad
-            v.value -= scale * m / (np.sqrt(s) + self.eps)
+            updates.append((v.value, scale * m / (np.sqrt(s) + self.eps)))
+        for value, update in updates:
+            value -= update

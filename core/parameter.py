@@ -28,6 +28,7 @@ import numpy as np
 
 from .broadcast import as_shape
 from .errors import InputTypeError, ParameterLoadError, ShapeError
+from .tape import replayable
 from .variable import Variable
 
 __all__ = ["Parameter", "ParameterFile", "Init", "parameter_file_path"]
@@ -427,6 +428,7 @@ class Parameter:
     def trainable_variables(self) -> list[Variable]:
         return [v for v in self.variable_dict.values() if v.trainable]
 
+    @replayable
     def clear_grads(self) -> None:
         """Reset every variable's gradient to zeros."""
         for variable in self.variable_dict.values():

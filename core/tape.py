@@ -16,8 +16,10 @@ is cleared afterwards, whatever happened.
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -29,7 +31,30 @@ from .variable import Variable
 if TYPE_CHECKING:
     from .operation import Operation
 
-__all__ = ["Context", "Tape"]
+__all__ = ["Context", "Tape", "RECORDING", "replayable"]
+
+#: The recording in progress in this thread, if any (a captured step's first call): the tape,
+#: the loss wrapper and every ``replayable`` method report to it (see ``replay.Recording``).
+RECORDING: ContextVar[Any] = ContextVar("tapegrad_recording", default=None)
+
+
+def replayable(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark a method that a captured step replays (``Optimizer.step``, ``Parameter.clear_grads``):
+    while a step records, each call is noted; a replay calls the undecorated method again."""
+
+    @functools.wraps(method)
+    def noted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        recording = RECORDING.get()
+        if recording is None or recording.in_call:  # (a call made by a noted call is replayed by it)
+            return method(self, *args, **kwargs)
+        recording.called(self, method, args, kwargs)
+        recording.in_call = True
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            recording.in_call = False
+
+    return noted
 
 # Exceptions from an author's numpy code that are re-raised as framework errors naming the op.
 AUTHOR_ERRORS = (ValueError, TypeError, IndexError, ArithmeticError)
@@ -120,11 +145,13 @@ class Tape:
         ctx.outputs = outputs
         if ctx.op.is_loss:
             self.latest[ctx.op] = ctx
-        if not keep:
-            return
-        ctx.recorded = True
-        self.entries.append(ctx)
-        if len(self.entries) == self.WARN_ENTRIES and not self._warned:
+        if keep:
+            ctx.recorded = True
+            self.entries.append(ctx)
+        recording = RECORDING.get()
+        if recording is not None:
+            recording.applied(ctx, arrays)
+        if keep and len(self.entries) == self.WARN_ENTRIES and not self._warned:
             self._warned = True
             graph = ctx.op.graph
             warnings.warn(
@@ -153,6 +180,9 @@ class Tape:
                 f"{ctx.op.label}: loss() refers to a forward pass that backward() already consumed "
                 "(or clear() dropped); run forward again"
             )
+        recording = RECORDING.get()
+        if recording is not None:
+            recording.loss(ctx, target, array, value)
         if ctx not in self.losses:  # (Contexts compare by identity)
             self.losses.append(ctx)
 
@@ -190,12 +220,16 @@ class Tape:
                 f"Graph {name!r}: backward() needs a loss: call loss(target) on a Loss op after forward "
                 "(in train mode), or pass grads={output: gradient}" + ("" if self.entries else "; the tape is empty")
             )
+        recording = RECORDING.get()
+        if recording is not None:
+            recording.backward(self, seeds, loss_grad)
         ctx: Context | None = None
         try:
-            for variable, grad in seeds:
-                variable.add_grad(grad)
+            for variable, seed in seeds:
+                variable.add_grad(seed)
             for ctx in reversed(self.entries):
                 outputs = ctx.outputs
+                grad: Any
                 if ctx.op.is_loss:  # seeded if its loss was computed; its outputs are for reading
                     grad = loss_grad if ctx in self.losses else None  # (Contexts compare by identity)
                 elif type(outputs) is Variable:

@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import NonFiniteError, TrainingError
+from .arguments import check_number
+from .errors import NonFiniteError, TapegradError, TrainingError
 from .graph import Graph
 from .optim import Optimizer
 from .variable import Variable
@@ -49,6 +50,11 @@ def _graph_of(model: Any) -> Graph:
     return graph
 
 
+def _diverging(exc: BaseException) -> bool:
+    """A non-finite loss, or an overflow numpy raised (inside an op, the error's cause)."""
+    return isinstance(exc, (NonFiniteError, FloatingPointError)) or isinstance(exc.__cause__, FloatingPointError)
+
+
 def _progress_enabled(progress: bool) -> bool:
     if not progress:
         return False
@@ -69,6 +75,12 @@ class Trainer:
     summary line after each epoch (``verbose``) and returns a ``History``. ``test``
     returns accuracy from one batched forward pass in eval mode (``optimizer`` may be None
     for a Trainer that only evaluates).
+
+    With ``capture`` (the default) the train step and the batched prediction are captured
+    steps (``graph.capture``): recorded once per batch shape, verified against eager on
+    their first replay, then replayed; ``capture=False`` runs every step eagerly. Training
+    refuses non-finite data and runs with numpy's floating-point errors raised, so a step
+    whose numbers overflow stops training before the optimizer applies it.
     """
 
     def __init__(
@@ -80,16 +92,31 @@ class Trainer:
         progress: bool = True,
         seed: int | None = 0,
         verbose: bool = True,
+        capture: bool = True,
     ) -> None:
-        if int(batch_size) < 1:
-            raise TrainingError(f"Trainer: batch_size must be at least 1, got {batch_size}")
+        self.batch_size = check_number("Trainer", "batch_size", batch_size, low=1, integer=True)
         self.model = model
         self.graph = _graph_of(model)
         self.optimizer = optimizer
-        self.batch_size = int(batch_size)
         self.progress = progress
         self.verbose = verbose
         self.rng = np.random.default_rng(seed)
+        self.capture = bool(capture)
+        self._train_step = self.graph.capture(self._step) if self.capture else self._step
+        self._predict_step = self.graph.capture(self._forward) if self.capture else self._forward
+
+    def _step(self, x: np.ndarray, y: np.ndarray) -> float:
+        """One training step: forward, loss, backward, the optimizer's step and zero_grad."""
+        assert self.optimizer is not None
+        self.model.forward(x)
+        value = self.model.loss(y)
+        self.graph.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+        return value  # type: ignore[no-any-return]
+
+    def _forward(self, x: np.ndarray) -> Any:
+        return self.model.forward(x)
 
     # -- validation ----------------------------------------------------------------------
     def _check_data(self, x: Any, y: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
@@ -97,6 +124,13 @@ class Trainer:
         y = np.asarray(y.value if isinstance(y, Variable) else y)
         if x.dtype.kind not in "fiub" or y.dtype.kind not in "fiub":
             raise TrainingError(f"{what}: expected numeric arrays, got dtypes {x.dtype} and {y.dtype}")
+        for name, data in (("x", x), ("y", y)):
+            if data.dtype.kind == "f" and not np.isfinite(data).all():
+                where = np.argwhere(~np.isfinite(data))[0].tolist()
+                raise TrainingError(
+                    f"{what}: {name} holds a non-finite value ({data[tuple(where)]} at {where}); "
+                    "remove or impute it before training"
+                )
         if len(x) == 0:
             raise TrainingError(f"{what}: the data set is empty")
         if len(x) != len(y):
@@ -142,13 +176,15 @@ class Trainer:
         has_test = x_test is not None and y_test is not None
         if has_test:
             x_test, y_test = self._check_data(x_test, y_test, "Trainer.train (test set)")
-        if int(epochs) < 1:
-            raise TrainingError(f"Trainer.train: epochs must be at least 1, got {epochs}")
+        epochs = check_number("Trainer.train", "epochs", epochs, low=1, integer=True)
+        patience = check_number("Trainer.train", "patience", patience, low=1, integer=True)
+        if tol is not None:
+            tol = check_number("Trainer.train", "tol", tol, low=0.0)
         history = History()
         best, stale = np.inf, 0
-        for epoch in range(1, int(epochs) + 1):
+        for epoch in range(1, epochs + 1):
             start = time.perf_counter()
-            train_loss = self._epoch(x, y, epoch, int(epochs))
+            train_loss = self._epoch(x, y, epoch, epochs)
             seconds = time.perf_counter() - start
             accuracy = self.test(x_test, y_test) if has_test else None
             history.append(EpochRecord(epoch, train_loss, accuracy, seconds))
@@ -163,38 +199,37 @@ class Trainer:
         return history
 
     def _epoch(self, x: np.ndarray, y: np.ndarray, epoch: int, epochs: int) -> float:
-        model, graph, size = self.model, self.graph, self.batch_size
-        optimizer = self.optimizer
-        assert optimizer is not None
-        graph.train()
+        assert self.optimizer is not None
+        size, step = self.batch_size, self._train_step
+        self.graph.train()
         order = self.rng.permutation(len(x))
         xs, ys = x[order], y[order]
         steps = (len(x) + size - 1) // size
         bar = self._bar(steps, epoch, epochs)
         total = 0.0
-        forward, loss, backward, step, zero_grad = model.forward, model.loss, graph.backward, optimizer.step, optimizer.zero_grad
-        zero_grad()
+        self.optimizer.zero_grad()
         try:
-            for index, begin in enumerate(range(0, len(x), size)):
-                yb = ys[begin : begin + size]
-                forward(xs[begin : begin + size])
-                try:
-                    value = loss(yb)
-                except NonFiniteError:
-                    graph.clear()
-                    self._diverged(epoch, index + 1, steps)
-                backward()
-                step()
-                zero_grad()
-                total += value * len(yb)
-                if bar is not None and index % 64 == 63:
-                    bar.update(64)
+            # Floating-point errors raise, so a step whose numbers overflow stops before the
+            # optimizer applies it: the parameters stay those of the last good step.
+            with np.errstate(over="raise", invalid="raise", divide="raise"):
+                for index, begin in enumerate(range(0, len(x), size)):
+                    yb = ys[begin : begin + size]
+                    try:
+                        value = step(xs[begin : begin + size], yb)
+                    except (TapegradError, FloatingPointError) as exc:
+                        if not _diverging(exc):
+                            raise
+                        self.graph.clear()
+                        self._diverged(epoch, index + 1, steps, exc)
+                    total += value * len(yb)
+                    if bar is not None and index % 64 == 63:
+                        bar.update(64)
         finally:
             if bar is not None:
                 bar.close()
         return total / len(x)
 
-    def _diverged(self, epoch: int, step: int, steps: int) -> None:
+    def _diverged(self, epoch: int, step: int, steps: int, cause: BaseException) -> None:
         assert self.optimizer is not None
         finite = all(np.isfinite(v.value).all() for v in self.optimizer.variables)
         state = (
@@ -203,9 +238,9 @@ class Trainer:
             else "WARNING: the parameters already hold non-finite values"
         )
         raise TrainingError(
-            f"the loss became non-finite at epoch {epoch}, step {step} of {steps}; training stopped "
+            f"the numbers became non-finite at epoch {epoch}, step {step} of {steps} ({cause}); training stopped "
             f"and {state}. Try a smaller learning rate (now {self.optimizer.lr:g})."
-        )
+        ) from cause
 
     def _bar(self, steps: int, epoch: int, epochs: int) -> Any:
         if not _progress_enabled(self.progress):
@@ -223,7 +258,7 @@ class Trainer:
         was_training = graph.train_state
         graph.eval()
         try:
-            out = self.model.forward(np.asarray(x.value if isinstance(x, Variable) else x, dtype=graph.dtype))
+            out = self._predict_step(np.asarray(x.value if isinstance(x, Variable) else x, dtype=graph.dtype))
         finally:
             graph.train_state = was_training
         values = out.value if isinstance(out, Variable) else np.asarray(out)

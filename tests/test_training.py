@@ -93,17 +93,41 @@ def test_trainer_rejects_bad_data(x, y, match):
         tg.Trainer(model, SGD(model.graph.parameter, 0.1), verbose=False).train(x, y, epochs=1)
 
 
-def test_non_finite_loss_stops_with_epoch_and_step_and_keeps_parameters(digits):
-    x_train, _, y_train, _ = digits
-    x = x_train[:20].copy()
-    y = y_train[:20]
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("where", ["x", "x_test"])
+def test_non_finite_data_is_refused_before_training_changes_anything(digits, bad, where):
+    x_train, x_test, y_train, y_test = digits
+    data = {"x": x_train[:20].copy(), "x_test": x_test[:10].copy()}
+    data[where][3, 5] = bad
     model = MLP(64, 8, 10, seed=0)
+    before = {k: v.value.copy() for k, v in model.graph.parameter.variable_dict.items()}
     trainer = tg.Trainer(model, SGD(model.graph.parameter, 0.1), seed=0, verbose=False)
-    order = np.random.default_rng(0).permutation(20)
-    x[order[6]] = np.nan  # reached at step 7 of epoch 1
-    with pytest.raises(tg.TrainingError, match=r"epoch 1, step 7 of 20.*last good step.*smaller learning rate"):
-        trainer.train(x, y, epochs=2)
-    assert all(np.isfinite(v.value).all() for v in model.graph.parameter)
+    with pytest.raises(tg.TrainingError, match=r"non-finite value.*\[3, 5\]"):
+        trainer.train(data["x"], y_train[:20], data["x_test"], y_test[:10], epochs=1)
+    for name, value in before.items():
+        assert np.array_equal(model.graph.parameter[name].value, value)
+
+
+@pytest.mark.parametrize("capture", [True, False])
+def test_a_diverging_step_stops_training_before_it_is_applied(digits, capture):
+    x_train, _, y_train, _ = digits
+    model = MLP(64, 8, 10, seed=0)
+    steps = []
+
+    class Watched(SGD):  # remembers the parameters each applied step left behind
+        def step(self):
+            super().step()
+            steps.append([v.value.copy() for v in self.variables])
+
+    optimizer = Watched(model.graph.parameter, 1e308)  # the second step overflows
+    trainer = tg.Trainer(model, optimizer, seed=0, verbose=False, capture=capture)
+    with pytest.raises(tg.TrainingError, match=r"epoch 1, step \d+ of 20.*last good step.*smaller learning rate"):
+        trainer.train(x_train[:20], y_train[:20], epochs=3)
+    for v in model.graph.parameter:
+        assert np.isfinite(v.value).all()
+    assert steps, "at least one step was applied before the numbers overflowed"
+    for v, last in zip(optimizer.variables, steps[-1]):
+        assert np.array_equal(v.value, last)  # the last applied step's parameters, nothing after
     assert model.graph.forward_ops == []
 
 

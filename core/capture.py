@@ -1,0 +1,336 @@
+"""``graph.capture(fn)``: check once, replay many.
+
+The first call of a captured step for a *signature* (the shapes and dtypes of its array and
+Variable arguments, the graph's train/eval mode, and its other arguments by value) runs ``fn``
+eagerly, fully checked, while a ``Recording`` watches (``replay.py``); later calls with that
+signature replay the record. The first replay of every record is verified against an eager run
+of ``fn`` from the same state, bit for bit, and any difference raises ``CaptureError`` naming it.
+Records live in a small cache (``max_records``, least recently used out first).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy import ndarray
+
+from .errors import CaptureError
+from .replay import Call, Recording, Replay
+from .tape import RECORDING
+from .variable import Variable
+
+if TYPE_CHECKING:
+    from .graph import Graph
+
+__all__ = ["CapturedStep", "Record"]
+
+
+@dataclass
+class Record:
+    """One signature's record: the replay program, and whether its first replay was verified."""
+
+    key: Any
+    replay: Replay
+    recording: Recording
+    verified: bool
+
+    @property
+    def source(self) -> str:
+        """The generated replay program, for reading."""
+        return self.replay.source
+
+
+class CapturedStep:
+    """A step function that records its first call per signature and replays later calls.
+
+    Made by ``graph.capture(fn, check=True)``. ``records`` maps each signature to its ``Record``
+    (at most ``max_records``); ``last_record`` is the one the latest call used.
+    """
+
+    def __init__(self, graph: Graph, fn: Callable[..., Any], *, check: bool = True, max_records: int = 8) -> None:
+        if not callable(fn):
+            raise CaptureError(f"graph.capture needs a function, got {type(fn).__name__}")
+        if not isinstance(max_records, int) or isinstance(max_records, bool) or max_records < 1:
+            raise CaptureError(f"graph.capture: max_records must be a whole number of at least 1, got {max_records!r}")
+        self.graph = graph
+        self.fn = fn
+        self.check = bool(check)
+        self.max_records = max_records
+        self.records: OrderedDict[Any, Record] = OrderedDict()
+        self.last_record: Record | None = None
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if RECORDING.get() is not None:
+            return self.fn(*args, **kwargs)  # inside another step's recording: that one records these ops
+        key, leaves = signature(args, kwargs, self.graph.train_state)
+        record = self.records.get(key)
+        tape = self.graph.tape
+        if tape.entries or tape.losses:
+            raise CaptureError(
+                f"Graph {self.graph.name!r} has a forward pass in flight ({len(tape.entries)} applications on its "
+                "tape): call graph.backward() or graph.clear() before a captured step"
+            )
+        if record is None:
+            return self._record(key, leaves, args, kwargs)
+        self.records.move_to_end(key)
+        self.last_record = record
+        if not record.verified:
+            return self._verify(record, leaves, args, kwargs)
+        return record.replay(*leaves)
+
+    def __repr__(self) -> str:
+        name = getattr(self.fn, "__qualname__", repr(self.fn))
+        return f"<captured step {name} of Graph {self.graph.name!r}: {len(self.records)} record(s)>"
+
+    # -- recording -------------------------------------------------------------------------------
+    def _record(self, key: Any, leaves: list[Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        recording = Recording(self.graph, leaves)
+        with recording:
+            result = self.fn(*args, **kwargs)
+        left = len(self.graph.tape.entries)
+        if left:
+            raise CaptureError(
+                f"the step left {left} applications on the tape without a backward(): a replay could not put them "
+                "there. Call graph.backward() inside the step, or capture it in eval mode (graph.eval()) to predict."
+            )
+        template = recording.template(result)
+        record = Record(key, Replay(recording, template), recording, verified=not self.check)
+        self.records[key] = record
+        while len(self.records) > self.max_records:
+            self.records.popitem(last=False)
+        self.last_record = record
+        return result
+
+    # -- the first replay's check ------------------------------------------------------------------
+    def _verify(self, record: Record, leaves: list[Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        before = State(self.graph, record.recording, leaves)
+        try:
+            replayed = record.replay(*leaves)
+            failure = None
+        except Exception as exc:  # eager decides: it raises the same, or the replay was wrong
+            replayed, failure = None, exc
+        after = State(self.graph, record.recording, leaves)
+        before.restore()
+        recording = Recording(self.graph, leaves)
+        with recording:
+            result = self.fn(*args, **kwargs)
+        if failure is not None:
+            raise CaptureError(
+                f"the first replay of this step failed ({type(failure).__name__}: {failure}) where an eager run "
+                "succeeds: " + _CAUSES
+            ) from failure
+        problem = (
+            _structure_difference(record.recording, recording)
+            or _constant_difference(record.recording, recording)
+            or _value_difference("the returned value", replayed, result)
+            or after.difference(State(self.graph, record.recording, leaves))
+        )
+        if problem:
+            raise CaptureError(f"the first replay of this step differs from an eager run: {problem}")
+        record.verified = True
+        return result
+
+
+def signature(args: tuple[Any, ...], kwargs: Mapping[str, Any], mode: bool) -> tuple[Any, list[Any]]:
+    """(key, leaves): the cache key of a call, and its array and Variable arguments in order."""
+    leaves: list[Any] = []
+    parts: list[Any] = [mode]
+    for a in args:
+        if type(a) is ndarray:  # the common case first
+            leaves.append(a)
+            parts.append((a.shape, a.dtype))
+        else:
+            parts.append(_spec(a, leaves))
+    if kwargs:
+        parts.append(tuple((k, _spec(v, leaves)) for k, v in kwargs.items()))
+    return tuple(parts), leaves
+
+
+def _spec(obj: Any, leaves: list[Any]) -> Any:
+    if isinstance(obj, ndarray):
+        leaves.append(obj)
+        return (obj.shape, obj.dtype)
+    if isinstance(obj, Variable):
+        leaves.append(obj)
+        return ("Variable", obj.value.shape, obj.value.dtype)
+    if isinstance(obj, (tuple, list)):
+        return (type(obj), tuple(_spec(o, leaves) for o in obj))
+    if isinstance(obj, Mapping):
+        return (dict, tuple((k, _spec(v, leaves)) for k, v in obj.items()))
+    try:
+        hash(obj)
+    except TypeError:
+        raise CaptureError(
+            f"a captured step's argument of type {type(obj).__name__} is neither an array, a Variable nor "
+            "hashable: arguments that are not arrays are part of the record's key, by value"
+        ) from None
+    return ("value", type(obj), obj)
+
+
+class State:
+    """A copy of everything a step may change: every parameter's (and input Variable's) value and
+    gradient, the optimizers' state and the graph's generator; ``restore`` puts it back."""
+
+    def __init__(self, graph: Graph, recording: Recording, leaves: list[Any]) -> None:
+        variables = {id(v): (name, v) for name, v in graph.parameter.variable_dict.items()}
+        for index, leaf in enumerate(leaves):
+            if isinstance(leaf, Variable):
+                variables.setdefault(id(leaf), (f"step input {index}", leaf))
+        optimizers = []
+        for kind, event in recording.events:
+            if kind == "call" and isinstance(event, Call) and hasattr(event.obj, "state_dict"):
+                optimizers.append(event.obj)
+                for v in getattr(event.obj, "variables", []):
+                    variables.setdefault(id(v), (v.name or "a Variable of the optimizer", v))
+            if kind == "apply":
+                for source in recording.apps[event].sources:
+                    if source.kind == "variable":
+                        v = source.obj
+                        variables.setdefault(id(v), (v.name or "a Variable made outside the step", v))
+        self.graph = graph
+        self.variables = [
+            (name, v, v.value.copy(), None if v.peek_grad() is None else np.array(v.peek_grad(), copy=True))
+            for name, v in variables.values()
+        ]
+        self.optimizers = [(o, o.state_dict()) for o in dict.fromkeys(optimizers)]
+        self.rng = graph.rng.bit_generator.state
+
+    def restore(self) -> None:
+        for _, v, value, grad in self.variables:
+            v.value[...] = value
+            v.clear_grad()
+            if grad is not None:
+                v.add_grad(grad.copy())
+        for optimizer, state in self.optimizers:
+            optimizer.load_state_dict(state)
+        self.graph.rng.bit_generator.state = self.rng
+
+    def difference(self, eager: State) -> str | None:
+        """The first value or gradient that differs from ``eager``'s (this one is the replay's)."""
+        for (name, _, value, grad), (_, _, eager_value, eager_grad) in zip(self.variables, eager.variables):
+            grads = _array_difference(grad, eager_grad)
+            values = _array_difference(value, eager_value)
+            if values and not grads:
+                return (
+                    f"{name}'s value {values}, though its gradient is the same. Python code inside the step "
+                    "changes it (a hand-written update, say), and only tapegrad.optim optimizers' step() is "
+                    "replayed: use one inside the step, or update outside the step."
+                )
+            if grads:
+                return f"{name}'s gradient {grads}. " + _CAUSES
+            if values:
+                return f"{name}'s value {values}. " + _CAUSES
+        return None
+
+
+_CAUSES = (
+    "Something the step does depends on Python state the record cannot see: a Python branch on data "
+    "or on a global, an array computed by Python inside the step, a graph.train()/eval() switch inside "
+    "it. Pass such values as arguments of the step (they become part of the record's key), compute them "
+    "with ops, or run the step eagerly (call the function itself, or Trainer(capture=False))."
+)
+
+
+def _structure_difference(recorded: Recording, now: Recording) -> str | None:
+    """Where an eager run took another path than the recorded one: the first op, loss, backward or
+    call that differs."""
+    for position, (old, new) in enumerate(zip(recorded.events, now.events)):
+        if _event_signature(recorded, old) != _event_signature(now, new):
+            return (
+                f"step event {position} was {_describe(recorded, old)} when recorded and is {_describe(now, new)} "
+                "now: a Python branch took another way than on the first call. Capture each branch as its own "
+                "step, pass the condition as an argument (it becomes part of the record's key), or run the "
+                "step eagerly."
+            )
+    if len(recorded.events) != len(now.events):
+        return (
+            f"the step made {len(recorded.events)} recorded events on its first call and {len(now.events)} now: a "
+            "Python loop or branch changed. Pass its count or condition as an argument of the step."
+        )
+    return None
+
+
+def _event_signature(recording: Recording, event: tuple[str, Any]) -> Any:
+    kind, body = event
+    if kind == "apply":
+        app = recording.apps[body]
+        return (kind, id(app.op), tuple((s.kind, s.index, s.app, id(s.obj) if s.kind == "variable" else 0) for s in app.sources))
+    if kind == "loss":
+        app, source, _ = body
+        return (kind, app, source.kind, source.index, source.app)
+    if kind == "backward":
+        return (kind, tuple(body.apps), tuple(body.losses), body.loss_grad, len(body.seeds))
+    return (kind, id(body.obj), body.function)
+
+
+def _describe(recording: Recording, event: tuple[str, Any]) -> str:
+    kind, body = event
+    if kind == "apply":
+        return f"an application of {recording.apps[body].op.label}"
+    if kind == "loss":
+        return f"the loss of {recording.apps[body[0]].op.label}"
+    if kind == "backward":
+        return "a backward()"
+    return f"a call of {type(body.obj).__name__}.{body.function.__name__}()"
+
+
+def _constant_difference(recorded: Recording, now: Recording) -> str | None:
+    for (where, old), (_, new) in zip(recorded.constants, now.constants):
+        differs = _array_difference(old, new)
+        if differs:
+            return (
+                f"{where} is an array computed by Python inside the step (not from an argument, a parameter or an "
+                f"op), and the record froze it: it {differs.replace('differs', 'changed', 1)}. Pass it as an "
+                "argument of the step, or compute it with ops."
+            )
+    return None
+
+
+def _value_difference(what: str, replayed: Any, eager: Any) -> str | None:
+    if isinstance(eager, Variable):
+        differs = _array_difference(replayed.value, eager.value)
+        return f"{what} (an op output) {differs}. {_CAUSES}" if differs else None
+    if isinstance(eager, float):
+        same = (replayed == eager and math.copysign(1.0, replayed) == math.copysign(1.0, eager)) or (
+            replayed != replayed and eager != eager
+        )
+        return None if same else f"{what} (a loss) is {replayed!r} replayed and {eager!r} eager. {_CAUSES}"
+    if isinstance(eager, Mapping):
+        for key in eager:
+            found = _value_difference(f"{what}[{key!r}]", replayed[key], eager[key])
+            if found:
+                return found
+        return None
+    if isinstance(eager, (tuple, list)):
+        for i, (r, e) in enumerate(zip(replayed, eager)):
+            found = _value_difference(f"{what}[{i}]", r, e)
+            if found:
+                return found
+    return None
+
+
+def _array_difference(replayed: np.ndarray | None, eager: np.ndarray | None) -> str | None:
+    """None when both are bit for bit the same; else what differs, in words."""
+    if replayed is None or eager is None:
+        if replayed is eager:
+            return None
+        return f"is {'missing' if replayed is None else 'present'} replayed and {'missing' if eager is None else 'present'} eager"
+    if replayed.dtype != eager.dtype or replayed.shape != eager.shape:
+        return f"differs: {replayed.dtype}{replayed.shape} replayed, {eager.dtype}{eager.shape} eager"
+    if replayed.tobytes() == eager.tobytes():
+        return None
+    a, b = replayed.reshape(-1), eager.reshape(-1)
+    with np.errstate(invalid="ignore"):
+        unequal = ~((a == b) & (np.signbit(a) == np.signbit(b)) if a.dtype.kind == "f" else (a == b))
+        if a.dtype.kind == "f":
+            unequal &= ~(np.isnan(a) & np.isnan(b))
+    flat = int(np.argmax(unequal)) if unequal.any() else 0
+    index = [int(i) for i in np.unravel_index(flat, replayed.shape)] if replayed.ndim else []
+    return f"differs at {index}: {a[flat]!r} replayed, {b[flat]!r} eager"

@@ -1,0 +1,504 @@
+"""The replay engine: what one eager run of a step did (``Recording``), and a program that does
+it again at numpy speed (``Replay``).
+
+While a captured step records, the tape, the loss wrapper and every ``replayable`` method report
+to the active ``Recording``: each op application (which op, fed by what), each loss computed,
+each ``backward()`` and each replayable call (``Optimizer.step``/``zero_grad``,
+``Parameter.clear_grads``). ``Replay`` turns that into Python source, one line per op call with
+the backward walk unrolled and its gradient routes worked out once, and compiles it. A replay
+calls every op's own ``forward``, ``loss`` and ``backward`` on the new values and reads
+parameters, hyperparameters and the graph's generator live; what the record froze is which ops
+run, in which order, fed by which inputs, and their shapes, so nothing is validated again.
+This is tapegrad's one place built for speed; ``Replay.source`` shows the generated program.
+"""
+
+from __future__ import annotations
+
+import linecache
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy import ndarray
+
+from .errors import BackwardError, CaptureError, OperationError, TapegradError
+from .operation import nonfinite_loss
+from .tape import RECORDING, Context, Tape
+from .variable import Variable, as_array
+
+if TYPE_CHECKING:
+    from .graph import Graph
+    from .operation import Operation
+
+__all__ = ["Recording", "Replay", "Source", "Application"]
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where an op's input (or a loss's target) came from.
+
+    ``kind`` is "input" (the step's argument ``index``; ``live`` when it is a Variable the caller
+    passed, whose gradient is observable), "output" (output ``index`` of application ``app``),
+    "variable" (a Variable that outlives the step, a parameter say: ``obj``, read live) or
+    "constant" (an array made by Python inside the step: ``obj``, frozen by the record).
+    """
+
+    kind: str
+    index: int = 0
+    app: int = 0
+    obj: Any = None
+    live: bool = False
+
+    def describe(self) -> str:
+        if self.kind == "input":
+            return f"step input {self.index}"
+        if self.kind == "output":
+            return f"output {self.index} of application {self.app}"
+        if self.kind == "variable":
+            return f"Variable {self.obj.name!r}" if self.obj.name else "a Variable made outside the step"
+        return f"a constant of shape {np.shape(self.obj)}"
+
+
+@dataclass
+class Application:
+    """One recorded op application."""
+
+    op: Operation
+    sources: list[Source]
+    converts: list[np.dtype | None]  # the dtype the forward wrapper converted an input to
+    outputs: int | None  # None: one output (not a tuple)
+    output_dtypes: list[np.dtype]
+    recorded: bool  # kept on the tape (train mode)
+
+
+@dataclass
+class Backward:
+    """One ``graph.backward()`` call: which applications it walked, which losses it seeded."""
+
+    apps: list[int]
+    losses: list[int]
+    seeds: list[tuple[Source, Source, np.dtype]]  # (output seeded, gradient's source, its dtype)
+    loss_grad: float
+
+
+@dataclass
+class Call:
+    """A replayable method call: ``function(obj, *args, **kwargs)``."""
+
+    obj: Any
+    function: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+
+class Recording:
+    """Collects what the eager run of a step does (see the module docstring).
+
+    ``leaves`` are the step's array and Variable arguments, in order. Use as a context manager
+    around the eager run; ``template(result)`` then maps what the step returned onto the record.
+    """
+
+    def __init__(self, graph: Graph, leaves: list[Any]) -> None:
+        self.graph = graph
+        self.leaves = leaves
+        self.apps: list[Application] = []
+        self.events: list[tuple[str, Any]] = []
+        self.constants: list[tuple[str, np.ndarray]] = []  # (where, array) of every frozen constant
+        self._sources: dict[int, Source] = {}  # id(Variable or array) -> where it came from
+        self._apps_by_ctx: dict[int, int] = {}
+        self._losses: dict[int, int] = {}  # id(loss value) -> its index
+        self._alive: list[Any] = []  # everything whose id is a key above stays alive while recording
+        self._token: Any = None
+        self.in_call = False  # inside a replayable call (its own nested calls are not noted)
+        for index, leaf in enumerate(leaves):
+            self._remember(leaf, Source("input", index=index, live=isinstance(leaf, Variable)))
+            if isinstance(leaf, Variable):
+                self._remember(leaf.value, Source("input", index=index))
+
+    def __enter__(self) -> Recording:
+        self._token = RECORDING.set(self)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        RECORDING.reset(self._token)
+
+    def _remember(self, obj: Any, source: Source) -> None:
+        self._sources[id(obj)] = source
+        self._alive.append(obj)
+
+    # -- what the tape and the loss wrapper report -----------------------------------------------
+    def applied(self, ctx: Context, arrays: Any) -> None:
+        op = ctx.op
+        if op.graph is not self.graph:
+            raise CaptureError(
+                f"{op.label} belongs to graph {getattr(op.graph, 'name', None)!r}, not to the captured graph "
+                f"{self.graph.name!r}: a captured step records the ops of its own graph"
+            )
+        sources, converts = [], []
+        for i, (x, array) in enumerate(zip(ctx.inputs, arrays)):
+            source = self._source(x, array, f"{op.label} input {i}")
+            raw = x.value if isinstance(x, Variable) else x
+            converts.append(array.dtype if source.kind != "constant" and array is not raw else None)
+            sources.append(source)
+        index = len(self.apps)
+        outputs = ctx.outputs if isinstance(ctx.outputs, tuple) else (ctx.outputs,)
+        for k, out in enumerate(outputs):
+            self._remember(out, Source("output", index=k, app=index))
+        self._apps_by_ctx[id(ctx)] = index
+        self._alive.append(ctx)
+        self.apps.append(
+            Application(
+                op=op,
+                sources=sources,
+                converts=converts,
+                outputs=len(outputs) if isinstance(ctx.outputs, tuple) else None,
+                output_dtypes=[o.value.dtype for o in outputs],
+                recorded=ctx.recorded,
+            )
+        )
+        self.events.append(("apply", index))
+
+    def loss(self, ctx: Context, target: Any, array: np.ndarray, value: float) -> None:
+        app = self._app(ctx)
+        source = self._source(target, array, f"{ctx.op.label} target")
+        index = len(self._losses)
+        self._losses[id(value)] = index
+        self._alive.append(value)
+        self.events.append(("loss", (app, source, index)))
+
+    def backward(self, tape: Tape, seeds: list[tuple[Variable, np.ndarray]], loss_grad: float) -> None:
+        apps = [self._app(ctx) for ctx in tape.entries]
+        losses = [self._app(ctx) for ctx in tape.losses]
+        seeded = []
+        for variable, grad in seeds:
+            where = self._sources.get(id(variable))
+            if where is None or where.kind != "output":
+                raise CaptureError("backward(grads=...) inside a captured step must seed op outputs of the step")
+            seeded.append((where, self._source(grad, grad, "a gradient passed to backward(grads=...)"), variable.dtype))
+        self.events.append(("backward", Backward(apps, losses, seeded, float(loss_grad))))
+
+    def called(self, obj: Any, function: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self.events.append(("call", Call(obj, function, args, kwargs)))
+
+    def _app(self, ctx: Context) -> int:
+        index = self._apps_by_ctx.get(id(ctx))
+        if index is None:
+            raise CaptureError(
+                f"{ctx.op.label}: this application was made before the captured step started (a forward pass "
+                "in flight); call graph.backward() or graph.clear() before calling the step"
+            )
+        return index
+
+    def _source(self, x: Any, array: np.ndarray, where: str) -> Source:
+        """Where ``x`` (what an op or loss received) comes from; ``array`` is what it became."""
+        if isinstance(x, (Variable, ndarray)):
+            found = self._sources.get(id(x))
+            if found is not None:
+                return found
+        if isinstance(x, Variable):
+            found = self._sources.get(id(x.value))
+            if found is not None and found.kind == "input":
+                return Source("input", index=found.index)  # tg.Variable(x) made inside the step
+            self._refuse_views(x.value, where)
+            return Source("variable", obj=x)
+        self._refuse_views(array, where)
+        self.constants.append((where, array))
+        return Source("constant", obj=array)
+
+    def _refuse_views(self, array: np.ndarray, where: str) -> None:
+        for index, leaf in enumerate(self.leaves):
+            leaf_array = leaf.value if isinstance(leaf, Variable) else leaf
+            if np.may_share_memory(array, leaf_array):
+                raise CaptureError(
+                    f"{where} is a view of step input {index} made by Python inside the step (a slice, say): "
+                    "a record would keep that view of the first call's data. Pass what the op needs as an "
+                    "argument of the step (a list of arrays is fine), or compute it with an op."
+                )
+
+    # -- what the step returned --------------------------------------------------------------------
+    def template(self, result: Any) -> Any:
+        """``result`` with every loss value and op output replaced by a reference into the record;
+        anything else raises CaptureError."""
+        if result is None:
+            return None
+        if isinstance(result, float) and id(result) in self._losses:
+            return ("loss", self._losses[id(result)])
+        if isinstance(result, Variable):
+            found = self._sources.get(id(result))
+            if found is not None and found.kind == "output":
+                return ("output", found.app, found.index)
+            raise CaptureError(
+                f"the step returned {result!r}, which is not an output of an op it applied; return op "
+                "outputs and loss values (read other Variables outside the step)"
+            )
+        if isinstance(result, (tuple, list)):
+            return (type(result), [self.template(r) for r in result])
+        if isinstance(result, Mapping):
+            return (dict, [(k, self.template(v)) for k, v in result.items()])
+        what = type(result).__name__
+        hint = (
+            " (Python arithmetic on a loss value, say: return the loss itself and compute outside the step)"
+            if isinstance(result, (int, float, np.number))
+            else ""
+        )
+        raise CaptureError(
+            f"the step returned a {what} that is neither a loss value nor an op output{hint}; a captured "
+            "step returns loss values, op outputs (Variables), or tuples, lists and dicts of them"
+        )
+
+
+class Replay:
+    """A compiled program that does what a ``Recording`` did, on new arguments.
+
+    ``replay(*leaves)`` takes the step's array and Variable arguments in order and returns the
+    values the template describes. ``source`` is the generated program, for reading.
+    """
+
+    def __init__(self, recording: Recording, template: Any) -> None:
+        self.graph = recording.graph
+        self.apps = recording.apps
+        self.events = recording.events
+        # per argument: (passed as a Variable, holding floats)
+        self.leaves = [(isinstance(leaf, Variable), np.asarray(leaf).dtype.kind == "f") for leaf in recording.leaves]
+        self.segments = {i: event.apps for kind, event in recording.events if kind == "backward" for i in event.apps}
+        self.template = template
+        self.contexts = [Context(app.op, ()) for app in self.apps]
+        self._lines: dict[int, tuple[int, str]] = {}  # generated line -> (application, stage)
+        self.source, self._function = _Program(self).compile()
+
+    def __call__(self, *leaves: Any) -> Any:
+        try:
+            return self._function(*leaves)
+        except Exception as exc:
+            error = self._error(exc)
+            if error is exc:
+                raise
+            raise error from exc
+
+    def _error(self, exc: BaseException) -> BaseException:
+        """The error a replay raised, naming the application the way eager does."""
+        app, stage = None, "replay"
+        tb = exc.__traceback__
+        while tb is not None:
+            if tb.tb_frame.f_code.co_filename == self._filename:
+                app, stage = self._lines.get(tb.tb_lineno, (None, "replay"))
+            tb = tb.tb_next
+        if app is None or isinstance(exc, TapegradError):
+            return exc  # raised by tapegrad itself, or by a replayed call (an optimizer's step), as eager raises it
+        label = self.apps[app].op.label
+        kind = BackwardError if stage == "backward" else OperationError
+        return kind(f"{label}: {stage} failed during a replay: {type(exc).__name__}: {exc}")
+
+    @property
+    def _filename(self) -> str:
+        return f"<tapegrad replay {id(self):x}>"
+
+
+class _Program:
+    """Writes a Replay's Python source. Names: ``a<k>`` arguments, ``o<i>`` outputs of
+    application i (``o<i>_<k>`` for several), ``g<i>_<k>`` their gradients, ``l<n>`` losses."""
+
+    def __init__(self, replay: Replay) -> None:
+        self.replay = replay
+        self.lines: list[str] = []
+        self.names: dict[str, Any] = {
+            "ndarray": ndarray,
+            "Variable": Variable,
+            "as_array": as_array,
+            "isfinite": math.isfinite,
+            "accumulate": accumulate,
+            "zeros_like": np.zeros_like,
+            "nonfinite": nonfinite,
+            "LATEST": replay.graph.tape.latest,
+        }
+        self._objects: dict[int, str] = {}
+
+    def name(self, prefix: str, obj: Any) -> str:
+        """A global of the generated program holding ``obj``."""
+        key = id(obj)
+        if key not in self._objects:
+            self._objects[key] = f"{prefix}{len(self._objects)}"
+            self.names[self._objects[key]] = obj
+        return self._objects[key]
+
+    def emit(self, line: str, depth: int = 1, app: int | None = None, stage: str = "") -> None:
+        self.lines.append("    " * depth + line)
+        if app is not None:
+            self.replay._lines[len(self.lines) + 1] = (app, stage)  # +1: the def line comes first
+
+    def compile(self) -> tuple[str, Callable[..., Any]]:
+        replay = self.replay
+        for i, ctx in enumerate(replay.contexts):
+            ctx.needs_input_grad = self.needs_input_grad(i)
+        for kind, event in replay.events:
+            getattr(self, f"emit_{kind}")(event)
+        self.emit(f"return {self.value(replay.template)}")
+        arguments = ", ".join(f"a{k}" for k in range(len(replay.leaves)))
+        source = f"def replay({arguments}):\n" + "\n".join(self.lines) + "\n"
+        filename = replay._filename
+        code = compile(source, filename, "exec")
+        linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+        namespace = dict(self.names)
+        exec(code, namespace)
+        return source, namespace["replay"]
+
+    # -- values --------------------------------------------------------------------------------
+    def array(self, source: Source) -> str:
+        if source.kind == "input":
+            return f"a{source.index}.value" if self.replay.leaves[source.index][0] else f"a{source.index}"
+        if source.kind == "output":
+            app = self.replay.apps[source.app]
+            return f"o{source.app}" if app.outputs is None else f"o{source.app}_{source.index}"
+        if source.kind == "variable":
+            return f"{self.name('V', source.obj)}.value"
+        return self.name("K", source.obj)
+
+    def value(self, template: Any) -> str:
+        if template is None:
+            return "None"
+        kind = template[0]
+        if kind == "loss":
+            return f"l{template[1]}"
+        if kind == "output":
+            _, app, index = template
+            return f"Variable({self.array(Source('output', index=index, app=app))})"
+        if kind is dict:
+            items = ", ".join(f"{self.name('KEY', key)}: {self.value(v)}" for key, v in template[1])
+            return "{" + items + "}"
+        parts = [self.value(t) for t in template[1]]
+        if kind is tuple:
+            return "(" + ", ".join(parts) + ("," if len(parts) == 1 else "") + ")"
+        if kind is list:
+            return "[" + ", ".join(parts) + "]"
+        if hasattr(kind, "_make"):  # a namedtuple
+            return f"{self.name('T', kind)}._make([" + ", ".join(parts) + "])"
+        return f"{self.name('T', kind)}([" + ", ".join(parts) + "])"
+
+    # -- forward ---------------------------------------------------------------------------------
+    def emit_apply(self, i: int) -> None:
+        app = self.replay.apps[i]
+        op, ctx = app.op, self.replay.contexts[i]
+        args = []
+        for source, convert in zip(app.sources, app.converts):
+            expr = self.array(source)
+            args.append(expr if convert is None else f"{expr}.astype({self.name('DT', convert)})")
+        c = self.name("C", ctx)
+        self.emit(f"{self.name('D', ctx.__dict__)}.clear(); {c}.saved = ()")
+        call = f"{self.name('F', type(op).forward.__wrapped__)}({self.name('OP', op)}, {c}, {', '.join(args)})"  # type: ignore[attr-defined]
+        outs = [f"o{i}"] if app.outputs is None else [f"o{i}_{k}" for k in range(app.outputs)]
+        self.emit(f"{', '.join(outs)}{',' if app.outputs == 1 else ''} = {call}", app=i, stage="forward")
+        for name in outs:
+            self.emit(f"if type({name}) is not ndarray: {name} = as_array({name})", app=i, stage="forward")
+        if op.is_loss:
+            self.emit(f"LATEST[{self.name('OP', op)}] = {c}")
+
+    def emit_loss(self, event: tuple[int, Source, int]) -> None:
+        app, source, index = event
+        op, ctx = self.replay.apps[app].op, self.replay.contexts[app]
+        target = self.array(source)
+        function = self.name("L", type(op).loss.__wrapped__)  # type: ignore[attr-defined]
+        self.emit(f"l{index} = float({function}({self.name('OP', op)}, {self.name('C', ctx)}, {target}))", app=app, stage="loss")
+        self.emit(f"if not isfinite(l{index}): nonfinite({self.name('OP', op)}, l{index})")
+
+    def emit_call(self, call: Call) -> None:
+        extra = "".join(f", {self.name('ARG', a)}" for a in call.args)
+        extra += "".join(f", {k}={self.name('ARG', v)}" for k, v in call.kwargs.items())
+        self.emit(f"{self.name('M', call.function)}({self.name('OBJ', call.obj)}{extra})")
+
+    # -- backward --------------------------------------------------------------------------------
+    def needs_input_grad(self, i: int) -> tuple[bool, ...]:
+        """Per input of application i: does any backward route its gradient somewhere observable?"""
+        return tuple(self.route(i, source) is not None for source in self.replay.apps[i].sources)
+
+    def route(self, i: int, source: Source) -> str | None:
+        """Where the gradient of an input of application i goes: a gradient slot of the application
+        that made it, or a live Variable's ``add_grad``; None when nobody could see it."""
+        segment = self.replay.segments.get(i)
+        if source.kind == "output":
+            producer = self.replay.apps[source.app]
+            if segment is None or source.app not in segment or producer.op.is_loss:
+                return None
+            if producer.output_dtypes[source.index].kind != "f":
+                return None
+            return f"g{source.app}_{source.index}"
+        if source.kind == "input" and source.live and self.replay.leaves[source.index][1]:
+            return f"a{source.index}.add_grad" if segment is not None else None
+        if source.kind == "variable" and source.obj.value.dtype.kind == "f":
+            return f"{self.name('V', source.obj)}.add_grad" if segment is not None else None
+        return None
+
+    def emit_backward(self, event: Backward) -> None:
+        apps = self.replay.apps
+        slots = [f"g{i}_{k}" for i in event.apps for k in range(apps[i].outputs or 1) if not apps[i].op.is_loss]
+        if slots:
+            self.emit(" = ".join(slots) + " = None")
+        for output, grad, dtype in event.seeds:
+            slot = f"g{output.app}_{output.index}"
+            seed = self.array(grad)
+            self.emit(f"{slot} = accumulate({slot}, {seed}, {self.name('DT', dtype)})")
+        for i in reversed(event.apps):
+            app = apps[i]
+            op, ctx = app.op, self.replay.contexts[i]
+            call = f"{self.name('B', op.backward)}({self.name('C', ctx)}, "
+            if op.is_loss:
+                if i not in event.losses:
+                    continue  # a loss forward whose loss() was never computed contributes nothing
+                self.emit(f"r = {call}{event.loss_grad!r})", app=i, stage="backward")
+                self.emit_routes(i, 1)
+                continue
+            grads = [f"g{i}_{k}" for k in range(app.outputs or 1)]
+            self.emit(f"if {' or '.join(f'{g} is not None' for g in grads)}:")
+            if app.outputs is None:
+                self.emit(f"r = {call}{grads[0]})", 2, app=i, stage="backward")
+            else:
+                filled = ", ".join(
+                    f"({g} if {g} is not None else zeros_like(o{i}_{k}))" for k, g in enumerate(grads)
+                )
+                self.emit(f"r = {call}({filled},))", 2, app=i, stage="backward")
+            self.emit_routes(i, 2)
+
+    def emit_routes(self, i: int, depth: int) -> None:
+        """Add what application i's backward returned (``r``) where each input's gradient goes."""
+        app = self.replay.apps[i]
+        routes = [self.route(i, source) for source in app.sources]
+        if not any(routes):
+            return
+        if len(app.sources) == 1:
+            self.emit("if type(r) is tuple: r = r[0]", depth, app=i, stage="backward")
+            self.emit("if r is not None:", depth)
+            self.emit_add(routes[0], "r", i, 0, depth + 1)
+            return
+        self.emit("if r is not None:", depth)
+        for index, target in enumerate(routes):
+            if target is None:
+                continue
+            self.emit(f"if r[{index}] is not None:", depth + 1, app=i, stage="backward")
+            self.emit_add(target, f"r[{index}]", i, index, depth + 2)
+
+    def emit_add(self, target: str | None, grad: str, i: int, index: int, depth: int) -> None:
+        assert target is not None
+        if target.endswith(".add_grad"):
+            self.emit(f"{target}({grad})", depth, app=i, stage="backward")
+            return
+        producer, k = (int(n) for n in target[1:].split("_"))
+        dtype = self.name("DT", self.replay.apps[producer].output_dtypes[k])
+        self.emit(f"{target} = accumulate({target}, {grad}, {dtype})", depth, app=i, stage="backward")
+
+
+def accumulate(current: np.ndarray | None, grad: Any, dtype: np.dtype) -> np.ndarray:
+    """``Variable.add_grad``'s rule on a replay's gradient slot, without its checks: the same
+    conversions and the same additions in the same order, so the sum is bit for bit eager's."""
+    if type(grad) is not ndarray:
+        grad = np.asarray(grad)
+    if grad.dtype is not dtype:
+        grad = grad.astype(dtype)
+    if current is None:
+        return grad
+    return np.add(current, grad, out=np.empty_like(current))
+
+
+def nonfinite(op: Operation, value: float) -> None:
+    raise nonfinite_loss(op, value)
+
