@@ -1,46 +1,62 @@
-"""Seconds per epoch of the seed recipe (digits, 64-30-10, sigmoid, softmax loss, SGD).
+"""The seed recipe (digits, 64-30-10, sigmoid, softmax loss, SGD at lr 0.3), step by step: every
+contender trains on the same chunks of the same batches, interleaved (see ``_timing.compare``).
 
-    python benchmarks/bench_training.py [--repeats 5]
+    OPENBLAS_NUM_THREADS=1 python benchmarks/bench_training.py [--runs 3] [--batch-sizes 1 32]
 
-One process, contenders interleaved, median of the repeats: tapegrad's Trainer, a bare loop
-over tapegrad's public API, hand-written numpy doing the same math (the baseline), a lean
-closure tape without tapegrad's op contract (a reference point: what any tape costs here), and,
-when importable, PyTorch eager and scikit-learn's MLPClassifier(solver="sgd") on the same recipe.
-Batch sizes 1 and 32.
+Contenders, each from the same starting weights:
+- hand-written numpy, updating in place (the baseline);
+- a lean closure tape: the same model on a tape of backward closures, with no op contract
+  (a reference point for what any tape costs here);
+- tapegrad eager: the README's seed loop (``tg.Variable`` inputs, updates through ``.grad``);
+- tapegrad captured: the same step under ``graph.capture`` with ``tapegrad.optim.SGD``;
+- the tapegrad Trainer (captured steps, its shuffling and checks);
+- PyTorch eager and scikit-learn's MLPClassifier (``partial_fit``), when importable.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import statistics
-import time
 import warnings
 from collections.abc import Callable
 
 import numpy as np
+from _timing import blas_threads, compare, report_runs
 
 import tapegrad as tg
 from tapegrad.datasets import load_digits
-from tapegrad.models import MLP
 from tapegrad.optim import SGD
 
 LR = 0.3
+STEPS = 32  # steps per timed chunk
+
+
+class SeedMLP:
+    """The README's seed model."""
+
+    def __init__(self) -> None:
+        self.graph = tg.Graph("MLP", seed=0)
+        self.affine = self.graph.get_operation("Affine", [64, 30])
+        self.sigmoid = self.graph.get_operation("Sigmoid")
+        self.out = self.graph.get_operation("Affine", [30, 10])
+        self.softmax_loss = self.graph.get_operation("SoftmaxLoss")
+        self.input_size, self.output_size = 64, 10
+
+    def forward(self, x: object) -> tg.Variable:
+        return self.softmax_loss.forward(self.out.forward(self.sigmoid.forward(self.affine.forward(x))))  # type: ignore[no-any-return]
+
+    def loss(self, target: object) -> float:
+        return self.softmax_loss.loss(target)  # type: ignore[no-any-return]
 
 
 def initial_weights() -> list[np.ndarray]:
-    """Copies of the tapegrad MLP's starting parameters (W1, b1, W2, b2).
-
-    Every contender starts from them and shuffles with the same seed, so all train the same
-    trajectory and do the same numeric work epoch after epoch (a model that grows confident
-    sooner meets more underflowing exponentials, whose cost differs)."""
-    params = MLP(64, 30, 10, seed=0).graph.parameter.variable_dict
+    """Copies of the seed model's starting parameters (W1, b1, W2, b2): every contender starts there."""
+    params = SeedMLP().graph.parameter
     return [params[name].value.copy() for name in ("affine_0.W", "affine_0.b", "affine_1.W", "affine_1.b")]
 
 
-def numpy_step(params: list[np.ndarray], xb: np.ndarray, yb: np.ndarray, lr: float = LR) -> float:
-    """One SGD step of the seed recipe written in numpy, updating ``params`` (W1, b1, W2, b2) in
-    place as an optimizer would; returns the batch's summed loss (what the epoch summary reports)."""
+def numpy_step(params: list[np.ndarray], xb: np.ndarray, yb: np.ndarray) -> float:
+    """One SGD step of the seed recipe in numpy, updating ``params`` in place; returns the batch loss."""
     W1, b1, W2, b2 = params
     n = len(yb)
     h = np.tanh((xb @ W1 + b1) * 0.5)
@@ -51,42 +67,54 @@ def numpy_step(params: list[np.ndarray], xb: np.ndarray, yb: np.ndarray, lr: flo
     e = np.exp(shifted)
     s = e.sum(axis=1, keepdims=True)
     p = e / s
-    # the loss, then (p - onehot) / n in place
     if n == 1:
         label = yb[0]
         total = math.log(s[0, 0]) - float(shifted[0, label])
         p[0, label] -= 1.0
     else:
         rows = np.arange(n)
-        total = float(np.add.reduce(np.log(s[:, 0]) - shifted[rows, yb]))
+        total = float(np.add.reduce(np.log(s[:, 0]) - shifted[rows, yb])) / n
         p[rows, yb] -= 1.0
         p /= n
     dh = p @ W2.T * h * (1.0 - h)
-    W2 -= lr * (h.T @ p)
-    b2 -= lr * p.sum(axis=0)
-    W1 -= lr * (xb.T @ dh)
-    b1 -= lr * dh.sum(axis=0)
+    W2 -= LR * (h.T @ p)
+    b2 -= LR * p.sum(axis=0)
+    W1 -= LR * (xb.T @ dh)
+    b1 -= LR * dh.sum(axis=0)
     return total
 
 
-def numpy_epoch(x: np.ndarray, y: np.ndarray, batch: int) -> Callable[[], float]:
+class Batches:
+    """The same walk through the data for every contender: chunk after chunk of STEPS batches."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, batch: int) -> None:
+        self.x, self.y, self.batch, self.begin = x, y, batch, 0
+
+    def chunk(self) -> tuple[np.ndarray, np.ndarray]:
+        size = STEPS * self.batch
+        if self.begin + size > len(self.x):
+            self.begin = 0
+        xs, ys = self.x[self.begin : self.begin + size], self.y[self.begin : self.begin + size]
+        self.begin += size
+        return xs, ys
+
+
+def stepping(batches: Batches, step: Callable[[np.ndarray, np.ndarray], object]) -> Callable[[], None]:
+    def chunk() -> None:
+        xs, ys = batches.chunk()
+        b = batches.batch
+        for begin in range(0, len(xs), b):
+            step(xs[begin : begin + b], ys[begin : begin + b])
+
+    return chunk
+
+
+def numpy_contender(batches: Batches) -> Callable[[], None]:
     params = initial_weights()
-    order_rng = np.random.default_rng(0)
-
-    def epoch() -> float:
-        order = order_rng.permutation(len(x))
-        xs, ys = x[order], y[order]
-        total = 0.0
-        for begin in range(0, len(x), batch):
-            total += numpy_step(params, xs[begin : begin + batch], ys[begin : begin + batch])
-        return total / len(x)
-
-    return epoch
+    return stepping(batches, lambda xb, yb: numpy_step(params, xb, yb))
 
 
 class Node:
-    """A lean tape's value with a gradient slot (the reference tapes below build on it)."""
-
     __slots__ = ("grad", "value")
 
     def __init__(self, value: np.ndarray) -> None:
@@ -94,15 +122,8 @@ class Node:
         self.grad: np.ndarray | None = None
 
 
-def lean_tape_epoch(x: np.ndarray, y: np.ndarray, batch: int) -> Callable[[], float]:
-    """The design DESIGN.md measured at 1.1-1.2x: a tape of backward closures, no op contract.
-
-    No Context, no wrapper, no checks: each op is one function that computes, creates its
-    output node and appends a closure. It shows what any tape costs on this machine in this
-    run, against which tapegrad's contract (a Context and an output Variable per application,
-    checked inputs and gradients) is measured.
-    """
-
+def lean_tape_contender(batches: Batches) -> Callable[[], None]:
+    """A tape of backward closures: no Context, no wrapper, no checks."""
     W1, b1, W2, b2 = (Node(w) for w in initial_weights())
     tape: list[Callable[[], None]] = []
 
@@ -152,51 +173,63 @@ def lean_tape_epoch(x: np.ndarray, y: np.ndarray, batch: int) -> Callable[[], fl
         tape.append(back)
         return value
 
-    order_rng = np.random.default_rng(0)
+    def step(xb: np.ndarray, yb: np.ndarray) -> float:
+        value = softmax_loss(affine(sigmoid(affine(xb, W1, b1)), W2, b2), yb)
+        for back in reversed(tape):
+            back()
+        tape.clear()
+        for node in (W1, b1, W2, b2):
+            v = node.value
+            v -= LR * node.grad
+        return value
 
-    def epoch() -> float:
-        order = order_rng.permutation(len(x))
-        xs, ys = x[order], y[order]
-        total = 0.0
-        for begin in range(0, len(x), batch):
-            yb = ys[begin : begin + batch]
-            total += softmax_loss(affine(sigmoid(affine(xs[begin : begin + batch], W1, b1)), W2, b2), yb) * len(yb)
-            for back in reversed(tape):
-                back()
-            tape.clear()
-            for node in (W1, b1, W2, b2):
-                value = node.value
-                value -= LR * node.grad
-        return total / len(x)
-
-    return epoch
+    return stepping(batches, step)
 
 
-def trainer_epoch(x: np.ndarray, y: np.ndarray, batch: int) -> Callable[[], None]:
-    model = MLP(64, 30, 10, seed=0)
-    trainer = tg.Trainer(model, SGD(model.graph.parameter, LR), batch_size=batch, progress=False, verbose=False)
-    return lambda: trainer.train(x, y, epochs=1)
+def eager_contender(batches: Batches) -> Callable[[], None]:
+    """The README's seed loop, exactly."""
+    model = SeedMLP()
+    variables = model.graph.parameter.variable_dict
+
+    def step(xb: np.ndarray, yb: np.ndarray) -> None:
+        model.forward(tg.Variable(xb))
+        model.loss(tg.Variable(yb))
+        model.graph.backward()
+        for v in variables.values():
+            v.value -= LR * v.grad
+        model.graph.parameter.clear_grads()
+
+    return stepping(batches, step)
 
 
-def bare_loop_epoch(x: np.ndarray, y: np.ndarray, batch: int) -> Callable[[], None]:
-    model = MLP(64, 30, 10, seed=0)
-    optimizer = SGD(model.graph.parameter, LR)
-    rng = np.random.default_rng(0)
+def captured_contender(batches: Batches) -> Callable[[], None]:
+    """The recommended loop: the same step, captured."""
+    model = SeedMLP()
+    optimizer = SGD(model.graph.parameter, lr=LR)
 
-    def epoch() -> None:
-        order = rng.permutation(len(x))
-        xs, ys = x[order], y[order]
-        for begin in range(0, len(x), batch):
-            model.forward(xs[begin : begin + batch])
-            model.loss(ys[begin : begin + batch])
-            model.graph.backward()
-            optimizer.step()
-            optimizer.zero_grad()
+    @model.graph.capture
+    def train_step(xb: np.ndarray, yb: np.ndarray) -> float:
+        model.forward(tg.Variable(xb))
+        loss = model.loss(tg.Variable(yb))
+        model.graph.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        return loss
 
-    return epoch
+    return stepping(batches, train_step)
 
 
-def torch_epoch(x: np.ndarray, y: np.ndarray, batch: int) -> Callable[[], None] | None:
+def trainer_contender(batches: Batches) -> Callable[[], None]:
+    model = SeedMLP()
+    trainer = tg.Trainer(model, SGD(model.graph.parameter, LR), batch_size=batches.batch, progress=False, verbose=False)
+
+    def chunk() -> None:
+        trainer.train(*batches.chunk(), epochs=1)
+
+    return chunk
+
+
+def torch_contender(batches: Batches) -> Callable[[], None] | None:
     try:
         import torch
     except ImportError:
@@ -204,81 +237,70 @@ def torch_epoch(x: np.ndarray, y: np.ndarray, batch: int) -> Callable[[], None] 
     torch.set_num_threads(1)
     net = torch.nn.Sequential(torch.nn.Linear(64, 30), torch.nn.Sigmoid(), torch.nn.Linear(30, 10)).double()
     W1, b1, W2, b2 = initial_weights()
-    with torch.no_grad():  # the same start as every other contender (Linear keeps W transposed)
+    with torch.no_grad():  # Linear keeps W transposed
         for layer, (W, b) in zip((net[0], net[2]), ((W1, b1), (W2, b2))):
             layer.weight.copy_(torch.from_numpy(W.T))
             layer.bias.copy_(torch.from_numpy(b))
     opt = torch.optim.SGD(net.parameters(), lr=LR)
-    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
     loss_fn = torch.nn.CrossEntropyLoss()
 
-    order_rng = np.random.default_rng(0)
-
-    def epoch() -> None:
-        order = torch.from_numpy(order_rng.permutation(len(x)))
-        xs, ys = tx[order], ty[order]
-        for begin in range(0, len(x), batch):
+    def chunk() -> None:
+        xs, ys = (torch.from_numpy(a) for a in batches.chunk())
+        b = batches.batch
+        for begin in range(0, len(xs), b):
             opt.zero_grad()
-            loss_fn(net(xs[begin : begin + batch]), ys[begin : begin + batch]).backward()
+            loss_fn(net(xs[begin : begin + b]), ys[begin : begin + b]).backward()
             opt.step()
 
-    return epoch
+    return chunk
 
 
-def sklearn_epoch(x: np.ndarray, y: np.ndarray, batch: int) -> Callable[[], None] | None:
+def sklearn_contender(batches: Batches) -> Callable[[], None] | None:
     try:
         from sklearn.neural_network import MLPClassifier
     except ImportError:
         return None
     clf = MLPClassifier(hidden_layer_sizes=(30,), activation="logistic", solver="sgd", learning_rate_init=LR,
-                        batch_size=batch, momentum=0.0, alpha=0.0, random_state=0)
+                        batch_size=batches.batch, momentum=0.0, alpha=0.0, random_state=0, shuffle=False)
     classes = np.arange(10)
 
-    def epoch() -> None:
+    def chunk() -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            clf.partial_fit(x, y, classes=classes)
+            clf.partial_fit(*batches.chunk(), classes=classes)
 
-    return epoch
+    return chunk
 
 
-def measure(contenders: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    for fn in contenders.values():
-        fn()  # warm-up
-    samples: dict[str, list[float]] = {name: [] for name in contenders}
-    for _ in range(repeats):
-        for name, fn in contenders.items():
-            start = time.perf_counter()
-            fn()
-            samples[name].append(time.perf_counter() - start)
-    return {name: statistics.median(v) for name, v in samples.items()}
+CONTENDERS = {
+    "hand-written numpy": numpy_contender,
+    "lean closure tape (reference)": lean_tape_contender,
+    "tapegrad eager (README loop)": eager_contender,
+    "tapegrad captured": captured_contender,
+    "tapegrad Trainer (captured)": trainer_contender,
+    "PyTorch eager": torch_contender,
+    "scikit-learn MLPClassifier": sklearn_contender,
+}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=3, help="whole measurements, for the range of the medians")
+    parser.add_argument("--chunks", type=int, default=41, help="timed chunks per contender and run")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
     args = parser.parse_args()
     x, _, y, _ = load_digits(seed=0)
-    print(f"{'batch':>5}  {'contender':<30} {'s/epoch':>9} {'vs numpy':>9}")
+    print(f"seed recipe, {STEPS} steps per chunk; BLAS threads: {blas_threads()}")
     for batch in args.batch_sizes:
-        makers = {
-            "numpy (hand-written)": numpy_epoch,
-            "lean closure tape (reference)": lean_tape_epoch,
-            "tapegrad Trainer": trainer_epoch,
-            "tapegrad bare loop": bare_loop_epoch,
-            "PyTorch eager": torch_epoch,
-            "scikit-learn MLPClassifier": sklearn_epoch,
-        }
-        contenders: dict[str, Callable[[], object]] = {
-            name: fn for name, make in makers.items() if (fn := make(x, y, batch)) is not None
-        }
-        results = measure(contenders, args.repeats)
-        base = results["numpy (hand-written)"]
-        for name, seconds in results.items():
-            print(f"{batch:>5}  {name:<30} {seconds:9.4f} {seconds / base:8.2f}x")
-        for name in set(makers) - set(contenders):
-            print(f"{batch:>5}  {name:<30} {'skipped (not importable)':>19}")
+        runs = []
+        for _ in range(args.runs):
+            contenders = {}
+            for name, make in CONTENDERS.items():
+                fn = make(Batches(x, y, batch))
+                if fn is not None:
+                    contenders[name] = fn
+            runs.append(compare(contenders, "hand-written numpy", chunks=args.chunks))
+        report_runs(f"batch {batch}: per step", runs, per=STEPS)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,11 @@ class Record:
         """The generated replay program, for reading."""
         return self.replay.source
 
+    @property
+    def run(self) -> Callable[..., Any]:
+        """The replay program itself: ``run(*leaves)``."""
+        return self.replay.function
+
 
 class CapturedStep:
     """A step function that records its first call per signature and replays later calls.
@@ -79,11 +84,18 @@ class CapturedStep:
             )
         if record is None:
             return self._record(key, leaves, args, kwargs)
-        self.records.move_to_end(key)
-        self.last_record = record
+        if record is not self.last_record:
+            self.records.move_to_end(key)
+            self.last_record = record
         if not record.verified:
             return self._verify(record, leaves, args, kwargs)
-        return record.replay(*leaves)
+        try:
+            return record.replay.function(*leaves)
+        except Exception as exc:
+            error = record.replay.error(exc)
+            if error is exc:
+                raise
+            raise error from exc
 
     def __repr__(self) -> str:
         name = getattr(self.fn, "__qualname__", repr(self.fn))

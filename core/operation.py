@@ -21,7 +21,7 @@ from numpy import ndarray  # (numpy's module __getattr__ makes np.ndarray a slow
 
 from .errors import GraphError, InputTypeError, NonFiniteError, OperationError, TapegradError
 from .parameter import Init
-from .tape import AUTHOR_ERRORS, Context
+from .tape import AUTHOR_ERRORS, FLOAT_SIGNALS, Context
 from .variable import Variable, as_array
 
 if TYPE_CHECKING:
@@ -75,15 +75,15 @@ def _make_forward(impl: Callable[..., Any], low: int, high: float) -> Callable[.
             arrays: Sequence[np.ndarray] = (inputs[0].value,)
             ctx = Context(self, inputs, (True,))
         else:
-            arrays = self._input_arrays(inputs, low, high)
-            ctx = Context(self, inputs)
+            arrays, wanted = self._input_arrays(inputs, low, high)
+            ctx = Context(self, inputs, wanted)
         # call
         try:
             out = impl(self, ctx, *arrays)
         except TapegradError:
             raise
-        except AUTHOR_ERRORS as exc:
-            raise self._author_error("forward", exc, arrays) from exc
+        except (*AUTHOR_ERRORS, *FLOAT_SIGNALS) as exc:
+            raise self.author_error("forward", exc, arrays) from exc
         # record
         try:
             outputs = tuple(map(Variable, out)) if type(out) is tuple else Variable(out)
@@ -130,8 +130,8 @@ def _make_loss(impl: Callable[..., Any]) -> Callable[..., float]:
             value = float(impl(self, ctx, array))
         except TapegradError:
             raise
-        except AUTHOR_ERRORS as exc:
-            raise self._author_error("loss", exc, [*ctx.saved, array]) from exc
+        except (*AUTHOR_ERRORS, *FLOAT_SIGNALS) as exc:
+            raise self.author_error("loss", exc, [*ctx.saved, array]) from exc
         if not math.isfinite(value):
             raise nonfinite_loss(self, value)
         tape.add_loss(ctx, target, array, value)
@@ -229,8 +229,9 @@ class Operation:
             )
         return self.graph
 
-    def _input_arrays(self, inputs: tuple[Any, ...], low: int, high: float) -> list[np.ndarray]:
-        """The arrays ``forward`` receives: Variables' values and constants, checked.
+    def _input_arrays(self, inputs: tuple[Any, ...], low: int, high: float) -> tuple[list[np.ndarray], tuple[bool, ...]]:
+        """The arrays ``forward`` receives (Variables' values and constants, checked), and per
+        input whether its gradient is wanted (a float Variable).
 
         Lists and scalars become arrays (floats in the graph's dtype); integer and bool arrays
         are converted to the graph's dtype unless their position is in ``integer_inputs``.
@@ -238,8 +239,9 @@ class Operation:
         if not low <= len(inputs) <= high:
             raise InputTypeError(f"{self.label}: expected {_count(low, high)} input(s), got {len(inputs)}")
         dtype = self.require_graph().dtype
-        arrays = []
+        arrays, wanted = [], []
         for index, x in enumerate(inputs):
+            wanted.append(isinstance(x, Variable) and x.value.dtype.kind == "f")
             if isinstance(x, Variable):
                 array = x.value
             elif isinstance(x, np.ndarray):
@@ -254,9 +256,12 @@ class Operation:
             if kind != "f" and index not in self.integer_inputs:
                 array = array.astype(dtype)
             arrays.append(array)
-        return arrays
+        return arrays, tuple(wanted)
 
-    def _author_error(self, stage: str, exc: BaseException, values: Any) -> TapegradError:
+    def author_error(self, stage: str, exc: BaseException, values: Any) -> TapegradError:
+        """What an exception from the author's ``stage`` becomes: the op's error naming it."""
+        if isinstance(exc, FLOAT_SIGNALS):
+            return NonFiniteError(f"{self.label}: {stage} went beyond the float range on inputs of shapes {_shapes(values)}: {exc}")
         kind = InputTypeError if isinstance(exc, TypeError) else OperationError
         return kind(f"{self.label}: {stage} failed on inputs of shapes {_shapes(values)}: {exc}")
 

@@ -12,7 +12,7 @@ from .arguments import check_number
 from .errors import InputTypeError
 from .parameter import Parameter
 from .tape import replayable
-from .variable import Variable
+from .variable import Variable, clear_grads, peek_grads
 
 __all__ = ["Optimizer", "SGD", "Adam"]
 
@@ -61,8 +61,7 @@ class Optimizer:
     @replayable
     def zero_grad(self) -> None:
         """Reset every gradient to zeros (lazily)."""
-        for v in self.variables:
-            v.clear_grad()
+        clear_grads(self.variables)
 
     def step(self) -> None:
         raise NotImplementedError
@@ -88,8 +87,7 @@ class SGD(Optimizer):
     def step(self) -> None:
         lr, momentum, decay = self.lr, self.momentum, self.weight_decay
         updates = []
-        for v in self.variables:
-            grad = v.peek_grad()
+        for v, grad in zip(self.variables, peek_grads(self.variables)):
             if grad is None or not v.trainable:
                 continue  # no gradient: zeros, nothing to do
             if decay:
@@ -134,8 +132,7 @@ class Adam(Optimizer):
         b1, b2 = self.beta1, self.beta2
         scale = self.lr * np.sqrt(1.0 - b2**self.t) / (1.0 - b1**self.t)
         updates = []
-        for v in self.variables:
-            grad = v.peek_grad()
+        for v, grad in zip(self.variables, peek_grads(self.variables)):
             if grad is None or not v.trainable:
                 continue
             if self.weight_decay:

@@ -30,6 +30,7 @@ from .broadcast import as_shape
 from .errors import InputTypeError, ParameterLoadError, ShapeError
 from .tape import replayable
 from .variable import Variable
+from .variable import clear_grads as clear_variable_grads
 
 __all__ = ["Parameter", "ParameterFile", "Init", "parameter_file_path"]
 
@@ -431,8 +432,7 @@ class Parameter:
     @replayable
     def clear_grads(self) -> None:
         """Reset every variable's gradient to zeros."""
-        for variable in self.variable_dict.values():
-            variable.clear_grad()
+        clear_variable_grads(self.variable_dict.values())
 
     def __getitem__(self, name: str) -> Variable:
         return self.variable_dict[name]

@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy import ndarray
 
-from .errors import BackwardError, CaptureError, OperationError, TapegradError
+from .errors import BackwardError, CaptureError, TapegradError
 from .operation import nonfinite_loss
-from .tape import RECORDING, Context, Tape
+from .tape import FLOAT_SIGNALS, RECORDING, Context, Tape
 from .variable import Variable, as_array
 
 if TYPE_CHECKING:
@@ -70,6 +70,7 @@ class Application:
     converts: list[np.dtype | None]  # the dtype the forward wrapper converted an input to
     outputs: int | None  # None: one output (not a tuple)
     output_dtypes: list[np.dtype]
+    output_shapes: list[tuple[int, ...]]
     recorded: bool  # kept on the tape (train mode)
 
 
@@ -155,6 +156,7 @@ class Recording:
                 converts=converts,
                 outputs=len(outputs) if isinstance(ctx.outputs, tuple) else None,
                 output_dtypes=[o.value.dtype for o in outputs],
+                output_shapes=[o.value.shape for o in outputs],
                 recorded=ctx.recorded,
             )
         )
@@ -264,20 +266,20 @@ class Replay:
         self.leaves = [(isinstance(leaf, Variable), np.asarray(leaf).dtype.kind == "f") for leaf in recording.leaves]
         self.segments = {i: event.apps for kind, event in recording.events if kind == "backward" for i in event.apps}
         self.template = template
-        self.contexts = [Context(app.op, ()) for app in self.apps]
+        self.contexts = [Context(app.op, (), ()) for app in self.apps]
         self._lines: dict[int, tuple[int, str]] = {}  # generated line -> (application, stage)
-        self.source, self._function = _Program(self).compile()
+        self.source, self.function = _Program(self).compile()
 
     def __call__(self, *leaves: Any) -> Any:
         try:
-            return self._function(*leaves)
+            return self.function(*leaves)
         except Exception as exc:
-            error = self._error(exc)
+            error = self.error(exc)
             if error is exc:
                 raise
             raise error from exc
 
-    def _error(self, exc: BaseException) -> BaseException:
+    def error(self, exc: BaseException) -> BaseException:
         """The error a replay raised, naming the application the way eager does."""
         app, stage = None, "replay"
         tb = exc.__traceback__
@@ -287,9 +289,11 @@ class Replay:
             tb = tb.tb_next
         if app is None or isinstance(exc, TapegradError):
             return exc  # raised by tapegrad itself, or by a replayed call (an optimizer's step), as eager raises it
-        label = self.apps[app].op.label
-        kind = BackwardError if stage == "backward" else OperationError
-        return kind(f"{label}: {stage} failed during a replay: {type(exc).__name__}: {exc}")
+        op = self.apps[app].op
+        if stage == "backward":
+            what = "went beyond the float range" if isinstance(exc, FLOAT_SIGNALS) else "failed"
+            return BackwardError(f"{op.label}: backward {what} during a replay: {type(exc).__name__}: {exc}")
+        return op.author_error(stage, exc, [])
 
     @property
     def _filename(self) -> str:
@@ -389,8 +393,9 @@ class _Program:
         call = f"{self.name('F', type(op).forward.__wrapped__)}({self.name('OP', op)}, {c}, {', '.join(args)})"  # type: ignore[attr-defined]
         outs = [f"o{i}"] if app.outputs is None else [f"o{i}_{k}" for k in range(app.outputs)]
         self.emit(f"{', '.join(outs)}{',' if app.outputs == 1 else ''} = {call}", app=i, stage="forward")
-        for name in outs:
-            self.emit(f"if type({name}) is not ndarray: {name} = as_array({name})", app=i, stage="forward")
+        for name, shape in zip(outs, app.output_shapes):
+            if shape == ():  # numpy returns scalars for shape (): the forward wrapper made them arrays
+                self.emit(f"if type({name}) is not ndarray: {name} = as_array({name})", app=i, stage="forward")
         if op.is_loss:
             self.emit(f"LATEST[{self.name('OP', op)}] = {c}")
 
@@ -431,6 +436,15 @@ class _Program:
 
     def emit_backward(self, event: Backward) -> None:
         apps = self.replay.apps
+        self.contributions: dict[str, int] = {}  # gradient slot -> how many routes lead to it
+        for i in event.apps:
+            for source in apps[i].sources:
+                target = self.route(i, source)
+                if target is not None:
+                    self.contributions[target] = self.contributions.get(target, 0) + 1
+        for output, _, _ in event.seeds:
+            slot = f"g{output.app}_{output.index}"
+            self.contributions[slot] = self.contributions.get(slot, 0) + 2  # (never the only one: seeds accumulate)
         slots = [f"g{i}_{k}" for i in event.apps for k in range(apps[i].outputs or 1) if not apps[i].op.is_loss]
         if slots:
             self.emit(" = ".join(slots) + " = None")
@@ -484,7 +498,13 @@ class _Program:
             return
         producer, k = (int(n) for n in target[1:].split("_"))
         dtype = self.name("DT", self.replay.apps[producer].output_dtypes[k])
-        self.emit(f"{target} = accumulate({target}, {grad}, {dtype})", depth, app=i, stage="backward")
+        if self.contributions[target] == 1:  # the only one: kept as it is when it needs no conversion
+            self.emit(
+                f"{target} = {grad} if type({grad}) is ndarray and {grad}.dtype is {dtype} else accumulate(None, {grad}, {dtype})",
+                depth, app=i, stage="backward",
+            )
+        else:
+            self.emit(f"{target} = accumulate({target}, {grad}, {dtype})", depth, app=i, stage="backward")
 
 
 def accumulate(current: np.ndarray | None, grad: Any, dtype: np.dtype) -> np.ndarray:

@@ -58,6 +58,10 @@ def replayable(method: Callable[..., Any]) -> Callable[..., Any]:
 
 # Exceptions from an author's numpy code that are re-raised as framework errors naming the op.
 AUTHOR_ERRORS = (ValueError, TypeError, IndexError, ArithmeticError)
+# numpy's floating-point signals, raised when the caller asked for them: np.errstate(over="raise")
+# raises FloatingPointError (the Trainer trains so), a warnings filter turns the RuntimeWarning into
+# an exception (pytest configured so). They become NonFiniteError (BackwardError in backward).
+FLOAT_SIGNALS = (FloatingPointError, RuntimeWarning)
 
 
 class Context:
@@ -72,21 +76,22 @@ class Context:
     the tape and for tools; ops must not rely on them.
     """
 
-    __slots__ = ("__dict__", "_needs_input_grad", "inputs", "op", "outputs", "recorded", "saved")
+    __slots__ = ("__dict__", "inputs", "needs_input_grad", "op", "outputs", "recorded", "saved")
 
     op: Operation
     inputs: tuple[Any, ...]
     outputs: Any
     saved: tuple[Any, ...]
+    needs_input_grad: tuple[bool, ...]
     recorded: bool
 
-    def __init__(self, op: Operation, inputs: tuple[Any, ...], needs_input_grad: tuple[bool, ...] | None = None) -> None:
+    def __init__(self, op: Operation, inputs: tuple[Any, ...], needs_input_grad: tuple[bool, ...]) -> None:
         self.op = op
         self.inputs = inputs
+        self.needs_input_grad = needs_input_grad
         self.outputs = None
         self.saved = ()
         self.recorded = False
-        self._needs_input_grad = needs_input_grad  # worked out from inputs on first read when None
 
     if TYPE_CHECKING:  # authors' own attributes type-check
 
@@ -95,17 +100,6 @@ class Context:
     def save(self, *arrays: Any) -> None:
         """Keep ``arrays`` for ``backward`` (read back as ``ctx.saved``)."""
         self.saved = arrays
-
-    @property
-    def needs_input_grad(self) -> tuple[bool, ...]:
-        """Per input: is its gradient wanted (a float Variable, not a constant)?"""
-        if self._needs_input_grad is None:
-            self._needs_input_grad = tuple([isinstance(x, Variable) and x.value.dtype.kind == "f" for x in self.inputs])
-        return self._needs_input_grad
-
-    @needs_input_grad.setter
-    def needs_input_grad(self, value: tuple[bool, ...]) -> None:
-        self._needs_input_grad = tuple(value)
 
     @property
     def training(self) -> bool:
@@ -250,6 +244,10 @@ class Tape:
                     self._route(ctx, in_grads)
         except BackwardError:
             raise
+        except FLOAT_SIGNALS as exc:
+            if ctx is None:
+                raise
+            raise BackwardError(f"{ctx.op.label}: backward went beyond the float range: {exc}") from exc
         except (*AUTHOR_ERRORS, AttributeError) as exc:
             if ctx is None:
                 raise

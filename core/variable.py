@@ -6,6 +6,7 @@ and the optimizers all go through it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -13,7 +14,7 @@ from numpy import ndarray  # (numpy's module __getattr__ makes np.ndarray a slow
 
 from .errors import InputTypeError, ShapeError
 
-__all__ = ["Variable", "as_array"]
+__all__ = ["Variable", "as_array", "clear_grads", "peek_grads"]
 
 
 def as_array(value: Any, where: str = "Variable") -> np.ndarray:
@@ -181,3 +182,16 @@ class Variable:
         name = f"{self.name!r}, " if self.name else ""
         flag = "" if self.trainable else ", trainable=False"
         return f"Variable({name}shape={self.value.shape}, dtype={self.value.dtype}{flag})"
+
+
+def peek_grads(variables: Iterable[Variable]) -> list[np.ndarray | None]:
+    """``[v.peek_grad() for v in variables]`` in one call, for optimizers (read only: never write
+    into these arrays)."""
+    return [v._grad for v in variables]
+
+
+def clear_grads(variables: Iterable[Variable]) -> None:
+    """``v.clear_grad()`` for every Variable, in one call."""
+    for v in variables:
+        v._grad = None
+        v._grad_is_borrowed = False

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 import numbers
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
 from tapegrad import (
     ArgumentError,
-    BackwardError,
     InputTypeError,
     NonFiniteError,
     Operation,
@@ -28,7 +25,6 @@ except ImportError:  # pragma: no cover - numpy 1.x
     from numpy import AxisError  # type: ignore[attr-defined,no-redef]
     from numpy.core.numeric import normalize_axis_tuple  # type: ignore[no-redef]
 
-Method = TypeVar("Method", bound=Callable[..., Any])
 
 
 # -- constructor arguments ------------------------------------------------------------------
@@ -135,62 +131,10 @@ def _float_labels(op: Operation, target: np.ndarray, classes: int, what: str) ->
 
 
 # -- floating-point range -------------------------------------------------------------------
-def overflow_checked(method: Method) -> Method:
-    """Run an op's ``forward`` or ``backward`` so that a result beyond the float range raises
-    instead of silently becoming ±inf (numpy only warns).
-
-    Finite inputs whose exact result or gradient exceeds the dtype's largest value raise
-    NonFiniteError (forward; an OperationError, and what a diverging model raises) or
-    BackwardError (backward) naming the op; NaN and infinite inputs still give NaN and infinite
-    results, without a warning (NaN in, NaN out is not silent).
-    """
-    stage = method.__name__
-    guarded = _float_errors(method)
-
-    @functools.wraps(method)
-    def checked(self: Operation, ctx: Any, *args: Any) -> Any:
-        try:
-            return guarded(self, ctx, *args)
-        except FloatingPointError:
-            raise overflow_error(self, stage, args) from None
-
-    return checked  # type: ignore[return-value]
-
-
-def _float_errors(method: Method) -> Method:
-    """``method`` under ``np.errstate(over="raise", invalid="ignore")``."""
-    if int(np.__version__.split(".")[0]) >= 2:
-        # numpy 2's errstate decorator keeps its state in a context variable: thread-safe,
-        # and about twice as cheap per call as entering a new errstate
-        return np.errstate(over="raise", invalid="ignore")(method)  # type: ignore[no-any-return]
-
-    @functools.wraps(method)
-    def run(*args: Any) -> Any:  # numpy 1.x: one errstate per call (its decorator is not thread-safe)
-        with np.errstate(over="raise", invalid="ignore"):
-            return method(*args)
-
-    return run  # type: ignore[return-value]
-
-
-def overflow_error(op: Operation, stage: str, arrays: Any) -> TapegradError:
-    """The error for a result beyond the float range (see ``overflow_checked``)."""
-    floats = [a for a in _flat(arrays) if isinstance(a, np.ndarray) and a.dtype.kind == "f"]
-    dtype = floats[0].dtype if floats else np.dtype(np.float64)
-    shapes = ", ".join(str(a.shape) for a in floats)
-    what = "a gradient" if stage == "backward" else "the result"
-    message = (
-        f"{op.label}: {what} exceeds the {dtype} range (|value| above {np.finfo(dtype).max:.4g}) "
-        f"for finite inputs of shapes {shapes}"
-    )
-    return BackwardError(message) if stage == "backward" else NonFiniteError(message)
-
-
-def _flat(values: Any) -> list[Any]:
-    out: list[Any] = []
-    for v in values:
-        out.extend(_flat(v) if isinstance(v, (tuple, list)) else [v])
-    return out
-
+#: numpy's overflow signals when the caller asked for them (np.errstate raise, or a warnings
+#: filter turning its RuntimeWarning into an error). An op that can compute a representable
+#: result another way catches them and does (the common path pays nothing).
+FLOAT_SIGNALS = (FloatingPointError, RuntimeWarning)
 
 def scaled_mean(x: np.ndarray, axis: Any = None, keepdims: bool = False) -> np.ndarray:
     """``x.mean(axis)`` for any finite ``x``: a sum that would overflow is taken over slices

@@ -9,7 +9,7 @@ import numpy as np
 import tapegrad as tg
 from tapegrad import ShapeError
 
-from ._util import check_flag, check_size, integer_labels, need_rank, overflow_checked
+from ._util import check_flag, check_size, integer_labels, need_rank
 
 
 class Affine(tg.Operation):
@@ -25,7 +25,6 @@ class Affine(tg.Operation):
         self.W = self.parameter("W", (self.input_size, self.output_size))
         self.b = self.parameter("b", (self.output_size,), init="zeros") if bias else None
 
-    @overflow_checked
     def forward(self, ctx: tg.Context, x: np.ndarray) -> np.ndarray:
         try:  # matmul checks the shapes; the message below says what Affine expected
             out = x @ self.W.value
@@ -38,7 +37,6 @@ class Affine(tg.Operation):
         ctx.saved = (x,)
         return out
 
-    @overflow_checked
     def backward(self, ctx: tg.Context, grad: np.ndarray) -> np.ndarray | None:
         (x,) = ctx.saved
         flat = grad if x.ndim == 2 else grad.reshape(-1, self.output_size)
@@ -99,7 +97,6 @@ class Dropout(tg.Operation):
     def __init__(self, p: float = 0.5) -> None:
         self.p = tg.check_number(self.label, "p", p, low=0.0, high=1.0, high_inclusive=False)
 
-    @overflow_checked
     def forward(self, ctx: tg.Context, x: np.ndarray) -> np.ndarray:
         if not ctx.training or self.p == 0.0:
             ctx.saved = (None,)
@@ -109,7 +106,6 @@ class Dropout(tg.Operation):
         ctx.saved = (mask,)
         return x * mask
 
-    @overflow_checked
     def backward(self, ctx: tg.Context, grad: np.ndarray) -> np.ndarray:
         (mask,) = ctx.saved
         return grad if mask is None else grad * mask
@@ -133,7 +129,6 @@ class LayerNorm(tg.Operation):
         self.gamma = self.parameter("gamma", (self.size,), init="ones")
         self.beta = self.parameter("beta", (self.size,), init="zeros")
 
-    @overflow_checked
     def forward(self, ctx: tg.Context, x: np.ndarray) -> np.ndarray:
         need_rank(self, x, 1)
         if x.shape[-1] != self.size:
@@ -148,7 +143,6 @@ class LayerNorm(tg.Operation):
         ctx.saved = (xhat, inv_std)
         return xhat * self.gamma.value + self.beta.value
 
-    @overflow_checked
     def backward(self, ctx: tg.Context, grad: np.ndarray) -> np.ndarray:
         xhat, inv_std = ctx.saved
         flat_g = grad.reshape(-1, self.size)

@@ -17,7 +17,7 @@ import numpy as np
 import tapegrad as tg
 from tapegrad import NonFiniteError, OutOfRangeError, ShapeError
 
-from ._util import integer_labels, loss_not_finite, need_examples, need_float
+from ._util import FLOAT_SIGNALS, integer_labels, loss_not_finite, need_examples, need_float
 
 
 class SoftmaxLoss(tg.Loss):
@@ -29,10 +29,12 @@ class SoftmaxLoss(tg.Loss):
     def forward(self, ctx: tg.Context, logits: np.ndarray) -> np.ndarray:
         if logits.ndim != 2 or logits.shape[1] == 0:
             raise ShapeError(f"{self.label}: expected logits of shape (batch, classes) with classes >= 1, got {logits.shape}")
-        # Logits more than the float range apart shift to -inf, whose exp is the right 0;
-        # an infinite logit gives NaN (inf - inf), which loss() reports.
-        with np.errstate(over="ignore", invalid="ignore"):
-            shifted = logits - logits.max(axis=1, keepdims=True)
+        top = logits.max(axis=1, keepdims=True)
+        try:
+            shifted = logits - top
+        except FLOAT_SIGNALS:  # logits further apart than the float range (the far ones shift to -inf,
+            with np.errstate(over="ignore", invalid="ignore"):  # exactly), or infinite (NaN: loss() says so)
+                shifted = logits - top
         e = np.exp(shifted)
         total = e.sum(axis=1, keepdims=True)
         probs = e / total
@@ -40,15 +42,10 @@ class SoftmaxLoss(tg.Loss):
         return probs
 
     def loss(self, ctx: tg.Context, target: np.ndarray) -> float:
-        value = self._loss(ctx, target)
-        if not math.isfinite(value):
-            raise loss_not_finite(self, value, logits=ctx.saved[3])
-        return value
-
-    def _loss(self, ctx: tg.Context, target: np.ndarray) -> float:
-        probs, shifted, total, _ = ctx.saved
+        probs, shifted, total, logits = ctx.saved
         n, classes = probs.shape
-        need_examples(self, probs, "logits")
+        if n == 0:
+            raise ShapeError(f"{self.label}: the batch is empty (logits shape {probs.shape}); a loss needs at least one example")
         if target.ndim != 1 or target.shape[0] != n:
             raise ShapeError(f"{self.label}: expected {n} labels of shape ({n},), got shape {target.shape}")
         if target.dtype.kind not in "iu":
@@ -58,19 +55,28 @@ class SoftmaxLoss(tg.Loss):
             if not 0 <= label < classes:
                 integer_labels(self, target, classes)  # raises, naming the offending label
             ctx.picked = (0, label)
-            return math.log(total[0, 0]) - float(shifted[0, label])
-        # Too large a label fails the indexing below; a negative one would wrap around.
-        if np.minimum.reduce(target) < 0:
-            integer_labels(self, target, classes)  # raises, naming the offending label
-        picked = (np.arange(n), target)
-        try:
-            chosen = shifted[picked]
-        except IndexError:
-            integer_labels(self, target, classes)
-            raise
-        ctx.picked = picked
-        # each row's loss is finite (or the row's logits were not); averaging before summing keeps the sum in range
-        return float(np.add.reduce((np.log(total[:, 0]) - chosen) / n))
+            value = math.log(total[0, 0]) - float(shifted[0, label])
+        else:
+            # Too large a label fails the indexing below; a negative one would wrap around.
+            if np.minimum.reduce(target) < 0:
+                integer_labels(self, target, classes)  # raises, naming the offending label
+            picked = (np.arange(n), target)
+            try:
+                chosen = shifted[picked]
+            except IndexError:
+                integer_labels(self, target, classes)
+                raise
+            ctx.picked = picked
+            rows = np.log(total[:, 0]) - chosen
+            try:
+                value = float(np.add.reduce(rows)) / n
+            except FLOAT_SIGNALS:
+                value = math.inf
+            if math.isinf(value):  # the sum overflowed (or a row is infinite): average first
+                value = float(np.add.reduce(rows / n))
+        if not math.isfinite(value):
+            raise loss_not_finite(self, value, logits=logits)
+        return value
 
     def backward(self, ctx: tg.Context, grad: float) -> np.ndarray:
         probs = ctx.saved[0]

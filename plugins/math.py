@@ -1,7 +1,6 @@
 """Elementwise and array math: Add, Subtract, Multiply, Divide, Matmul, Sum, Mean,
 Reshape, Transpose, Concat, Exp, Log. Binary ops broadcast like numpy; their gradients
-are summed back over the broadcast axes. Where numpy would warn and give ±inf for finite
-inputs, the op raises NonFiniteError naming itself (``overflow_checked``); NaN in gives NaN out."""
+are summed back over the broadcast axes. NaN in gives NaN out."""
 
 from __future__ import annotations
 
@@ -23,7 +22,7 @@ from tapegrad import (
     unbroadcast,
 )
 
-from ._util import axes, check_axis, check_flag, need_rank, overflow_checked, scaled_mean
+from ._util import axes, check_axis, check_flag, need_rank, scaled_mean
 
 
 def _binary_samples(rng: np.random.Generator, positive_b: bool = False) -> Iterator[tg.Sample]:
@@ -42,7 +41,6 @@ def _binary_samples(rng: np.random.Generator, positive_b: bool = False) -> Itera
 class Add(tg.Operation):
     """Sum of one or more inputs, broadcasting. Saves only the input shapes."""
 
-    @overflow_checked
     def forward(self, ctx: tg.Context, first: np.ndarray, *rest: np.ndarray) -> np.ndarray:
         xs = (first, *rest)
         if len(xs) == 2:  # the common case, kept short
@@ -76,7 +74,6 @@ class Add(tg.Operation):
 class Subtract(tg.Operation):
     """``a - b``, broadcasting. Saves the input shapes."""
 
-    @overflow_checked
     def forward(self, ctx: tg.Context, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         try:
             out = a - b
@@ -97,7 +94,6 @@ class Subtract(tg.Operation):
 class Multiply(tg.Operation):
     """Elementwise ``a * b``, broadcasting. Saves both inputs."""
 
-    @overflow_checked
     def forward(self, ctx: tg.Context, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         try:
             out = a * b
@@ -106,7 +102,6 @@ class Multiply(tg.Operation):
         ctx.saved = (a, b)
         return out
 
-    @overflow_checked
     def backward(self, ctx: tg.Context, grad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         a, b = ctx.saved
         return unbroadcast(grad * b, a.shape), unbroadcast(grad * a, b.shape)
@@ -120,7 +115,6 @@ class Divide(tg.Operation):
     """Elementwise ``a / b``, broadcasting; a zero in ``b`` raises OperationError, and so does a
     quotient (or gradient) beyond the float range. Saves b and a/b."""
 
-    @overflow_checked
     def forward(self, ctx: tg.Context, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         if a.shape != b.shape:
             broadcast_shape(self.label, a, b)  # before the zero check: shapes first
@@ -130,7 +124,6 @@ class Divide(tg.Operation):
         ctx.saved = (a.shape, b, out)
         return out
 
-    @overflow_checked
     def backward(self, ctx: tg.Context, grad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         shape_a, b, out = ctx.saved
         grad_a = grad / b
@@ -146,7 +139,6 @@ class Matmul(tg.Operation):
     """Matrix product ``a @ b`` of arrays with at least 2 dimensions (batch dims broadcast).
     (..., n, k) @ (..., k, m) -> (..., n, m); saves both inputs."""
 
-    @overflow_checked
     def forward(self, ctx: tg.Context, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         need_rank(self, a, 2, "first input")
         need_rank(self, b, 2, "second input")
@@ -160,7 +152,6 @@ class Matmul(tg.Operation):
         ctx.saved = (a, b)
         return a @ b
 
-    @overflow_checked
     def backward(self, ctx: tg.Context, grad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         a, b = ctx.saved
         if a.ndim == 2 and b.ndim == 2:
@@ -185,7 +176,6 @@ class Sum(tg.Operation):
         self.axis = check_axis(self.label, "axis", axis, allow_none=True, allow_tuple=True)
         self.keepdims = check_flag(self.label, "keepdims", keepdims)
 
-    @overflow_checked
     def forward(self, ctx: tg.Context, x: np.ndarray) -> np.ndarray:
         ax = axes(self, self.axis, x.ndim)
         ctx.saved = (x.shape, ax)
@@ -349,7 +339,6 @@ class Exp(tg.Operation):
         ctx.saved = (out,)
         return out
 
-    @overflow_checked
     def backward(self, ctx: tg.Context, grad: np.ndarray) -> np.ndarray:
         return grad * ctx.saved[0]
 
@@ -372,7 +361,6 @@ class Log(tg.Operation):
         ctx.saved = (x,)
         return np.log(x)
 
-    @overflow_checked  # 1/x exceeds the float range for subnormal x (below about 5.6e-309 in float64)
     def backward(self, ctx: tg.Context, grad: np.ndarray) -> np.ndarray:
         return grad / ctx.saved[0]
 

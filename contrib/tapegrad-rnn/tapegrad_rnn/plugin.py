@@ -1,14 +1,9 @@
 """Recurrent cells and a whole-sequence LSTM. Gates are ordered (input, forget, output, cell)
-in the 4H columns of W (D, 4H), U (H, 4H) and b (4H,).
-
-Forward and backward run under ``np.errstate(over="raise", invalid="ignore")``: a product beyond
-the float range raises NonFiniteError (BackwardError in backward) naming the op instead of
-becoming inf, while NaN inputs give NaN outputs without a warning."""
+in the 4H columns of W (D, 4H), U (H, 4H) and b (4H,)."""
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -29,23 +24,6 @@ def _check(op: tg.Operation, name: str, array: np.ndarray, shape: tuple[Any, ...
     if array.ndim != len(shape) or any(s is not None and a != s for a, s in zip(array.shape, shape)):
         wanted = "(" + ", ".join("N" if s is None else str(s) for s in shape) + ")"
         raise ShapeError(f"{op.label}: expected {name} of shape {wanted}, got {array.shape}")
-
-
-def _guarded(method: Callable[..., Any]) -> Callable[..., Any]:
-    """``method`` (forward or backward) under ``np.errstate(over="raise", invalid="ignore")``,
-    entered per call; an overflow becomes tapegrad's error naming the op."""
-    stage = method.__name__
-
-    @functools.wraps(method)
-    def run(self: tg.Operation, *args: Any) -> Any:
-        try:
-            with np.errstate(over="raise", invalid="ignore"):
-                return method(self, *args)
-        except FloatingPointError as exc:
-            error = tg.BackwardError if stage == "backward" else tg.NonFiniteError
-            raise error(f"{self.label}: {stage}: a value exceeds the float range ({exc}); scale the inputs down") from None
-
-    return run
 
 
 def _sizes(op: tg.Operation, input_size: Any, hidden_size: Any) -> tuple[int, int]:
@@ -73,7 +51,6 @@ class RNNCell(tg.Operation):
         self.U = self.parameter("U", (self.hidden_size, self.hidden_size))
         self.b = self.parameter("b", (self.hidden_size,), init="zeros")
 
-    @_guarded
     def forward(self, ctx: tg.Context, x: np.ndarray, h_prev: np.ndarray) -> np.ndarray:
         _check(self, "x", x, (None, self.input_size))
         _check(self, "h_prev", h_prev, (x.shape[0], self.hidden_size))
@@ -81,7 +58,6 @@ class RNNCell(tg.Operation):
         ctx.save(x, h_prev, h)
         return h
 
-    @_guarded
     def backward(self, ctx: tg.Context, grad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x, h_prev, h = ctx.saved
         dz = grad * (1.0 - h * h)
@@ -131,7 +107,6 @@ class LSTMCell(tg.Operation):
         self.U = self.parameter("U", (self.hidden_size, 4 * self.hidden_size))
         self.b = self.parameter("b", (4 * self.hidden_size,), init=_forget_bias)
 
-    @_guarded
     def forward(self, ctx: tg.Context, x: np.ndarray, h_prev: np.ndarray, c_prev: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         _check(self, "x", x, (None, self.input_size))
         _check(self, "h_prev", h_prev, (x.shape[0], self.hidden_size))
@@ -141,7 +116,6 @@ class LSTMCell(tg.Operation):
         ctx.save(x, h_prev, c_prev, tuple(gates))
         return h, gates[4]
 
-    @_guarded
     def backward(self, ctx: tg.Context, grads: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, ...]:
         x, h_prev, c_prev, gates = ctx.saved
         dh, dc = grads
@@ -171,7 +145,6 @@ class LSTM(tg.Operation):
         self.U = self.parameter("U", (self.hidden_size, 4 * self.hidden_size))
         self.b = self.parameter("b", (4 * self.hidden_size,), init=_forget_bias)
 
-    @_guarded
     def forward(self, ctx: tg.Context, x: np.ndarray) -> np.ndarray:
         _check(self, "x", x, (None, None, self.input_size))
         n, steps, _ = x.shape
@@ -192,7 +165,6 @@ class LSTM(tg.Operation):
         ctx.save(x, history)
         return out
 
-    @_guarded
     def backward(self, ctx: tg.Context, grad: np.ndarray) -> np.ndarray:
         x, history = ctx.saved
         n, steps, _ = x.shape
