@@ -60,6 +60,7 @@ __all__ = [
     "check_reuse_in_one_pass",
     "check_linear_in_upstream_gradient",
     "check_eval_mode",
+    "check_capture",
     "check_loss_scalar",
 ]
 
@@ -856,6 +857,83 @@ def check_loss_scalar(case: OperationCase) -> None:
     _report_failures(case, check, report, "input")
 
 
+def _captured_step(case: OperationCase) -> tuple[Graph, Operation, Callable[..., Any]]:
+    """A fresh op and the step ``check_capture`` captures: clear the gradients, forward, the
+    loss or fixed output gradients, backward; it returns the outputs (and the loss)."""
+    graph, op = case.build()
+
+    def step(*variables: Variable) -> Any:
+        graph.parameter.clear_grads()
+        result = op.forward(*variables)
+        if case.is_loss:
+            value = op.loss(case.target())  # type: ignore[attr-defined]
+            graph.backward()
+            return (*_outputs(result), value)
+        graph.backward(grads=_seeds(_float_outputs(result)))
+        return _outputs(result)
+
+    return graph, op, step
+
+
+def _bitwise(a: Any, b: Any) -> bool:
+    if isinstance(a, Variable):
+        a, b = a.value, b.value
+    if isinstance(a, float) or isinstance(b, float):
+        return bool(a == b)
+    if a is None or b is None:
+        return a is None and b is None
+    a, b = np.asarray(a), np.asarray(b)
+    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+@requires(check_gradient_structure)
+def check_capture(case: OperationCase) -> None:
+    """A captured step of the op (forward, loss, backward), recorded on the sample and replayed
+    on a second input of the same shapes with other values, equals eager bit for bit: outputs,
+    loss, and every input's and parameter's gradient. An op is safe to replay when its backward
+    depends on nothing but ``ctx`` (what forward saved, ``needs_input_grad``) and its parameters,
+    and forward keeps nothing on ``self`` (``ctx.inputs`` is empty during a replay)."""
+    check = "check_capture"
+    first = _arrays(case._need_sample())
+    seconds = [values for values, _ in _other_values(first)]
+    slots = [f"input {i}" for i in range(len(first))]
+    second = next((v for v in seconds if _usable(case, _Application(v, slots, case.target(), "second input"))), first)
+
+    def run() -> str | None:
+        captured_graph, captured_op, captured = _captured_step(case)
+        step = captured_graph.capture(captured, check=False)
+        step(*[Variable(a) for a in first])  # records (eager)
+        got_inputs = [Variable(a) for a in second]
+        try:
+            got = step(*got_inputs)  # replays
+        except Exception as exc:
+            return f"the replay raised {type(exc).__name__}: {exc}"
+        eager_graph, eager_op, eager = _captured_step(case)
+        eager(*[Variable(a) for a in first])
+        want_inputs = [Variable(a) for a in second]
+        want = eager(*want_inputs)
+        for i, (g, w) in enumerate(zip(got, want)):
+            if not _bitwise(g, w):
+                return f"output {i} of the replay differs from eager" if i < len(got) - case.is_loss else "the loss differs"
+        for i, (g, w) in enumerate(zip(got_inputs, want_inputs)):
+            if not _bitwise(g.peek_grad(), w.peek_grad()):
+                return f"the gradient of input {i} differs"
+        for name, p in captured_op.parameters().items():
+            q = eager_op.parameters()[name]
+            if not (_bitwise(p.peek_grad(), q.peek_grad()) and _bitwise(p.value, q.value)):
+                return f"parameter {captured_op.name}.{name}'s gradient differs"
+        return None
+
+    problem = _guarded(case, check, run)
+    if problem:
+        raise case.fail(
+            check,
+            f"recorded on the sample and replayed on a second input, {problem}. The op keeps per-call state "
+            "outside ctx, or reads something forward did not save (ctx.inputs is empty during a replay: "
+            "save what backward needs with ctx.save)",
+        )
+
+
 # check_gradient_structure first: most checks require it (``@requires``), and its verdict is
 # kept on the case, so it runs once per case whatever the order.
 ALL_CHECKS: tuple[Callable[[OperationCase], None], ...] = (
@@ -870,6 +948,7 @@ ALL_CHECKS: tuple[Callable[[OperationCase], None], ...] = (
     check_reuse_in_one_pass,
     check_linear_in_upstream_gradient,
     check_eval_mode,
+    check_capture,
 )
 LOSS_CHECKS: tuple[Callable[[OperationCase], None], ...] = (check_loss_scalar,)
 

@@ -133,7 +133,7 @@ def test_a_structural_fault_is_one_FAIL_and_the_checks_it_blocks_read_skip(capsy
     assert cells.pop("check_forward_deterministic") == cells.pop("check_eval_mode") == "ok"
     assert set(cells.values()) == {"skip"}
     assert out.count("check_gradient_structure failed:") == 1 and "has shape (2,), the input has shape (3, 2)" in out
-    assert "3 passed, 1 failed, 8 skipped (1 operations, 12 checks)" in out
+    assert "3 passed, 1 failed, 9 skipped (1 operations, 13 checks)" in out
     code, out, _ = run(capsys, "check", "--plugin", "tgtest_shapes", "--json")
     outcomes = {r["check"]: r["outcome"] for r in json.loads(out)}
     assert code == 1 and outcomes["check_fan_out"] == "skipped" and outcomes["check_gradient_structure"] == "failed"

@@ -27,6 +27,6 @@ def test_readme_contract_test_module_works_for_an_installed_plugin():
     exec(compile(TEST_MODULES[0].replace('"myops"', '"acme"'), "README.md test module", "exec"), namespace)
     test = namespace["test_contract"]
     params = test.pytestmark[0].args[1]
-    assert len(params) == 24
+    assert len(params) == 26
     for param in params:
         test(*param.values)

@@ -209,7 +209,7 @@ def test_installed_third_party_plugin_passes_through_every_route(pytester):
         """
     )
     result = pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider")
-    result.assert_outcomes(passed=24)
+    result.assert_outcomes(passed=26)
 
     cli = pytester.run(sys.executable, "-m", "tapegrad.cli", "check", "--plugin", "acme")
     assert cli.ret == 0 and "Softplus" in cli.stdout.str() and "0 failed" in cli.stdout.str()
@@ -217,7 +217,7 @@ def test_installed_third_party_plugin_passes_through_every_route(pytester):
 
 def test_pytest_option_generates_the_contract_without_test_files(pytester):
     result = pytester.runpytest_subprocess("--tapegrad-contract=acme", "-q", "-p", "no:cacheprovider")
-    result.assert_outcomes(passed=24)
+    result.assert_outcomes(passed=26)
     result = pytester.runpytest_subprocess("--tapegrad-contract=acm", "-q", "-p", "no:cacheprovider")
     assert result.ret != 0
     assert "no registered operation matched" in result.stderr.str()
@@ -264,7 +264,7 @@ def test_a_broken_plugin_warns_without_breaking_pytest_summary(pytester, tmp_pat
                      {"tgtest_kaputt": "raise ImportError('kaputt')"})
     monkeypatch.setenv("PYTHONPATH", str(site))
     result = pytester.runpytest_subprocess("--tapegrad-contract=acme", "-q", "-p", "no:cacheprovider")
-    result.assert_outcomes(passed=24, warnings=1)
+    result.assert_outcomes(passed=26, warnings=1)
     assert "tgtest_kaputt" in result.stdout.str()
 
 
@@ -669,7 +669,7 @@ def test_reuse_with_values_only_catches_a_mask_on_self():
 DEPENDENT = {
     "check_forward_dtype_and_finite", "check_inputs_not_mutated", "check_gradient_inputs",
     "check_gradient_parameters", "check_accumulates", "check_fan_out", "check_reuse_in_one_pass",
-    "check_linear_in_upstream_gradient",
+    "check_linear_in_upstream_gradient", "check_capture",
 }
 
 
@@ -683,7 +683,7 @@ def test_a_structural_fault_fails_once_and_skips_the_checks_that_cannot_run(cls)
     assert all("cannot run because check_gradient_structure failed" in m for m in skipped.values())
     passed = {r.check for r in report.results if r.outcome == "passed"}
     assert {"check_forward_deterministic", "check_eval_mode"} <= passed
-    assert "SKIPPED" in str(report) and "1 failed, 8 skipped" in str(report)
+    assert "SKIPPED" in str(report) and "1 failed, 9 skipped" in str(report)
     with pytest.raises(ContractError) as err:
         check_operation(cls)
     assert str(err.value).count("failed:") == 1
@@ -764,7 +764,7 @@ def test_parametrize_operations_skips_what_a_structural_fault_blocks(pytester):
         """
     )
     result = pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider", "-rs")
-    result.assert_outcomes(passed=3, failed=1, skipped=8)
+    result.assert_outcomes(passed=3, failed=1, skipped=9)
     out = result.stdout.str()
     assert "cannot run because check_gradient_structure failed (gradient of input 0 has shape (2,)" in out
 
@@ -785,3 +785,53 @@ def test_collect_and_parametrize_fail_for_a_named_plugin_that_is_missing_or_fail
         testing.collect_cases("Softplus", plugin=["acme", "brokenops"])
     assert {case.info.plugin for case, _ in testing.collect_cases(plugin=["acme"])} == {"acme"}
     assert {case.info.plugin for case, _ in testing.collect_cases(plugin="tapegrad-acme-ops")} == {"acme"}
+
+
+class ReadsCtxInputs(tg.Operation):
+    """x * x, whose backward reads the input back from ctx.inputs instead of saving it."""
+
+    def forward(self, ctx, x):
+        return x * x
+
+    def backward(self, ctx, grad):
+        x = ctx.inputs[0]
+        return 2.0 * grad * (x.value if isinstance(x, tg.Variable) else x)
+
+    @classmethod
+    def samples(cls, rng):
+        yield tg.Sample(inputs=[rng.standard_normal((2, 3))])
+
+
+class SavesWhatItWasGiven(tg.Operation):
+    """x * x, correct: it saves its input in ctx."""
+
+    def forward(self, ctx, x):
+        ctx.save(x)
+        return x * x
+
+    def backward(self, ctx, grad):
+        (x,) = ctx.saved
+        return 2.0 * grad * x
+
+    @classmethod
+    def samples(cls, rng):
+        yield tg.Sample(inputs=[rng.standard_normal((2, 3))])
+        yield tg.Sample(inputs=[np.array(0.5)], name="scalar")
+
+
+def test_check_capture_catches_an_op_that_reads_ctx_inputs_and_passes_a_correct_one():
+    report = check_operation(ReadsCtxInputs, raise_on_failure=False)
+    failed = {r.check for r in report.failures}
+    assert failed == {"check_capture"}, failed  # every other check passes: only a replay shows it
+    message = next(r.message for r in report.failures)
+    assert "ReadsCtxInputs" in message and "ctx.inputs" in message and "replay" in message
+    assert check_operation(SavesWhatItWasGiven, checks=["check_capture"]).passed
+
+
+def test_check_capture_runs_for_every_case_and_shows_in_the_cli_table(capsys):
+    from tapegrad.cli import main
+
+    assert main(["check", "Sigmoid", "--plugin", "activations"]) == 0
+    assert "capture" in capsys.readouterr().out
+    names = {check.__name__ for case, check in testing.collect_cases("Sigmoid")}
+    assert "check_capture" in names
