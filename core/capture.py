@@ -138,14 +138,19 @@ class CapturedStep:
                 f"the first replay of this step failed ({type(failure).__name__}: {failure}) where an eager run "
                 "succeeds: " + _CAUSES
             ) from failure
+        structure = _structure_difference(record.recording, recording)
+        transient, frozen = _made_inside(record.recording, recording) if not structure else (set(), None)
         problem = (
-            _structure_difference(record.recording, recording)
+            structure
+            or frozen
             or _constant_difference(record.recording, recording)
             or _value_difference("the returned value", replayed, result)
-            or after.difference(State(self.graph, record.recording, leaves))
+            or after.difference(State(self.graph, record.recording, leaves), ignore=transient)
         )
         if problem:
             raise CaptureError(f"the first replay of this step differs from an eager run: {problem}")
+        if transient:  # Variables the step makes itself, from the same values each call: constants
+            record.replay = Replay(record.recording, record.replay.template, frozen=transient)
         record.verified = True
         return result
 
@@ -207,6 +212,7 @@ class State:
                         v = source.obj
                         variables.setdefault(id(v), (v.name or "a Variable made outside the step", v))
         self.graph = graph
+        self.recording = recording
         self.variables = [
             (name, v, v.value.copy(), None if v.peek_grad() is None else np.array(v.peek_grad(), copy=True))
             for name, v in variables.values()
@@ -224,9 +230,13 @@ class State:
             optimizer.load_state_dict(state)
         self.graph.rng.bit_generator.state = self.rng
 
-    def difference(self, eager: State) -> str | None:
-        """The first value or gradient that differs from ``eager``'s (this one is the replay's)."""
-        for (name, _, value, grad), (_, _, eager_value, eager_grad) in zip(self.variables, eager.variables):
+    def difference(self, eager: State, ignore: set[tuple[int, int]] = frozenset()) -> str | None:  # type: ignore[assignment]
+        """The first value or gradient that differs from ``eager``'s (this one is the replay's),
+        leaving out the Variables of the (application, input) pairs in ``ignore``."""
+        skipped = {id(self.recording.apps[i].sources[k].obj) for i, k in ignore}
+        for (name, v, value, grad), (_, _, eager_value, eager_grad) in zip(self.variables, eager.variables):
+            if id(v) in skipped:
+                continue
             grads = _array_difference(grad, eager_grad)
             values = _array_difference(value, eager_value)
             if values and not grads:
@@ -273,7 +283,7 @@ def _event_signature(recording: Recording, event: tuple[str, Any]) -> Any:
     kind, body = event
     if kind == "apply":
         app = recording.apps[body]
-        return (kind, id(app.op), tuple((s.kind, s.index, s.app, id(s.obj) if s.kind == "variable" else 0) for s in app.sources))
+        return (kind, id(app.op), tuple((s.kind, s.index, s.app) for s in app.sources))
     if kind == "loss":
         app, source, _ = body
         return (kind, app, source.kind, source.index, source.app)
@@ -293,9 +303,30 @@ def _describe(recording: Recording, event: tuple[str, Any]) -> str:
     return f"a call of {type(body.obj).__name__}.{body.function.__name__}()"
 
 
+def _made_inside(recorded: Recording, now: Recording) -> tuple[set[tuple[int, int]], str | None]:
+    """Variables an op received that are neither arguments, parameters nor op outputs: one that is
+    the same object on both calls outlives the step (read live); one made anew by the step is a
+    constant, fine while its value stays the same. Returns those made anew, or what changed."""
+    transient = set()
+    for i, (old, new) in enumerate(zip(recorded.apps, now.apps)):
+        for k, (a, b) in enumerate(zip(old.sources, new.sources)):
+            if a.kind != "variable" or a.obj is b.obj:
+                continue
+            differs = _array_difference(a.obj.value, b.obj.value, ("when recorded", "now"))
+            if differs:
+                return set(), (
+                    f"{old.op.label} input {k} is a Variable the step makes from an array computed by Python (not "
+                    f"an argument, a parameter or an op output), and the record froze it: its value "
+                    f"{differs.replace('differs', 'changed', 1)}. Pass the array as an argument of the step, or "
+                    "compute it with ops."
+                )
+            transient.add((i, k))
+    return transient, None
+
+
 def _constant_difference(recorded: Recording, now: Recording) -> str | None:
     for (where, old), (_, new) in zip(recorded.constants, now.constants):
-        differs = _array_difference(old, new)
+        differs = _array_difference(old, new, ("when recorded", "now"))
         if differs:
             return (
                 f"{where} is an array computed by Python inside the step (not from an argument, a parameter or an "
@@ -328,14 +359,17 @@ def _value_difference(what: str, replayed: Any, eager: Any) -> str | None:
     return None
 
 
-def _array_difference(replayed: np.ndarray | None, eager: np.ndarray | None) -> str | None:
-    """None when both are bit for bit the same; else what differs, in words."""
+def _array_difference(
+    replayed: np.ndarray | None, eager: np.ndarray | None, names: tuple[str, str] = ("replayed", "eager")
+) -> str | None:
+    """None when both are bit for bit the same; else what differs, in words (``names`` say which is which)."""
+    first, second = names
     if replayed is None or eager is None:
         if replayed is eager:
             return None
-        return f"is {'missing' if replayed is None else 'present'} replayed and {'missing' if eager is None else 'present'} eager"
+        return f"is {'missing' if replayed is None else 'present'} {first} and {'missing' if eager is None else 'present'} {second}"
     if replayed.dtype != eager.dtype or replayed.shape != eager.shape:
-        return f"differs: {replayed.dtype}{replayed.shape} replayed, {eager.dtype}{eager.shape} eager"
+        return f"differs: {replayed.dtype}{replayed.shape} {first}, {eager.dtype}{eager.shape} {second}"
     if replayed.tobytes() == eager.tobytes():
         return None
     a, b = replayed.reshape(-1), eager.reshape(-1)
@@ -345,4 +379,4 @@ def _array_difference(replayed: np.ndarray | None, eager: np.ndarray | None) -> 
             unequal &= ~(np.isnan(a) & np.isnan(b))
     flat = int(np.argmax(unequal)) if unequal.any() else 0
     index = [int(i) for i in np.unravel_index(flat, replayed.shape)] if replayed.ndim else []
-    return f"differs at {index}: {a[flat]!r} replayed, {b[flat]!r} eager"
+    return f"differs at {index}: {float(a[flat])!r} {first}, {float(b[flat])!r} {second}"

@@ -258,7 +258,10 @@ class Replay:
     values the template describes. ``source`` is the generated program, for reading.
     """
 
-    def __init__(self, recording: Recording, template: Any) -> None:
+    def __init__(self, recording: Recording, template: Any, frozen: set[tuple[int, int]] | None = None) -> None:
+        self.recording = recording
+        #: (application, input) pairs whose Variable the step makes itself: constants, no gradient
+        self.frozen = frozen or set()
         self.graph = recording.graph
         self.apps = recording.apps
         self.events = recording.events
@@ -349,7 +352,9 @@ class _Program:
         return source, namespace["replay"]
 
     # -- values --------------------------------------------------------------------------------
-    def array(self, source: Source) -> str:
+    def array(self, source: Source, frozen: bool = False) -> str:
+        if frozen:
+            return self.name("K", source.obj.value)
         if source.kind == "input":
             return f"a{source.index}.value" if self.replay.leaves[source.index][0] else f"a{source.index}"
         if source.kind == "output":
@@ -385,8 +390,8 @@ class _Program:
         app = self.replay.apps[i]
         op, ctx = app.op, self.replay.contexts[i]
         args = []
-        for source, convert in zip(app.sources, app.converts):
-            expr = self.array(source)
+        for k, (source, convert) in enumerate(zip(app.sources, app.converts)):
+            expr = self.array(source, (i, k) in self.replay.frozen)
             args.append(expr if convert is None else f"{expr}.astype({self.name('DT', convert)})")
         c = self.name("C", ctx)
         self.emit(f"{self.name('D', ctx.__dict__)}.clear(); {c}.saved = ()")
@@ -415,12 +420,14 @@ class _Program:
     # -- backward --------------------------------------------------------------------------------
     def needs_input_grad(self, i: int) -> tuple[bool, ...]:
         """Per input of application i: does any backward route its gradient somewhere observable?"""
-        return tuple(self.route(i, source) is not None for source in self.replay.apps[i].sources)
+        return tuple(self.route(i, source, k) is not None for k, source in enumerate(self.replay.apps[i].sources))
 
-    def route(self, i: int, source: Source) -> str | None:
-        """Where the gradient of an input of application i goes: a gradient slot of the application
+    def route(self, i: int, source: Source, k: int) -> str | None:
+        """Where the gradient of input k of application i goes: a gradient slot of the application
         that made it, or a live Variable's ``add_grad``; None when nobody could see it."""
         segment = self.replay.segments.get(i)
+        if (i, k) in self.replay.frozen:
+            return None
         if source.kind == "output":
             producer = self.replay.apps[source.app]
             if segment is None or source.app not in segment or producer.op.is_loss:
@@ -438,8 +445,8 @@ class _Program:
         apps = self.replay.apps
         self.contributions: dict[str, int] = {}  # gradient slot -> how many routes lead to it
         for i in event.apps:
-            for source in apps[i].sources:
-                target = self.route(i, source)
+            for k, source in enumerate(apps[i].sources):
+                target = self.route(i, source, k)
                 if target is not None:
                     self.contributions[target] = self.contributions.get(target, 0) + 1
         for output, _, _ in event.seeds:
@@ -476,7 +483,7 @@ class _Program:
     def emit_routes(self, i: int, depth: int) -> None:
         """Add what application i's backward returned (``r``) where each input's gradient goes."""
         app = self.replay.apps[i]
-        routes = [self.route(i, source) for source in app.sources]
+        routes = [self.route(i, source, k) for k, source in enumerate(app.sources)]
         if not any(routes):
             return
         if len(app.sources) == 1:
