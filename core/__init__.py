@@ -42,7 +42,7 @@ from .registry import OperationInfo, PluginInfo, Registry, default_registry, reg
 from .tape import Context, Tape
 from .variable import Variable
 
-__version__ = "0.1.0"  # the one copy: pyproject.toml reads this literal when building
+__version__ = "0.2.0"  # the one copy: pyproject.toml reads this literal when building
 
 __all__ = [
     "AmbiguousOperationError",

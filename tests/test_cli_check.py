@@ -137,3 +137,21 @@ def test_a_structural_fault_is_one_FAIL_and_the_checks_it_blocks_read_skip(capsy
     code, out, _ = run(capsys, "check", "--plugin", "tgtest_shapes", "--json")
     outcomes = {r["check"]: r["outcome"] for r in json.loads(out)}
     assert code == 1 and outcomes["check_fan_out"] == "skipped" and outcomes["check_gradient_structure"] == "failed"
+
+
+def test_a_closed_pipe_ends_the_listing_quietly(monkeypatch, capsys):
+    import os
+    import sys
+
+    from tapegrad.cli import main
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone, as with `tapegrad ops | head -1`
+    closed = os.fdopen(write_end, "w", buffering=1)
+    monkeypatch.setattr(sys, "stdout", closed)
+    try:
+        assert main(["ops"]) == 141
+    finally:
+        monkeypatch.undo()
+        closed.close()
+    assert "Traceback" not in capsys.readouterr().err

@@ -3,4 +3,4 @@
 from .plugin import CTCLoss
 
 __all__ = ["CTCLoss"]
-__version__ = "0.1.0"  # the one copy: pyproject.toml reads this literal when building
+__version__ = "0.2.0"  # the one copy: pyproject.toml reads this literal when building

@@ -3,4 +3,4 @@
 from .plugin import LSTM, LSTMCell, RNNCell
 
 __all__ = ["LSTM", "LSTMCell", "RNNCell"]
-__version__ = "0.1.0"  # the one copy: pyproject.toml reads this literal when building
+__version__ = "0.2.0"  # the one copy: pyproject.toml reads this literal when building
