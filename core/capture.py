@@ -283,7 +283,7 @@ def _event_signature(recording: Recording, event: tuple[str, Any]) -> Any:
     kind, body = event
     if kind == "apply":
         app = recording.apps[body]
-        return (kind, id(app.op), tuple((s.kind, s.index, s.app) for s in app.sources))
+        return (kind, id(app.op), tuple((s.kind, s.index, s.app, s.live) for s in app.sources))
     if kind == "loss":
         app, source, _ = body
         return (kind, app, source.kind, source.index, source.app)

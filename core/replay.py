@@ -39,10 +39,12 @@ __all__ = ["Recording", "Replay", "Source", "Application"]
 class Source:
     """Where an op's input (or a loss's target) came from.
 
-    ``kind`` is "input" (the step's argument ``index``; ``live`` when it is a Variable the caller
-    passed, whose gradient is observable), "output" (output ``index`` of application ``app``),
-    "variable" (a Variable that outlives the step, a parameter say: ``obj``, read live) or
-    "constant" (an array made by Python inside the step: ``obj``, frozen by the record).
+    ``kind`` is "input" (the step's argument ``index``), "output" (output ``index`` of
+    application ``app``), "variable" (a Variable that outlives the step, a parameter say: ``obj``,
+    read live) or "constant" (an array made by Python inside the step: ``obj``, frozen by the
+    record). ``live``: the gradient flows back to it, as it does eagerly to a Variable the caller
+    passed and to an op output Variable, but not to a bare array or a Variable the step wrapped
+    around one.
     """
 
     kind: str
@@ -146,7 +148,8 @@ class Recording:
         index = len(self.apps)
         outputs = ctx.outputs if isinstance(ctx.outputs, tuple) else (ctx.outputs,)
         for k, out in enumerate(outputs):
-            self._remember(out, Source("output", index=k, app=index))
+            self._remember(out, Source("output", index=k, app=index, live=True))
+            self._remember(out.value, Source("output", index=k, app=index))
         self._apps_by_ctx[id(ctx)] = index
         self._alive.append(ctx)
         self.apps.append(
@@ -176,7 +179,7 @@ class Recording:
         seeded = []
         for variable, grad in seeds:
             where = self._sources.get(id(variable))
-            if where is None or where.kind != "output":
+            if where is None or where.kind != "output" or not where.live:
                 raise CaptureError("backward(grads=...) inside a captured step must seed op outputs of the step")
             seeded.append((where, self._source(grad, grad, "a gradient passed to backward(grads=...)"), variable.dtype))
         self.events.append(("backward", Backward(apps, losses, seeded, float(loss_grad))))
@@ -201,8 +204,8 @@ class Recording:
                 return found
         if isinstance(x, Variable):
             found = self._sources.get(id(x.value))
-            if found is not None and found.kind == "input":
-                return Source("input", index=found.index)  # tg.Variable(x) made inside the step
+            if found is not None:  # tg.Variable(x) made inside the step around an argument or an output
+                return Source(found.kind, index=found.index, app=found.app)
             self._refuse_views(x.value, where)
             return Source("variable", obj=x)
         self._refuse_views(array, where)
@@ -229,7 +232,7 @@ class Recording:
             return ("loss", self._losses[id(result)])
         if isinstance(result, Variable):
             found = self._sources.get(id(result))
-            if found is not None and found.kind == "output":
+            if found is not None and found.kind == "output" and found.live:
                 return ("output", found.app, found.index)
             raise CaptureError(
                 f"the step returned {result!r}, which is not an output of an op it applied; return op "
@@ -430,7 +433,7 @@ class _Program:
             return None
         if source.kind == "output":
             producer = self.replay.apps[source.app]
-            if segment is None or source.app not in segment or producer.op.is_loss:
+            if not source.live or segment is None or source.app not in segment or producer.op.is_loss:
                 return None
             if producer.output_dtypes[source.index].kind != "f":
                 return None
