@@ -69,7 +69,7 @@ class CapturedStep:
         self.max_records = max_records
         self.records: OrderedDict[Any, Record] = OrderedDict()
         self.last_record: Record | None = None
-        functools.update_wrapper(self, fn)
+        functools.update_wrapper(self, fn, updated=())  # name and docstring; never fn's own attributes
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if RECORDING.get() is not None:
@@ -96,6 +96,13 @@ class CapturedStep:
             if error is exc:
                 raise
             raise error from exc
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A record's program is bound to this graph's objects: a copy (or an unpickled step)
+        # records again on its first call, against its own graph.
+        state = self.__dict__.copy()
+        state["records"], state["last_record"] = OrderedDict(), None
+        return state
 
     def __repr__(self) -> str:
         name = getattr(self.fn, "__qualname__", repr(self.fn))
@@ -159,18 +166,22 @@ def signature(args: tuple[Any, ...], kwargs: Mapping[str, Any], mode: bool) -> t
     """(key, leaves): the cache key of a call, and its array and Variable arguments in order."""
     leaves: list[Any] = []
     parts: list[Any] = [mode]
-    for a in args:
+    for index, a in enumerate(args):
         if type(a) is ndarray:  # the common case first
             leaves.append(a)
             parts.append((a.shape, a.dtype))
         else:
-            parts.append(_spec(a, leaves))
+            parts.append(_spec(a, leaves, f"argument {index}"))
     if kwargs:
-        parts.append(tuple((k, _spec(v, leaves)) for k, v in kwargs.items()))
+        parts.append(tuple((k, _spec(v, leaves, f"argument {k!r}")) for k, v in kwargs.items()))
+    if len(leaves) > 1 and len({id(leaf) for leaf in leaves}) < len(leaves):
+        # one object passed twice: a record made so binds both uses to it, so it is keyed apart
+        first = {}
+        parts.append(("aliases", tuple(first.setdefault(id(leaf), i) for i, leaf in enumerate(leaves))))
     return tuple(parts), leaves
 
 
-def _spec(obj: Any, leaves: list[Any]) -> Any:
+def _spec(obj: Any, leaves: list[Any], where: str) -> Any:
     if isinstance(obj, ndarray):
         leaves.append(obj)
         return (obj.shape, obj.dtype)
@@ -178,15 +189,16 @@ def _spec(obj: Any, leaves: list[Any]) -> Any:
         leaves.append(obj)
         return ("Variable", obj.value.shape, obj.value.dtype)
     if isinstance(obj, (tuple, list)):
-        return (type(obj), tuple(_spec(o, leaves) for o in obj))
+        return (type(obj), tuple(_spec(o, leaves, f"{where}[{i}]") for i, o in enumerate(obj)))
     if isinstance(obj, Mapping):
-        return (dict, tuple((k, _spec(v, leaves)) for k, v in obj.items()))
+        return (dict, tuple((k, _spec(v, leaves, f"{where}[{k!r}]")) for k, v in obj.items()))
     try:
         hash(obj)
     except TypeError:
         raise CaptureError(
-            f"a captured step's argument of type {type(obj).__name__} is neither an array, a Variable nor "
-            "hashable: arguments that are not arrays are part of the record's key, by value"
+            f"the captured step's {where} is a {type(obj).__name__}, neither an array, a Variable nor "
+            "hashable: a record is kept per value of such arguments. Pass arrays or Variables (lists, "
+            "tuples and dicts of them are fine), or hashable values (numbers, strings, tuples)."
         ) from None
     return ("value", type(obj), obj)
 

@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy import ndarray
 
-from .errors import BackwardError, CaptureError, TapegradError
+from .errors import CaptureError, TapegradError
 from .operation import nonfinite_loss
-from .tape import FLOAT_SIGNALS, RECORDING, Context, Tape
+from .tape import RECORDING, Context, Tape, backward_error
 from .variable import Variable, as_array
 
 if TYPE_CHECKING:
@@ -70,6 +70,7 @@ class Application:
     op: Operation
     sources: list[Source]
     converts: list[np.dtype | None]  # the dtype the forward wrapper converted an input to
+    input_shapes: list[tuple[int, ...]]
     outputs: int | None  # None: one output (not a tuple)
     output_dtypes: list[np.dtype]
     output_shapes: list[tuple[int, ...]]
@@ -116,6 +117,8 @@ class Recording:
         self._token: Any = None
         self.in_call = False  # inside a replayable call (its own nested calls are not noted)
         for index, leaf in enumerate(leaves):
+            if id(leaf) in self._sources:
+                continue  # one object passed twice: every use reads its first place (the key says so)
             self._remember(leaf, Source("input", index=index, live=isinstance(leaf, Variable)))
             if isinstance(leaf, Variable):
                 self._remember(leaf.value, Source("input", index=index))
@@ -126,6 +129,7 @@ class Recording:
 
     def __exit__(self, *exc: Any) -> None:
         RECORDING.reset(self._token)
+        self._token = None
 
     def _remember(self, obj: Any, source: Source) -> None:
         self._sources[id(obj)] = source
@@ -157,6 +161,7 @@ class Recording:
                 op=op,
                 sources=sources,
                 converts=converts,
+                input_shapes=[np.shape(a) for a in arrays],
                 outputs=len(outputs) if isinstance(ctx.outputs, tuple) else None,
                 output_dtypes=[o.value.dtype for o in outputs],
                 output_shapes=[o.value.shape for o in outputs],
@@ -293,13 +298,14 @@ class Replay:
             if tb.tb_frame.f_code.co_filename == self._filename:
                 app, stage = self._lines.get(tb.tb_lineno, (None, "replay"))
             tb = tb.tb_next
-        if app is None or isinstance(exc, TapegradError):
-            return exc  # raised by tapegrad itself, or by a replayed call (an optimizer's step), as eager raises it
+        if app is None:
+            return exc  # raised by a replayed call (an optimizer's step), as eagerly
         op = self.apps[app].op
         if stage == "backward":
-            what = "went beyond the float range" if isinstance(exc, FLOAT_SIGNALS) else "failed"
-            return BackwardError(f"{op.label}: backward {what} during a replay: {type(exc).__name__}: {exc}")
-        return op.author_error(stage, exc, [])
+            return backward_error(op, exc)
+        if isinstance(exc, TapegradError):
+            return exc  # the op's own error, as eagerly
+        return op.author_error(stage, exc, [_Shape(s) for s in self.apps[app].input_shapes])
 
     @property
     def _filename(self) -> str:
@@ -515,6 +521,13 @@ class _Program:
             )
         else:
             self.emit(f"{target} = accumulate({target}, {grad}, {dtype})", depth, app=i, stage="backward")
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """An input as error messages describe it (by its shape)."""
+
+    shape: tuple[int, ...]
 
 
 def accumulate(current: np.ndarray | None, grad: Any, dtype: np.dtype) -> np.ndarray:

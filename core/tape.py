@@ -31,7 +31,7 @@ from .variable import Variable
 if TYPE_CHECKING:
     from .operation import Operation
 
-__all__ = ["Context", "Tape", "RECORDING", "replayable"]
+__all__ = ["Context", "Tape", "RECORDING", "backward_error", "replayable"]
 
 #: The recording in progress in this thread, if any (a captured step's first call): the tape,
 #: the loss wrapper and every ``replayable`` method report to it (see ``replay.Recording``).
@@ -167,9 +167,7 @@ class Tape:
     def add_loss(self, ctx: Context, target: Any, array: np.ndarray, value: float) -> None:
         """Queue a computed loss for seeding by ``backward`` (recorded applications only).
         ``target`` is what ``loss(target)`` received, ``array`` its array, ``value`` the loss."""
-        if not ctx.recorded:
-            return  # eval mode: a loss for reading, nothing to differentiate
-        if not any(entry is ctx for entry in reversed(self.entries)):
+        if ctx.recorded and not any(entry is ctx for entry in reversed(self.entries)):
             raise GraphError(
                 f"{ctx.op.label}: loss() refers to a forward pass that backward() already consumed "
                 "(or clear() dropped); run forward again"
@@ -177,6 +175,8 @@ class Tape:
         recording = RECORDING.get()
         if recording is not None:
             recording.loss(ctx, target, array, value)
+        if not ctx.recorded:
+            return  # eval mode: a loss for reading, nothing to differentiate
         if ctx not in self.losses:  # (Contexts compare by identity)
             self.losses.append(ctx)
 
@@ -244,15 +244,10 @@ class Tape:
                     self._route(ctx, in_grads)
         except BackwardError:
             raise
-        except FLOAT_SIGNALS as exc:
+        except (*FLOAT_SIGNALS, *AUTHOR_ERRORS, AttributeError) as exc:
             if ctx is None:
                 raise
-            raise BackwardError(f"{ctx.op.label}: backward went beyond the float range: {exc}") from exc
-        except (*AUTHOR_ERRORS, AttributeError) as exc:
-            if ctx is None:
-                raise
-            hint = " (set it on ctx in forward or loss before backward reads it)" if isinstance(exc, AttributeError) else ""
-            raise BackwardError(f"{ctx.op.label}: backward failed: {exc}{hint}") from exc
+            raise backward_error(ctx.op, exc) from exc
         finally:
             self.clear()
 
@@ -313,6 +308,16 @@ def _gradient_error(op: Operation, index: int, grad: Any, x: Variable, exc: Tape
             f"{op.label}: backward returned a gradient of shape {np.shape(grad)} for input {index}, which has shape {x.shape}"
         )
     return BackwardError(f"{op.label}: backward's gradient for input {index}: {exc}")
+
+
+def backward_error(op: Operation, exc: BaseException) -> BackwardError:
+    """What an exception raised by an op's backward becomes (eagerly and in a replay)."""
+    if isinstance(exc, BackwardError):
+        return exc
+    if isinstance(exc, FLOAT_SIGNALS):
+        return BackwardError(f"{op.label}: backward went beyond the float range: {exc}")
+    hint = " (set it on ctx in forward or loss before backward reads it)" if isinstance(exc, AttributeError) else ""
+    return BackwardError(f"{op.label}: backward failed: {exc}{hint}")
 
 
 def _output_grads(outputs: tuple[Variable, ...]) -> tuple[np.ndarray, ...] | None:
