@@ -46,6 +46,11 @@ class Record:
         return self.replay.source
 
     @property
+    def shapes(self) -> list[tuple[int, ...]]:
+        """The shapes of the array and Variable arguments this record was made for, in order."""
+        return [np.shape(leaf.value if isinstance(leaf, Variable) else leaf) for leaf in self.recording.leaves]
+
+    @property
     def run(self) -> Callable[..., Any]:
         """The replay program itself: ``run(*leaves)``."""
         return self.replay.function
@@ -74,7 +79,7 @@ class CapturedStep:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if RECORDING.get() is not None:
             return self.fn(*args, **kwargs)  # inside another step's recording: that one records these ops
-        key, leaves = signature(args, kwargs, self.graph.train_state)
+        key, leaves = signature(args, kwargs, self.graph)
         record = self.records.get(key)
         tape = self.graph.tape
         if tape.entries or tape.losses:
@@ -115,11 +120,18 @@ class CapturedStep:
             result = self.fn(*args, **kwargs)
         left = len(self.graph.tape.entries)
         if left:
-            raise CaptureError(
-                f"the step left {left} applications on the tape without a backward(): a replay could not put them "
-                "there. Call graph.backward() inside the step, or capture it in eval mode (graph.eval()) to predict."
+            raise _after_eager(
+                CaptureError(
+                    f"the step left {left} applications on the tape without a backward(): a replay could not put "
+                    "them there. Call graph.backward() inside the step, or capture it in eval mode (graph.eval()) "
+                    "to predict."
+                ),
+                result,
             )
-        template = recording.template(result)
+        try:
+            template = recording.template(result)
+        except CaptureError as exc:
+            raise _after_eager(exc, result) from None
         record = Record(key, Replay(recording, template), recording, verified=not self.check)
         self.records[key] = record
         while len(self.records) > self.max_records:
@@ -141,9 +153,12 @@ class CapturedStep:
         with recording:
             result = self.fn(*args, **kwargs)
         if failure is not None:
-            raise CaptureError(
-                f"the first replay of this step failed ({type(failure).__name__}: {failure}) where an eager run "
-                "succeeds: " + _CAUSES
+            raise _after_eager(
+                CaptureError(
+                    f"the first replay of this step failed ({type(failure).__name__}: {failure}) where an eager run "
+                    "succeeds: " + _CAUSES
+                ),
+                result,
             ) from failure
         structure = _structure_difference(record.recording, recording)
         transient, frozen = _made_inside(record.recording, recording) if not structure else (set(), None)
@@ -155,17 +170,27 @@ class CapturedStep:
             or after.difference(State(self.graph, record.recording, leaves), ignore=transient)
         )
         if problem:
-            raise CaptureError(f"the first replay of this step differs from an eager run: {problem}")
+            raise _after_eager(CaptureError(f"the first replay of this step differs from an eager run: {problem}"), result)
         if transient:  # Variables the step makes itself, from the same values each call: constants
             record.replay = Replay(record.recording, record.replay.template, frozen=transient)
         record.verified = True
         return result
 
 
-def signature(args: tuple[Any, ...], kwargs: Mapping[str, Any], mode: bool) -> tuple[Any, list[Any]]:
-    """(key, leaves): the cache key of a call, and its array and Variable arguments in order."""
+def _after_eager(error: CaptureError, result: Any) -> CaptureError:
+    """``error``, raised once the step ran eagerly to the end: ``error.eager_result`` holds what it
+    returned (the step's effects are in place), for callers that go on eagerly."""
+    error.eager_result = result
+    return error
+
+
+def signature(args: tuple[Any, ...], kwargs: Mapping[str, Any], graph: Graph) -> tuple[Any, list[Any]]:
+    """(key, leaves): the cache key of a call, and its array and Variable arguments in order.
+
+    The key holds the graph's mode, and how many ops it has: a layer added (or swapped in) since
+    a record was made makes a new one."""
     leaves: list[Any] = []
-    parts: list[Any] = [mode]
+    parts: list[Any] = [graph.train_state, len(graph.operations)]
     for index, a in enumerate(args):
         if type(a) is ndarray:  # the common case first
             leaves.append(a)
@@ -176,7 +201,7 @@ def signature(args: tuple[Any, ...], kwargs: Mapping[str, Any], mode: bool) -> t
         parts.append(tuple((k, _spec(v, leaves, f"argument {k!r}")) for k, v in kwargs.items()))
     if len(leaves) > 1 and len({id(leaf) for leaf in leaves}) < len(leaves):
         # one object passed twice: a record made so binds both uses to it, so it is keyed apart
-        first = {}
+        first: dict[int, int] = {}
         parts.append(("aliases", tuple(first.setdefault(id(leaf), i) for i, leaf in enumerate(leaves))))
     return tuple(parts), leaves
 
@@ -327,8 +352,8 @@ def _made_inside(recorded: Recording, now: Recording) -> tuple[set[tuple[int, in
             differs = _array_difference(a.obj.value, b.obj.value, ("when recorded", "now"))
             if differs:
                 return set(), (
-                    f"{old.op.label} input {k} is a Variable the step makes from an array computed by Python (not "
-                    f"an argument, a parameter or an op output), and the record froze it: its value "
+                    f"{old.op.label} input {k} is a Variable the step makes from an array computed by Python inside "
+                    f"the step (not an argument, a parameter or an op output), and the record froze it: its value "
                     f"{differs.replace('differs', 'changed', 1)}. Pass the array as an argument of the step, or "
                     "compute it with ops."
                 )

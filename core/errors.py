@@ -22,6 +22,7 @@ __all__ = [
     "OutOfRangeError",
     "MissingDependencyError",
     "TapeWarning",
+    "CaptureWarning",
     "NonFiniteError",
     "TrainingError",
     "ScaffoldError",
@@ -68,7 +69,12 @@ class BackwardError(GraphError):
 
 class CaptureError(GraphError):
     """A captured step cannot be recorded or replayed faithfully: ``fn`` returned something that
-    is not a loss value or op output, or its first replay differed from an eager run."""
+    is not a loss value or op output, or its first replay differed from an eager run.
+
+    ``eager_result`` is what the step returned when it had run eagerly to the end before the error
+    (its effects are then in place, as an eager call leaves them); None otherwise."""
+
+    eager_result = None
 
 
 class ArgumentError(TapegradError, ValueError):
@@ -99,6 +105,10 @@ class TrainingError(TapegradError, ValueError):
 
 class ScaffoldError(TapegradError, ValueError):
     """``tapegrad new-plugin`` cannot write where it was asked to (bad name, folder not empty)."""
+
+
+class CaptureWarning(UserWarning):
+    """A step the Trainer would capture cannot be; it runs eagerly instead."""
 
 
 class TapeWarning(UserWarning):

@@ -25,7 +25,7 @@ from numpy import ndarray
 
 from .errors import CaptureError, TapegradError
 from .operation import nonfinite_loss
-from .tape import RECORDING, Context, Tape, backward_error
+from .tape import AUTHOR_ERRORS, FLOAT_SIGNALS, RECORDING, Context, Tape, backward_error
 from .variable import Variable, as_array
 
 if TYPE_CHECKING:
@@ -303,8 +303,8 @@ class Replay:
         op = self.apps[app].op
         if stage == "backward":
             return backward_error(op, exc)
-        if isinstance(exc, TapegradError):
-            return exc  # the op's own error, as eagerly
+        if isinstance(exc, TapegradError) or not isinstance(exc, (*AUTHOR_ERRORS, *FLOAT_SIGNALS)):
+            return exc  # the op's own error, or one eager lets through too
         return op.author_error(stage, exc, [_Shape(s) for s in self.apps[app].input_shapes])
 
     @property
@@ -327,9 +327,11 @@ class _Program:
             "accumulate": accumulate,
             "zeros_like": np.zeros_like,
             "nonfinite": nonfinite,
+            "returned": returned,
             "LATEST": replay.graph.tape.latest,
         }
         self._objects: dict[int, str] = {}
+        self.slots: set[str] = set()  # gradient slots defined by some backward
 
     def name(self, prefix: str, obj: Any) -> str:
         """A global of the generated program holding ``obj``."""
@@ -381,7 +383,11 @@ class _Program:
             return f"l{template[1]}"
         if kind == "output":
             _, app, index = template
-            return f"Variable({self.array(Source('output', index=index, app=app))})"
+            array = self.array(Source("output", index=index, app=app))
+            slot = f"g{app}_{index}"
+            if slot in self.slots:  # its gradient, as eagerly: what backward gave it
+                return f"returned({array}, {slot})"
+            return f"Variable({array})"
         if kind is dict:
             items = ", ".join(f"{self.name('KEY', key)}: {self.value(v)}" for key, v in template[1])
             return "{" + items + "}"
@@ -464,6 +470,7 @@ class _Program:
         slots = [f"g{i}_{k}" for i in event.apps for k in range(apps[i].outputs or 1) if not apps[i].op.is_loss]
         if slots:
             self.emit(" = ".join(slots) + " = None")
+        self.slots.update(slots)
         for output, grad, dtype in event.seeds:
             slot = f"g{output.app}_{output.index}"
             seed = self.array(grad)
@@ -540,6 +547,14 @@ def accumulate(current: np.ndarray | None, grad: Any, dtype: np.dtype) -> np.nda
     if current is None:
         return grad
     return np.add(current, grad, out=np.empty_like(current))
+
+
+def returned(value: np.ndarray, grad: np.ndarray | None) -> Variable:
+    """An op output the step returns: a new Variable holding the gradient backward gave it."""
+    variable = Variable(value)
+    if grad is not None:
+        variable.add_grad(grad)
+    return variable
 
 
 def nonfinite(op: Operation, value: float) -> None:

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from .arguments import check_number
-from .errors import NonFiniteError, TapegradError, TrainingError
+from .errors import CaptureError, CaptureWarning, NonFiniteError, TapegradError, TrainingError
 from .graph import Graph
 from .optim import Optimizer
 from .variable import Variable
@@ -102,21 +103,39 @@ class Trainer:
         self.verbose = verbose
         self.rng = np.random.default_rng(seed)
         self.capture = bool(capture)
-        self._train_step = self.graph.capture(self._step) if self.capture else self._step
-        self._predict_step = self.graph.capture(self._forward) if self.capture else self._forward
+        self._train_step: Any = self.graph.capture(self._step) if self.capture else self._step
+        self._predict_step: Any = self.graph.capture(self._forward) if self.capture else self._forward
 
-    def _step(self, x: np.ndarray, y: np.ndarray) -> float:
-        """One training step: forward, loss, backward, the optimizer's step and zero_grad."""
-        assert self.optimizer is not None
+    def _step(self, x: np.ndarray, y: np.ndarray, optimizer: Optimizer) -> float:
+        """One training step: forward, loss, backward, the optimizer's step and zero_grad. (The
+        optimizer is an argument so that a captured step records anew when it is replaced.)"""
         self.model.forward(x)
         value = self.model.loss(y)
         self.graph.backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad()
+        optimizer.step()
+        optimizer.zero_grad()
         return value  # type: ignore[no-any-return]
 
     def _forward(self, x: np.ndarray) -> Any:
         return self.model.forward(x)
+
+    def _run(self, which: str, *args: Any) -> Any:
+        """Call the captured ``_train_step`` or ``_predict_step``; a model whose step cannot be
+        captured (Python work on its input inside forward, say) goes on eagerly, with a warning."""
+        step = getattr(self, which)
+        try:
+            return step(*args)
+        except CaptureError as exc:
+            self.graph.clear()
+            eager = self._step if which == "_train_step" else self._forward
+            setattr(self, which, eager)
+            warnings.warn(
+                f"Trainer: this model's {'training' if which == '_train_step' else 'prediction'} step cannot be "
+                f"captured, so it runs eagerly from now on ({exc}). Pass Trainer(capture=False) to choose that.",
+                CaptureWarning,
+                stacklevel=3,
+            )
+            return exc.eager_result if exc.eager_result is not None else eager(*args)
 
     # -- validation ----------------------------------------------------------------------
     def _check_data(self, x: Any, y: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
@@ -200,7 +219,7 @@ class Trainer:
 
     def _epoch(self, x: np.ndarray, y: np.ndarray, epoch: int, epochs: int) -> float:
         assert self.optimizer is not None
-        size, step = self.batch_size, self._train_step
+        size = self.batch_size
         self.graph.train()
         order = self.rng.permutation(len(x))
         xs, ys = x[order], y[order]
@@ -215,7 +234,7 @@ class Trainer:
                 for index, begin in enumerate(range(0, len(x), size)):
                     yb = ys[begin : begin + size]
                     try:
-                        value = step(xs[begin : begin + size], yb)
+                        value = self._run("_train_step", xs[begin : begin + size], yb, self.optimizer)
                     except (TapegradError, FloatingPointError) as exc:
                         if not _diverging(exc):
                             raise
@@ -258,7 +277,7 @@ class Trainer:
         was_training = graph.train_state
         graph.eval()
         try:
-            out = self._predict_step(np.asarray(x.value if isinstance(x, Variable) else x, dtype=graph.dtype))
+            out = self._run("_predict_step", np.asarray(x.value if isinstance(x, Variable) else x, dtype=graph.dtype))
         finally:
             graph.train_state = was_training
         values = out.value if isinstance(out, Variable) else np.asarray(out)
