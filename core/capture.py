@@ -48,7 +48,7 @@ class Record:
     @property
     def shapes(self) -> list[tuple[int, ...]]:
         """The shapes of the array and Variable arguments this record was made for, in order."""
-        return [np.shape(leaf.value if isinstance(leaf, Variable) else leaf) for leaf in self.recording.leaves]
+        return list(self.recording.leaf_shapes)
 
     @property
     def run(self) -> Callable[..., Any]:
@@ -132,6 +132,7 @@ class CapturedStep:
             template = recording.template(result)
         except CaptureError as exc:
             raise _after_eager(exc, result) from None
+        recording.finish()
         record = Record(key, Replay(recording, template), recording, verified=not self.check)
         self.records[key] = record
         while len(self.records) > self.max_records:
@@ -152,6 +153,7 @@ class CapturedStep:
         recording = Recording(self.graph, leaves)
         with recording:
             result = self.fn(*args, **kwargs)
+        recording.finish()
         if failure is not None:
             raise _after_eager(
                 CaptureError(

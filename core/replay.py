@@ -107,6 +107,9 @@ class Recording:
     def __init__(self, graph: Graph, leaves: list[Any]) -> None:
         self.graph = graph
         self.leaves = leaves
+        #: per argument: (passed as a Variable, holding floats), and its shape
+        self.leaf_kinds = [(isinstance(leaf, Variable), np.asarray(leaf).dtype.kind == "f") for leaf in leaves]
+        self.leaf_shapes = [np.shape(np.asarray(leaf)) for leaf in leaves]
         self.apps: list[Application] = []
         self.events: list[tuple[str, Any]] = []
         self.constants: list[tuple[str, np.ndarray]] = []  # (where, array) of every frozen constant
@@ -130,6 +133,15 @@ class Recording:
     def __exit__(self, *exc: Any) -> None:
         RECORDING.reset(self._token)
         self._token = None
+
+    def finish(self) -> None:
+        """Drop what only recording needed: the first call's arguments, outputs and Contexts
+        (their activations). A record keeps the ops, the sources and the constants."""
+        self.leaves = []
+        self._sources.clear()
+        self._apps_by_ctx.clear()
+        self._losses.clear()
+        self._alive.clear()
 
     def _remember(self, obj: Any, source: Source) -> None:
         self._sources[id(obj)] = source
@@ -273,8 +285,7 @@ class Replay:
         self.graph = recording.graph
         self.apps = recording.apps
         self.events = recording.events
-        # per argument: (passed as a Variable, holding floats)
-        self.leaves = [(isinstance(leaf, Variable), np.asarray(leaf).dtype.kind == "f") for leaf in recording.leaves]
+        self.leaves = recording.leaf_kinds
         self.segments = {i: event.apps for kind, event in recording.events if kind == "backward" for i in event.apps}
         self.template = template
         self.contexts = [Context(app.op, (), ()) for app in self.apps]
