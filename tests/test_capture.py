@@ -1269,10 +1269,10 @@ def test_an_error_on_the_first_replay_is_eagers_and_the_record_verifies_later():
     bad = x[5:10].copy()
     bad[0, 0] = np.inf
     messages = []
-    for run in (step, eager):
-        with pytest.raises(NonFiniteError) as info:
+    for run in (step, eager):  # (which error depends on where numpy sees the infinity: forward or backward)
+        with pytest.raises((NonFiniteError, tg.BackwardError)) as info:
             run(bad, y[5:10])
-        messages.append(str(info.value))
+        messages.append((type(info.value), str(info.value)))
     assert messages[0] == messages[1]
     assert not step.last_record.verified
     for net in nets:

@@ -214,7 +214,7 @@ def test_a_run_time_op_named_like_ours_changes_nothing():
 
 
 def test_an_installed_plugin_offering_our_op_names_changes_nothing(plugin_dir):
-    from tests.conftest import make_dist, op_module
+    from conftest import make_dist, op_module
 
     import tapegrad as tg
 
