@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import numpy as np
 from _timing import blas_threads, compare, report_runs
-from bench_training import SeedMLP
+from bench_training import captured_step
 
 import tapegrad as tg
 from tapegrad.datasets import load_digits
@@ -117,18 +117,7 @@ def seed_step(batch: int) -> Callable[[], Callable[[], object]]:
     xb, yb = x[:batch], y[:batch]
 
     def make() -> Callable[[], object]:
-        model = SeedMLP()
-        optimizer = SGD(model.graph.parameter, lr=0.3)
-
-        @model.graph.capture
-        def step(xb: np.ndarray, yb: np.ndarray) -> float:
-            model.forward(tg.Variable(xb))
-            loss = model.loss(tg.Variable(yb))
-            model.graph.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-            return loss
-
+        step = captured_step()
         return lambda: step(xb, yb)
 
     return make

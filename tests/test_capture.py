@@ -1091,18 +1091,23 @@ class NoNaN(tg.Operation):
         return grad
 
 
-def _guarded() -> tuple[tg.Graph, Any]:
-    graph = tg.Graph("guarded", seed=0)
-    guard, affine, sq = graph.get_operation(NoNaN), graph.get_operation("Affine", [3, 2]), graph.get_operation("SquareLoss")
+def _through(first: type[tg.Operation]) -> tuple[tg.Graph, Any]:
+    """A graph and a step: ``first``, Affine, SquareLoss, backward, clear."""
+    graph = tg.Graph(first.__name__, seed=0)
+    op, affine, sq = graph.get_operation(first), graph.get_operation("Affine", [3, 2]), graph.get_operation("SquareLoss")
 
     def fn(x: np.ndarray, t: np.ndarray) -> float:
-        sq.forward(affine.forward(guard.forward(x)))
+        sq.forward(affine.forward(op.forward(x)))
         loss = sq.loss(t)
         graph.backward()
         graph.parameter.clear_grads()
         return loss
 
     return graph, fn
+
+
+def _guarded() -> tuple[tg.Graph, Any]:
+    return _through(NoNaN)
 
 
 def _replayed_and_eager_errors(x: np.ndarray, t: np.ndarray) -> tuple[BaseException, BaseException]:
@@ -1144,17 +1149,7 @@ class Picky(tg.Operation):
 
 
 def _picky() -> Any:
-    graph = tg.Graph("picky", seed=0)
-    picky, affine, sq = graph.get_operation(Picky), graph.get_operation("Affine", [3, 2]), graph.get_operation("SquareLoss")
-
-    def fn(x: np.ndarray, t: np.ndarray) -> float:
-        sq.forward(affine.forward(picky.forward(x)))
-        loss = sq.loss(t)
-        graph.backward()
-        graph.parameter.clear_grads()
-        return loss
-
-    return graph, fn
+    return _through(Picky)
 
 
 @pytest.mark.parametrize(

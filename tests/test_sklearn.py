@@ -214,9 +214,8 @@ def test_a_run_time_op_named_like_ours_changes_nothing():
 
 
 def test_an_installed_plugin_offering_our_op_names_changes_nothing(plugin_dir):
-    from conftest import make_dist, op_module
-
     import tapegrad as tg
+    from conftest import make_dist, op_module
 
     modules = {f"tgtest_{name.lower()}": op_module(name, "tgtest-impostors") for name in _FIRST_PARTY}
     entry_points = {f"tgtest_{name.lower()}": f"tgtest_{name.lower()}" for name in _FIRST_PARTY}
