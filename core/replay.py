@@ -10,6 +10,8 @@ calls every op's own ``forward``, ``loss`` and ``backward`` on the new values an
 parameters, hyperparameters and the graph's generator live; what the record froze is which ops
 run, in which order, fed by which inputs, and their shapes, so nothing is validated again.
 This is tapegrad's one place built for speed; ``Replay.source`` shows the generated program.
+While a profiler runs, captured steps use ``Replay.profiled()``: the same program with a timer
+around each op call and each replayed call (on the same lines, so errors map alike).
 """
 
 from __future__ import annotations
@@ -269,6 +271,14 @@ class Replay:
         self.contexts = [Context(app.op, (), ()) for app in self.apps]
         self._lines: dict[int, tuple[int, str]] = {}  # generated line -> (application, stage)
         self.source, self.function = _Program(self).compile()
+        self._profiled: Callable[..., Any] | None = None
+
+    def profiled(self) -> Callable[..., Any]:
+        """The profiled variant of ``function`` (profiling hook: compiled on first use; only a
+        captured step's call selects it, while a profiler runs)."""
+        if self._profiled is None:
+            self._profiled = _Program(self, profiled=True).compile()[1]
+        return self._profiled
 
     def __call__(self, *leaves: Any) -> Any:
         try:
@@ -284,7 +294,7 @@ class Replay:
         app, stage = None, "replay"
         tb = exc.__traceback__
         while tb is not None:
-            if tb.tb_frame.f_code.co_filename == self._filename:
+            if tb.tb_frame.f_code.co_filename in (self._filename, self._filename + " profiled"):
                 app, stage = self._lines.get(tb.tb_lineno, (None, "replay"))
             tb = tb.tb_next
         if app is None or isinstance(exc, TapegradError):
@@ -304,8 +314,9 @@ class _Program:
     """Writes a Replay's Python source. Names: ``a<k>`` arguments, ``o<i>`` outputs of
     application i (``o<i>_<k>`` for several), ``g<i>_<k>`` their gradients, ``l<n>`` losses."""
 
-    def __init__(self, replay: Replay) -> None:
+    def __init__(self, replay: Replay, profiled: bool = False) -> None:
         self.replay = replay
+        self.profiled = profiled
         self.lines: list[str] = []
         self.names: dict[str, Any] = {
             "ndarray": ndarray,
@@ -318,6 +329,18 @@ class _Program:
             "LATEST": replay.graph.tape.latest,
         }
         self._objects: dict[int, str] = {}
+        if profiled:
+            from .profile import replay_timers
+
+            self.names.update(replay_timers())
+
+    def timed(self, statement: str, op: str, kind: str) -> str:
+        """``statement`` (one op call, ``kind`` "forward", "loss", "backward" or "call" of ``op``),
+        with the profiler's timer around it in the profiled variant, on the same line."""
+        if not self.profiled:
+            return statement
+        end = f"END_CALL({op}, t)" if kind == "call" else f"END({op}, {kind!r}, t)"
+        return f"t = BEGIN(); {statement}; {end}"
 
     def name(self, prefix: str, obj: Any) -> str:
         """A global of the generated program holding ``obj``."""
@@ -341,7 +364,7 @@ class _Program:
         self.emit(f"return {self.value(replay.template)}")
         arguments = ", ".join(f"a{k}" for k in range(len(replay.leaves)))
         source = f"def replay({arguments}):\n" + "\n".join(self.lines) + "\n"
-        filename = replay._filename
+        filename = replay._filename + (" profiled" if self.profiled else "")
         code = compile(source, filename, "exec")
         linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
         namespace = dict(self.names)
@@ -392,7 +415,8 @@ class _Program:
         self.emit(f"{self.name('D', ctx.__dict__)}.clear(); {c}.saved = ()")
         call = f"{self.name('F', type(op).forward.__wrapped__)}({self.name('OP', op)}, {c}, {', '.join(args)})"  # type: ignore[attr-defined]
         outs = [f"o{i}"] if app.outputs is None else [f"o{i}_{k}" for k in range(app.outputs)]
-        self.emit(f"{', '.join(outs)}{',' if app.outputs == 1 else ''} = {call}", app=i, stage="forward")
+        statement = f"{', '.join(outs)}{',' if app.outputs == 1 else ''} = {call}"
+        self.emit(self.timed(statement, self.name("OP", op), "forward"), app=i, stage="forward")
         for name, shape in zip(outs, app.output_shapes):
             if shape == ():  # numpy returns scalars for shape (): the forward wrapper made them arrays
                 self.emit(f"if type({name}) is not ndarray: {name} = as_array({name})", app=i, stage="forward")
@@ -404,13 +428,15 @@ class _Program:
         op, ctx = self.replay.apps[app].op, self.replay.contexts[app]
         target = self.array(source)
         function = self.name("L", type(op).loss.__wrapped__)  # type: ignore[attr-defined]
-        self.emit(f"l{index} = float({function}({self.name('OP', op)}, {self.name('C', ctx)}, {target}))", app=app, stage="loss")
+        statement = f"l{index} = float({function}({self.name('OP', op)}, {self.name('C', ctx)}, {target}))"
+        self.emit(self.timed(statement, self.name("OP", op), "loss"), app=app, stage="loss")
         self.emit(f"if not isfinite(l{index}): nonfinite({self.name('OP', op)}, l{index})")
 
     def emit_call(self, call: Call) -> None:
         extra = "".join(f", {self.name('ARG', a)}" for a in call.args)
         extra += "".join(f", {k}={self.name('ARG', v)}" for k, v in call.kwargs.items())
-        self.emit(f"{self.name('M', call.function)}({self.name('OBJ', call.obj)}{extra})")
+        statement = f"{self.name('M', call.function)}({self.name('OBJ', call.obj)}{extra})"
+        self.emit(self.timed(statement, f"{self.name('OBJ', call.obj)}, {self.name('M', call.function)}", "call"))
 
     # -- backward --------------------------------------------------------------------------------
     def needs_input_grad(self, i: int) -> tuple[bool, ...]:
@@ -456,21 +482,22 @@ class _Program:
             app = apps[i]
             op, ctx = app.op, self.replay.contexts[i]
             call = f"{self.name('B', op.backward)}({self.name('C', ctx)}, "
+            op_name = self.name("OP", op)
             if op.is_loss:
                 if i not in event.losses:
                     continue  # a loss forward whose loss() was never computed contributes nothing
-                self.emit(f"r = {call}{event.loss_grad!r})", app=i, stage="backward")
+                self.emit(self.timed(f"r = {call}{event.loss_grad!r})", op_name, "backward"), app=i, stage="backward")
                 self.emit_routes(i, 1)
                 continue
             grads = [f"g{i}_{k}" for k in range(app.outputs or 1)]
             self.emit(f"if {' or '.join(f'{g} is not None' for g in grads)}:")
             if app.outputs is None:
-                self.emit(f"r = {call}{grads[0]})", 2, app=i, stage="backward")
+                self.emit(self.timed(f"r = {call}{grads[0]})", op_name, "backward"), 2, app=i, stage="backward")
             else:
                 filled = ", ".join(
                     f"({g} if {g} is not None else zeros_like(o{i}_{k}))" for k, g in enumerate(grads)
                 )
-                self.emit(f"r = {call}({filled},))", 2, app=i, stage="backward")
+                self.emit(self.timed(f"r = {call}({filled},))", op_name, "backward"), 2, app=i, stage="backward")
             self.emit_routes(i, 2)
 
     def emit_routes(self, i: int, depth: int) -> None:

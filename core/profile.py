@@ -1,0 +1,298 @@
+"""``tg.profile(graph)``: where the time of a step goes, per op class and per op instance.
+
+``with tg.profile(graph) as prof:`` times, while the block runs, each op's own code (its
+``forward``, ``loss`` and ``backward``), counts its applications, and times every replayable
+call (an optimizer's ``step`` and ``zero_grad``, ``Parameter.clear_grads``). It covers eager
+steps and captured ones: a captured step replays a timed variant of its program while a profiler
+runs. The block's wall time is the step total; what is neither an op's own code nor the
+optimizer is the framework's work around them (the wrappers, the tape, routing gradients, the
+replay's glue) together with the Python of the loop itself. ``prof.table()`` is the sorted
+table as text, ``prof.to_dict()`` the numbers.
+
+Times are exclusive: an op whose code applies another op is charged without that op's time. One
+profiler runs at a time; with profiling off, each hook costs a single test of ``tape.PROFILER``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from time import perf_counter
+from typing import TYPE_CHECKING, Any
+
+from . import tape as _tape
+from .errors import GraphError, InputTypeError
+
+if TYPE_CHECKING:
+    from .graph import Graph
+    from .operation import Operation
+    from .replay import Replay
+    from .tape import Context
+
+__all__ = ["Profile", "profile", "replay_timers"]
+
+
+class OpStats:
+    """One op instance's applications and own seconds, per stage."""
+
+    __slots__ = ("backward", "backward_calls", "calls", "forward", "loss", "loss_calls", "op", "replayed")
+
+    def __init__(self, op: Operation) -> None:
+        self.op = op
+        self.calls = self.loss_calls = self.backward_calls = self.replayed = 0
+        self.forward = self.loss = self.backward = 0.0
+
+    def add(self, other: OpStats) -> None:
+        for name in ("calls", "loss_calls", "backward_calls", "replayed", "forward", "loss", "backward"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    @property
+    def seconds(self) -> float:
+        return self.forward + self.loss + self.backward
+
+
+def profile(graph: Any = None) -> Profile:
+    """A profiler for the ops of ``graph`` (a Graph, or anything with a ``.graph``: a model, a
+    Trainer, a captured step); None profiles the ops of every graph. Use it as a context manager."""
+    return Profile(graph)
+
+
+class Profile:
+    """Timings collected while ``with`` blocks of this profiler run (see the module docstring).
+
+    ``seconds`` is the blocks' wall time so far; ``ops`` maps each op instance (by identity) to its
+    ``OpStats``; ``calls`` maps ``"SGD.step"`` and the like to ``[count, seconds]``.
+    """
+
+    def __init__(self, graph: Any = None) -> None:
+        from .graph import Graph
+
+        found = graph if graph is None or isinstance(graph, Graph) else getattr(graph, "graph", None)
+        if graph is not None and not isinstance(found, Graph):
+            raise InputTypeError(f"tapegrad.profile: expected a Graph, a model with a .graph, or None, got {type(graph).__name__}")
+        self.graph: Graph | None = found
+        self.seconds = 0.0
+        self.ops: dict[int, OpStats] = {}
+        self.calls: dict[str, list[Any]] = {}
+        self._child = 0.0  # seconds of timed code inside the one being timed now (exclusive times)
+        self._start: float | None = None
+
+    def __enter__(self) -> Profile:
+        if _tape.PROFILER is not None:
+            raise GraphError("tapegrad.profile: another profiler is running; profile one block at a time")
+        self._child = 0.0
+        self._start = perf_counter()
+        _tape.PROFILER = self
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        _tape.PROFILER = None
+        if self._start is not None:
+            self.seconds += perf_counter() - self._start
+        self._start = None
+
+    # -- what the hooks call ---------------------------------------------------------------------
+    def begin(self) -> tuple[float, float]:
+        """Start timing one call; pass the token to ``end``/``end_call``."""
+        child, self._child = self._child, 0.0
+        return child, perf_counter()
+
+    def _own(self, token: tuple[float, float]) -> float:
+        now = perf_counter()
+        child, start = token
+        elapsed = now - start
+        own = elapsed - self._child
+        self._child = child + elapsed
+        return own
+
+    def end(self, op: Operation, stage: str, token: tuple[float, float], replayed: bool = False) -> None:
+        """Charge the call started with ``token`` to ``op``'s ``stage`` ("forward", "loss", "backward")."""
+        own = self._own(token)
+        stats = self.ops.get(id(op))
+        if stats is None:
+            stats = self.ops[id(op)] = OpStats(op)
+        if stage == "forward":
+            stats.calls += 1
+            stats.forward += own
+            stats.replayed += replayed
+        elif stage == "loss":
+            stats.loss_calls += 1
+            stats.loss += own
+        else:
+            stats.backward_calls += 1
+            stats.backward += own
+
+    def end_call(self, obj: Any, function: Callable[..., Any], token: tuple[float, float]) -> None:
+        """Charge the call started with ``token`` to ``type(obj).function``."""
+        own = self._own(token)
+        entry = self.calls.setdefault(f"{type(obj).__name__}.{function.__name__}", [0, 0.0])
+        entry[0] += 1
+        entry[1] += own
+
+    def covers(self, op: Operation) -> bool:
+        return self.graph is None or op.graph is self.graph
+
+    def forward(self, impl: Callable[..., Any], op: Operation, ctx: Context, arrays: Any) -> Any:
+        """The forward wrapper's hook: ``impl(op, ctx, *arrays)``, timed."""
+        if not self.covers(op):
+            return impl(op, ctx, *arrays)
+        token = self.begin()
+        try:
+            return impl(op, ctx, *arrays)
+        finally:
+            self.end(op, "forward", token)
+
+    def loss(self, impl: Callable[..., Any], op: Operation, ctx: Context, target: Any) -> Any:
+        """The loss wrapper's hook: ``impl(op, ctx, target)``, timed."""
+        if not self.covers(op):
+            return impl(op, ctx, target)
+        token = self.begin()
+        try:
+            return impl(op, ctx, target)
+        finally:
+            self.end(op, "loss", token)
+
+    def backward(self, op: Operation, ctx: Context, grad: Any) -> Any:
+        """``Tape.backward``'s hook: ``op.backward(ctx, grad)``, timed."""
+        if not self.covers(op):
+            return op.backward(ctx, grad)
+        token = self.begin()
+        try:
+            return op.backward(ctx, grad)
+        finally:
+            self.end(op, "backward", token)
+
+    def call(self, method: Callable[..., Any], obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """``replayable``'s hook: ``method(obj, *args, **kwargs)``, timed."""
+        token = self.begin()
+        try:
+            return method(obj, *args, **kwargs)
+        finally:
+            self.end_call(obj, method, token)
+
+    def replay_function(self, replay: Replay) -> Callable[..., Any]:
+        """A captured step's hook: the program to run, timed when its graph is profiled."""
+        return replay.profiled() if self.graph is None or replay.graph is self.graph else replay.function
+
+    # -- results ---------------------------------------------------------------------------------
+    @property
+    def total(self) -> float:
+        """The profiled blocks' wall time in seconds (so far, inside a block)."""
+        running = perf_counter() - self._start if self._start is not None else 0.0
+        return self.seconds + running
+
+    def rows(self, by: str = "class") -> dict[str, OpStats]:
+        """The op statistics summed per op class (``by="class"``) or per instance (``"instance"``),
+        by name, the most time first."""
+        if by not in ("class", "instance"):
+            raise InputTypeError(f"tapegrad.profile: by must be 'class' or 'instance', got {by!r}")
+        grouped: dict[str, OpStats] = {}
+        for stats in self.ops.values():
+            op = stats.op
+            key = type(op).__name__ if by == "class" else op.name or type(op).__name__
+            if by == "instance" and key in grouped and self.graph is None:
+                key = f"{key} ({op.graph.name if op.graph else '?'})"  # one name in two graphs
+            row = grouped.setdefault(key, OpStats(op))
+            row.add(stats)
+        return dict(sorted(grouped.items(), key=lambda item: -item[1].seconds))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The numbers: the step's seconds and shares, per op class and instance, per call."""
+        total = self.total
+        forward = sum(s.forward + s.loss for s in self.ops.values())
+        backward = sum(s.backward for s in self.ops.values())
+        optimizer = sum(seconds for _, seconds in self.calls.values())
+        framework = total - forward - backward - optimizer
+        seconds = {"ops": forward + backward, "framework": framework, "optimizer": optimizer}
+
+        def share(value: float) -> float:
+            return value / total if total > 0 else 0.0
+
+        def row(stats: OpStats) -> dict[str, Any]:
+            return {
+                "class": type(stats.op).__name__,
+                "calls": stats.calls,
+                "replayed": stats.replayed,
+                "forward_seconds": stats.forward,
+                "loss_calls": stats.loss_calls,
+                "loss_seconds": stats.loss,
+                "backward_calls": stats.backward_calls,
+                "backward_seconds": stats.backward,
+                "seconds": stats.seconds,
+                "share": share(stats.seconds),
+            }
+
+        return {
+            "total_seconds": total,
+            "seconds": {**seconds, "ops_forward": forward, "ops_backward": backward},
+            "shares": {name: share(value) for name, value in seconds.items()},
+            "by_class": {name: row(s) for name, s in self.rows("class").items()},
+            "by_instance": {name: row(s) for name, s in self.rows("instance").items()},
+            "calls": {
+                name: {"calls": count, "seconds": sec, "share": share(sec)}
+                for name, (count, sec) in sorted(self.calls.items(), key=lambda item: -item[1][1])
+            },
+        }
+
+    def table(self, by: str = "class") -> str:
+        """The table as text, the most time first (op rows per class, or per ``"instance"``;
+        then the replayable calls; then the step's shares). Times are each op's own."""
+        numbers = self.to_dict()
+        header = ["Name", "Calls", "Replayed", "Forward", "Backward", "Total", "% step", "Per call"]
+        body: list[list[str]] = []
+        for name, r in numbers["by_class" if by == "class" else "by_instance"].items():
+            per_call = r["seconds"] / r["calls"] if r["calls"] else 0.0
+            forward = r["forward_seconds"] + r["loss_seconds"]
+            body.append([name, str(r["calls"]), str(r["replayed"]), _duration(forward), _duration(r["backward_seconds"]),
+                         _duration(r["seconds"]), f"{100 * r['share']:.1f}%", _duration(per_call)])
+        for name, c in numbers["calls"].items():
+            body.append([name, str(c["calls"]), "", "", "", _duration(c["seconds"]), f"{100 * c['share']:.1f}%",
+                         _duration(c["seconds"] / c["calls"])])
+        widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
+        rule = "  ".join("-" * w for w in widths)
+
+        def line(cells: list[str]) -> str:
+            return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+        shares, seconds = numbers["shares"], numbers["seconds"]
+        total = numbers["total_seconds"]
+        ops = 100 * shares["ops"]
+        forward, backward = (100 * seconds[k] / total if total > 0 else 0.0 for k in ("ops_forward", "ops_backward"))
+        lines = [rule, line(header), rule, *map(line, body), rule]
+        lines.append(
+            f"Step total (the profiled block): {_duration(total)}: ops' own code {ops:.1f}% "
+            f"(forward {forward:.1f}%, backward {backward:.1f}%), framework and Python around them "
+            f"{100 * shares['framework']:.1f}%, optimizer {100 * shares['optimizer']:.1f}%"
+        )
+        return "\n".join(lines) + "\n"
+
+
+def _duration(seconds: float) -> str:
+    """Seconds in the unit that reads best: ``1.234s``, ``12.345ms``, ``3.210us``."""
+    if seconds >= 1.0:
+        return f"{seconds:.3f}s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.3f}ms"
+    return f"{seconds * 1e6:.3f}us"
+
+
+# -- the timers of a replay's profiled variant (``replay._Program``) --------------------------------
+def _begin() -> Any:
+    profiler = _tape.PROFILER
+    return None if profiler is None else profiler.begin()
+
+
+def _end(op: Operation, stage: str, token: Any) -> None:
+    profiler = _tape.PROFILER
+    if profiler is not None and token is not None:
+        profiler.end(op, stage, token, replayed=True)
+
+
+def _end_call(obj: Any, function: Callable[..., Any], token: Any) -> None:
+    profiler = _tape.PROFILER
+    if profiler is not None and token is not None:
+        profiler.end_call(obj, function, token)
+
+
+def replay_timers() -> dict[str, Callable[..., Any]]:
+    """The names a profiled replay program calls around each op call and replayed call."""
+    return {"BEGIN": _begin, "END": _end, "END_CALL": _end_call}
