@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy import ndarray
 
-from .errors import GraphError, InputTypeError, MissingDependencyError
+from .errors import ArgumentError, GraphError, InputTypeError, MissingDependencyError
 from .variable import Variable
 
 if TYPE_CHECKING:
@@ -309,7 +309,7 @@ def draw(what: Any, path: str | Path) -> Path:
     target = Path(path)
     fmt = target.suffix[1:].lower()
     if fmt not in FORMATS:
-        raise InputTypeError(
+        raise ArgumentError(
             f"tapegrad.draw: cannot draw to {str(path)!r}: unsupported format {fmt or '(no extension)'!r} "
             f"(supported: {', '.join('.' + f for f in FORMATS)})"
         )

@@ -20,7 +20,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from . import tape as _tape
-from .errors import GraphError, InputTypeError
+from .errors import ArgumentError, GraphError, InputTypeError
 
 if TYPE_CHECKING:
     from .graph import Graph
@@ -183,8 +183,7 @@ class Profile:
     def rows(self, by: str = "class") -> dict[str, OpStats]:
         """The op statistics summed per op class (``by="class"``) or per instance (``"instance"``),
         by name, the most time first."""
-        if by not in ("class", "instance"):
-            raise InputTypeError(f"tapegrad.profile: by must be 'class' or 'instance', got {by!r}")
+        _check_by(by)
         grouped: dict[str, OpStats] = {}
         for stats in self.ops.values():
             op = stats.op
@@ -236,6 +235,7 @@ class Profile:
     def table(self, by: str = "class") -> str:
         """The table as text, the most time first (op rows per class, or per ``"instance"``;
         then the replayable calls; then the step's shares). Times are each op's own."""
+        _check_by(by)
         numbers = self.to_dict()
         header = ["Name", "Calls", "Replayed", "Forward", "Backward", "Total", "% step", "Per call"]
         body: list[list[str]] = []
@@ -264,6 +264,11 @@ class Profile:
             f"{100 * shares['framework']:.1f}%, optimizer {100 * shares['optimizer']:.1f}%"
         )
         return "\n".join(lines) + "\n"
+
+
+def _check_by(by: str) -> None:
+    if by not in ("class", "instance"):
+        raise ArgumentError(f"tapegrad.profile: by must be 'class' or 'instance', got {by!r}")
 
 
 def _duration(seconds: float) -> str:
