@@ -4,8 +4,9 @@
 ``forward``, ``loss`` and ``backward``), counts its applications, and times every replayable
 call (an optimizer's ``step`` and ``zero_grad``, ``Parameter.clear_grads``). It covers eager
 steps and captured ones: a captured step replays a timed variant of its program while a profiler
-runs. The block's wall time is the step total; what is neither an op's own code nor the
-optimizer is the framework's work around them (the wrappers, the tape, routing gradients, the
+runs. The block's wall time is the step total, shared by the ops' own code, the optimizer, the
+profiler's own timers (their cost per timed call is measured on entering the block) and the
+framework: the rest, its work around the ops (the wrappers, the tape, routing gradients, the
 replay's glue) together with the Python of the loop itself. ``prof.table()`` is the sorted
 table as text, ``prof.to_dict()`` the numbers.
 
@@ -15,6 +16,7 @@ profiler runs at a time; with profiling off, each hook costs a single test of ``
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
@@ -28,7 +30,7 @@ if TYPE_CHECKING:
     from .replay import Replay
     from .tape import Context
 
-__all__ = ["Profile", "profile", "replay_timers"]
+__all__ = ["Profile", "profile"]
 
 
 class OpStats:
@@ -75,10 +77,13 @@ class Profile:
         self.calls: dict[str, list[Any]] = {}
         self._child = 0.0  # seconds of timed code inside the one being timed now (exclusive times)
         self._start: float | None = None
+        self.replayed_timings = 0  # timed calls made by replay programs (the others went through hooks)
+        self.costs = (0.0, 0.0)  # seconds one timed call costs beyond what it charges: (hook, replay)
 
     def __enter__(self) -> Profile:
         if _tape.PROFILER is not None:
             raise GraphError("tapegrad.profile: another profiler is running; profile one block at a time")
+        self.costs = self.calibrate()
         self._child = 0.0
         self._start = perf_counter()
         _tape.PROFILER = self
@@ -90,23 +95,56 @@ class Profile:
             self.seconds += perf_counter() - self._start
         self._start = None
 
-    # -- what the hooks call ---------------------------------------------------------------------
-    def begin(self) -> tuple[float, float]:
-        """Start timing one call; pass the token to ``end``/``end_call``."""
-        child, self._child = self._child, 0.0
-        return child, perf_counter()
+    def calibrate(self, rounds: int = 3, calls: int = 200) -> tuple[float, float]:
+        """What one timed call costs beyond the time it charges, through a hook and in a replay
+        program (the least of ``rounds``, measured on a scratch profiler: under load it costs more)."""
+        scratch, dummy = Profile(self.graph), _Dummy(self.graph)
 
-    def _own(self, token: tuple[float, float]) -> float:
-        now = perf_counter()
-        child, start = token
+        def noop(op: Any, ctx: Any) -> None:
+            return None
+
+        def charged() -> float:
+            return sum(s.seconds for s in scratch.ops.values())
+
+        hook = replay = math.inf
+        for _ in range(rounds):
+            before, start = charged(), perf_counter()
+            for _ in range(calls):
+                noop(dummy, None)
+            middle = perf_counter()
+            for _ in range(calls):
+                scratch.forward(noop, dummy, None, ())  # type: ignore[arg-type]
+            end = perf_counter()
+            hook = min(hook, (end - middle - (middle - start) - (charged() - before)) / calls)
+            before, start = charged(), perf_counter()
+            for _ in range(calls):  # what a replay program's timed line adds to its statement
+                c = scratch.begin()
+                t = perf_counter()
+                scratch.end(dummy, "forward", c, t, perf_counter(), True)  # type: ignore[arg-type]
+            end = perf_counter()
+            replay = min(replay, (end - start - (charged() - before)) / calls)
+        return max(hook, 0.0), max(replay, 0.0)
+
+    # -- what the hooks call ---------------------------------------------------------------------
+    # Each timed call reads the clock right around the code it times (what lies between the two
+    # readings is charged to that code), and ``begin``/``end`` keep the times exclusive.
+    def begin(self) -> float:
+        """Start timing one call (then read the clock); returns what ``end`` needs back."""
+        child, self._child = self._child, 0.0
+        return child
+
+    def _own(self, child: float, start: float, now: float) -> float:
         elapsed = now - start
         own = elapsed - self._child
         self._child = child + elapsed
         return own
 
-    def end(self, op: Operation, stage: str, token: tuple[float, float], replayed: bool = False) -> None:
-        """Charge the call started with ``token`` to ``op``'s ``stage`` ("forward", "loss", "backward")."""
-        own = self._own(token)
+    def end(self, op: Operation, stage: str, child: float, start: float, now: float, replayed: bool = False) -> None:
+        """Charge ``now - start`` (less the timed calls inside it) to ``op``'s ``stage`` ("forward",
+        "loss", "backward"); ``replayed`` when a replay program made the call."""
+        own = self._own(child, start, now)
+        if replayed:
+            self.replayed_timings += 1
         stats = self.ops.get(id(op))
         if stats is None:
             stats = self.ops[id(op)] = OpStats(op)
@@ -121,9 +159,11 @@ class Profile:
             stats.backward_calls += 1
             stats.backward += own
 
-    def end_call(self, obj: Any, function: Callable[..., Any], token: tuple[float, float]) -> None:
-        """Charge the call started with ``token`` to ``type(obj).function``."""
-        own = self._own(token)
+    def end_call(self, obj: Any, function: Callable[..., Any], child: float, start: float, now: float, replayed: bool = False) -> None:
+        """Charge ``now - start`` (less the timed calls inside it) to ``type(obj).function``."""
+        own = self._own(child, start, now)
+        if replayed:
+            self.replayed_timings += 1
         entry = self.calls.setdefault(f"{type(obj).__name__}.{function.__name__}", [0, 0.0])
         entry[0] += 1
         entry[1] += own
@@ -135,43 +175,47 @@ class Profile:
         """The forward wrapper's hook: ``impl(op, ctx, *arrays)``, timed."""
         if not self.covers(op):
             return impl(op, ctx, *arrays)
-        token = self.begin()
+        child = self.begin()
+        start = perf_counter()
         try:
             return impl(op, ctx, *arrays)
         finally:
-            self.end(op, "forward", token)
+            self.end(op, "forward", child, start, perf_counter())
 
     def loss(self, impl: Callable[..., Any], op: Operation, ctx: Context, target: Any) -> Any:
         """The loss wrapper's hook: ``impl(op, ctx, target)``, timed."""
         if not self.covers(op):
             return impl(op, ctx, target)
-        token = self.begin()
+        child = self.begin()
+        start = perf_counter()
         try:
             return impl(op, ctx, target)
         finally:
-            self.end(op, "loss", token)
+            self.end(op, "loss", child, start, perf_counter())
 
     def backward(self, op: Operation, ctx: Context, grad: Any) -> Any:
         """``Tape.backward``'s hook: ``op.backward(ctx, grad)``, timed."""
         if not self.covers(op):
             return op.backward(ctx, grad)
-        token = self.begin()
+        child = self.begin()
+        start = perf_counter()
         try:
             return op.backward(ctx, grad)
         finally:
-            self.end(op, "backward", token)
+            self.end(op, "backward", child, start, perf_counter())
 
     def call(self, method: Callable[..., Any], obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """``replayable``'s hook: ``method(obj, *args, **kwargs)``, timed."""
-        token = self.begin()
+        child = self.begin()
+        start = perf_counter()
         try:
             return method(obj, *args, **kwargs)
         finally:
-            self.end_call(obj, method, token)
+            self.end_call(obj, method, child, start, perf_counter())
 
     def replay_function(self, replay: Replay) -> Callable[..., Any]:
         """A captured step's hook: the program to run, timed when its graph is profiled."""
-        return replay.profiled() if self.graph is None or replay.graph is self.graph else replay.function
+        return replay.profiled(self) if self.graph is None or replay.graph is self.graph else replay.function
 
     # -- results ---------------------------------------------------------------------------------
     @property
@@ -200,8 +244,13 @@ class Profile:
         forward = sum(s.forward + s.loss for s in self.ops.values())
         backward = sum(s.backward for s in self.ops.values())
         optimizer = sum(seconds for _, seconds in self.calls.values())
-        framework = total - forward - backward - optimizer
-        seconds = {"ops": forward + backward, "framework": framework, "optimizer": optimizer}
+        timings = sum(s.calls + s.loss_calls + s.backward_calls for s in self.ops.values())
+        timings += sum(count for count, _ in self.calls.values())
+        rest = total - forward - backward - optimizer
+        # (an estimate, so it never takes more than the rest: the shares still add up to the step)
+        profiler = (timings - self.replayed_timings) * self.costs[0] + self.replayed_timings * self.costs[1]
+        profiler = min(profiler, max(rest, 0.0))
+        seconds = {"ops": forward + backward, "framework": rest - profiler, "optimizer": optimizer, "profiler": profiler}
 
         def share(value: float) -> float:
             return value / total if total > 0 else 0.0
@@ -222,6 +271,7 @@ class Profile:
 
         return {
             "total_seconds": total,
+            "timed_calls": timings,
             "seconds": {**seconds, "ops_forward": forward, "ops_backward": backward},
             "shares": {name: share(value) for name, value in seconds.items()},
             "by_class": {name: row(s) for name, s in self.rows("class").items()},
@@ -261,9 +311,19 @@ class Profile:
         lines.append(
             f"Step total (the profiled block): {_duration(total)}: ops' own code {ops:.1f}% "
             f"(forward {forward:.1f}%, backward {backward:.1f}%), framework and Python around them "
-            f"{100 * shares['framework']:.1f}%, optimizer {100 * shares['optimizer']:.1f}%"
+            f"{100 * shares['framework']:.1f}%, optimizer {100 * shares['optimizer']:.1f}%, the profiler's "
+            f"own timers {100 * shares['profiler']:.1f}% (estimated)"
         )
         return "\n".join(lines) + "\n"
+
+
+class _Dummy:
+    """An op stand-in for ``Profile.calibrate``."""
+
+    name = "calibration"
+
+    def __init__(self, graph: Graph | None) -> None:
+        self.graph = graph
 
 
 def _check_by(by: str) -> None:
@@ -278,26 +338,3 @@ def _duration(seconds: float) -> str:
     if seconds >= 1e-3:
         return f"{seconds * 1e3:.3f}ms"
     return f"{seconds * 1e6:.3f}us"
-
-
-# -- the timers of a replay's profiled variant (``replay._Program``) --------------------------------
-def _begin() -> Any:
-    profiler = _tape.PROFILER
-    return None if profiler is None else profiler.begin()
-
-
-def _end(op: Operation, stage: str, token: Any) -> None:
-    profiler = _tape.PROFILER
-    if profiler is not None and token is not None:
-        profiler.end(op, stage, token, replayed=True)
-
-
-def _end_call(obj: Any, function: Callable[..., Any], token: Any) -> None:
-    profiler = _tape.PROFILER
-    if profiler is not None and token is not None:
-        profiler.end_call(obj, function, token)
-
-
-def replay_timers() -> dict[str, Callable[..., Any]]:
-    """The names a profiled replay program calls around each op call and replayed call."""
-    return {"BEGIN": _begin, "END": _end, "END_CALL": _end_call}

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import linecache
 import math
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -273,12 +274,16 @@ class Replay:
         self.source, self.function = _Program(self).compile()
         self._profiled: Callable[..., Any] | None = None
 
-    def profiled(self) -> Callable[..., Any]:
-        """The profiled variant of ``function`` (profiling hook: compiled on first use; only a
-        captured step's call selects it, while a profiler runs)."""
-        if self._profiled is None:
-            self._profiled = _Program(self, profiled=True).compile()[1]
-        return self._profiled
+    def profiled(self, profiler: Any) -> Callable[..., Any]:
+        """The profiled variant of ``function``, timed by ``profiler`` (profiling hook: compiled on
+        first use; only a captured step's call selects it, while a profiler runs)."""
+        function = self._profiled
+        if function is None:
+            function = self._profiled = _Program(self, profiled=True).compile()[1]
+        timers = function.__globals__
+        if timers["PROFILER"] is not profiler:  # its timers are the running profiler's own methods
+            timers.update(PROFILER=profiler, BEGIN=profiler.begin, END=profiler.end, END_CALL=profiler.end_call)
+        return function
 
     def __call__(self, *leaves: Any) -> Any:
         try:
@@ -329,18 +334,17 @@ class _Program:
             "LATEST": replay.graph.tape.latest,
         }
         self._objects: dict[int, str] = {}
-        if profiled:
-            from .profile import replay_timers
-
-            self.names.update(replay_timers())
+        if profiled:  # (bound to the running profiler by Replay.profiled)
+            self.names.update(PROFILER=None, BEGIN=None, END=None, END_CALL=None, clock=time.perf_counter)
 
     def timed(self, statement: str, op: str, kind: str) -> str:
         """``statement`` (one op call, ``kind`` "forward", "loss", "backward" or "call" of ``op``),
         with the profiler's timer around it in the profiled variant, on the same line."""
         if not self.profiled:
             return statement
-        end = f"END_CALL({op}, t)" if kind == "call" else f"END({op}, {kind!r}, t)"
-        return f"t = BEGIN(); {statement}; {end}"
+        # (the second reading is an argument: taken before END's own call begins)
+        end = f"END_CALL({op}, c, t, clock(), True)" if kind == "call" else f"END({op}, {kind!r}, c, t, clock(), True)"
+        return f"c = BEGIN(); t = clock(); {statement}; {end}"
 
     def name(self, prefix: str, obj: Any) -> str:
         """A global of the generated program holding ``obj``."""

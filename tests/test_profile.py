@@ -59,6 +59,8 @@ def test_counts_equal_the_applications(data, capture, batch_size):
     if capture:  # each record's first call runs eagerly, and its first replay is checked by an eager run
         records = 1 + (40 % batch_size != 0)
         assert replayed == steps - 2 * records  # (the two test predictions: recorded, then checked eagerly)
+        # per replayed step: 4 forwards, a loss, 4 backwards, the optimizer's step and zero_grad
+        assert prof.replayed_timings == 11 * replayed
     else:
         assert replayed == 0
 
@@ -68,7 +70,7 @@ def test_shares_sum_to_the_step(data, capture):
     _, prof = train(data, capture)
     numbers = prof.to_dict()
     shares, seconds = numbers["shares"], numbers["seconds"]
-    assert set(shares) == {"ops", "framework", "optimizer"}
+    assert set(shares) == {"ops", "framework", "optimizer", "profiler"}
     assert sum(shares.values()) == pytest.approx(1.0, abs=1e-12)
     assert sum(seconds[k] for k in shares) == pytest.approx(numbers["total_seconds"], rel=1e-12)
     assert seconds["ops"] == pytest.approx(seconds["ops_forward"] + seconds["ops_backward"])
@@ -86,19 +88,21 @@ def clock(monkeypatch):
     monkeypatch.setattr(importlib.import_module("tapegrad.profile"), "perf_counter", lambda: float(next(ticks)))
 
 
-def test_times_are_each_ops_own(clock):
-    class Outer(tg.Operation):
-        """Applies another op inside its own forward."""
+class Outer(tg.Operation):
+    """Applies another op inside its own forward."""
 
-        def __init__(self):
-            self.inner = self.graph.get_operation("Tanh")
+    def __init__(self):
+        self.inner = self.graph.get_operation("Tanh")
 
-        def forward(self, ctx, x):
-            return self.inner(x).value * 2.0
+    def forward(self, ctx, x):
+        return self.inner(x).value * 2.0
 
-        def backward(self, ctx, grad):
-            return grad * 2.0
+    def backward(self, ctx, grad):
+        return grad * 2.0
 
+
+def test_times_are_each_ops_own(clock, monkeypatch):
+    monkeypatch.setattr(Profile, "calibrate", lambda self: (0.0, 0.0))  # (the timers cost nothing here)
     g = tg.Graph("nested")
     outer = g.get_operation(Outer)
     with tg.profile(g) as prof:  # reading 0
@@ -107,6 +111,29 @@ def test_times_are_each_ops_own(clock):
     rows = prof.to_dict()["by_instance"]
     assert rows["outer_0"]["forward_seconds"] == 2.0 and rows["tanh_0"]["forward_seconds"] == 1.0
     assert prof.to_dict()["total_seconds"] == 5.0 and prof.to_dict()["seconds"]["framework"] == 2.0
+
+
+def test_the_profilers_own_share_is_its_timed_calls_times_their_measured_cost(clock, monkeypatch):
+    def run():
+        g = tg.Graph("nested")
+        outer = g.get_operation(Outer)
+        with tg.profile(g) as prof:  # reading 0 (after calibrating)
+            outer(np.ones(3))  # readings 1 to 4: the outer op's own 2, the inner one's 1
+            g.get_operation("Tanh")(np.ones(3))  # readings 5 and 6: 1
+        return prof, prof.to_dict()  # exit: reading 7
+
+    prof, numbers = run()
+    # each clock reading takes one second: what a timed call costs beyond what it charges is one reading
+    assert prof.costs[0] == 1.0 and prof.costs[1] == pytest.approx(1.0, abs=0.01)
+    assert numbers["timed_calls"] == 3 and numbers["total_seconds"] == 7.0 and numbers["seconds"]["ops"] == 4.0
+    assert numbers["seconds"]["profiler"] == 3.0 and numbers["seconds"]["framework"] == 0.0
+    monkeypatch.setattr(Profile, "calibrate", lambda self: (0.5, 0.25))
+    _, numbers = run()
+    assert numbers["seconds"]["profiler"] == 1.5 and numbers["seconds"]["framework"] == 1.5
+    monkeypatch.setattr(Profile, "calibrate", lambda self: (2.0, 2.0))  # an estimate above the rest is capped
+    _, numbers = run()
+    assert numbers["seconds"]["profiler"] == 3.0 and numbers["seconds"]["framework"] == 0.0
+    assert sum(numbers["shares"].values()) == 1.0
 
 
 def test_a_profile_covers_its_graph_only():
