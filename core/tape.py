@@ -153,7 +153,10 @@ class Tape:
         backward when ``keep`` (train mode). A growing tape that nobody differentiates warns once."""
         ctx.outputs = outputs
         if self.consumed is not None:  # (drawing) the first application after a backward
-            self.release_pass(summary=not keep)
+            if keep:
+                self.consumed = self.last_pass = None  # the new pass supersedes the consumed one
+            else:
+                self.release_pass()
         if ctx.op.is_loss:
             self.latest[ctx.op] = ctx
         if keep:
@@ -246,8 +249,6 @@ class Tape:
         recording = RECORDING.get()
         if recording is not None:
             recording.backward(self, seeds, loss_grad)
-        # (drawing) the pass stays drawable after the walk consumes it; see the class docstring
-        self.consumed, self.last_pass = (list(self.entries), list(self.losses), list(self.targets)), None
         ctx: Context | None = None
         try:
             for variable, seed in seeds:
@@ -286,7 +287,9 @@ class Tape:
             hint = " (set it on ctx in forward or loss before backward reads it)" if isinstance(exc, AttributeError) else ""
             raise BackwardError(f"{ctx.op.label}: backward failed: {exc}{hint}") from exc
         finally:
-            self.clear()
+            # cleared, whatever happened; the lists are kept as the consumed pass, for drawing (see the class docstring)
+            self.consumed, self.last_pass = (self.entries, self.losses, self.targets), None
+            self.entries, self.losses, self.targets = [], [], []
 
     def _seeds(self, grads: Mapping[Variable, Any] | None, name: str) -> list[tuple[Variable, np.ndarray]]:
         """``grads`` checked: float output Variables of recorded applications, and their gradients."""
