@@ -308,12 +308,13 @@ class Profile:
         ops = 100 * shares["ops"]
         forward, backward = (100 * seconds[k] / total if total > 0 else 0.0 for k in ("ops_forward", "ops_backward"))
         lines = [rule, line(header), rule, *map(line, body), rule]
-        lines.append(
-            f"Step total (the profiled block): {_duration(total)}: ops' own code {ops:.1f}% "
-            f"(forward {forward:.1f}%, backward {backward:.1f}%), framework and Python around them "
-            f"{100 * shares['framework']:.1f}%, optimizer {100 * shares['optimizer']:.1f}%, the profiler's "
-            f"own timers {100 * shares['profiler']:.1f}% (estimated)"
-        )
+        lines += [
+            f"Step total (the profiled block): {_duration(total)}",
+            f"  ops' own code                     {ops:5.1f}%  (forward {forward:.1f}%, backward {backward:.1f}%)",
+            f"  framework and Python around them  {100 * shares['framework']:5.1f}%",
+            f"  optimizer                         {100 * shares['optimizer']:5.1f}%",
+            f"  the profiler's own timers         {100 * shares['profiler']:5.1f}%  (estimated)",
+        ]
         return "\n".join(lines) + "\n"
 
 

@@ -4,6 +4,7 @@ import contextlib
 import importlib
 import itertools
 import math
+import re
 import types
 
 import numpy as np
@@ -165,7 +166,7 @@ def test_the_table_is_sorted_and_agrees_with_the_numbers(data):
     table = prof.table()
     lines = table.splitlines()
     assert lines[1].split()[:4] == ["Name", "Calls", "Replayed", "Forward"]
-    rows = [line.split() for line in lines[3:] if line and not line.startswith("-") and not line.startswith("Step")]
+    rows = [line.split() for line in lines[3:lines.index(lines[0], 3)]]
     op_rows = [r for r in rows if r[0] in numbers["by_class"]]
     assert [r[0] for r in op_rows] == list(numbers["by_class"])  # the most time first
     totals = [numbers["by_class"][r[0]]["seconds"] for r in op_rows]
@@ -173,7 +174,11 @@ def test_the_table_is_sorted_and_agrees_with_the_numbers(data):
     for r in op_rows:
         assert int(r[1]) == numbers["by_class"][r[0]]["calls"] and int(r[2]) == numbers["by_class"][r[0]]["replayed"]
     assert {r[0] for r in rows if "." in r[0]} == {"SGD.step", "SGD.zero_grad"}
-    assert lines[-1].startswith("Step total (the profiled block):") and "optimizer" in lines[-1]
+    footer = lines[lines.index(lines[0], 3) + 1:]
+    assert footer[0].startswith("Step total (the profiled block):")
+    assert [line.split()[0] for line in footer[1:]] == ["ops'", "framework", "optimizer", "the"]
+    shown = [float(re.search(r"([\d.]+)%", line)[1]) for line in footer[1:]]
+    assert sum(shown) == pytest.approx(100.0, abs=0.25)
     by_instance = prof.table(by="instance")
     assert all(name in by_instance for name in OPS)
     with pytest.raises(tg.ArgumentError, match="by must be 'class' or 'instance'"):
