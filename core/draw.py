@@ -173,8 +173,12 @@ def _grad_line(variable: Variable, consumed: bool) -> str:
     grad = variable.peek_grad() if consumed and variable.value.dtype.kind == "f" else None
     if grad is None:
         return ""
-    norm = float(np.sqrt(np.sum(np.square(grad, dtype=np.float64))))
-    return f"\n|grad| = {norm:.3g}" if math.isfinite(norm) else f"\n|grad| = {norm}"
+    with np.errstate(all="ignore"):  # (NaN and infinity show as such)
+        magnitudes = np.abs(np.asarray(grad, dtype=np.float64)).ravel()
+        top = float(magnitudes.max()) if magnitudes.size else 0.0
+        # scaled by the largest magnitude: squares of large gradients would overflow
+        norm = top * float(np.sqrt(np.sum(np.square(magnitudes / top)))) if 0.0 < top < math.inf else top
+    return f"\n|grad| = {norm:.3g}"
 
 
 def _node(name: str, label: str, **attrs: str) -> str:
@@ -213,7 +217,7 @@ def to_dot(summary: Pass, title: str) -> str:
         if id(value) not in nodes:
             nodes[id(value)] = name = f"x{counts['x']}"
             counts["x"] += 1
-            role = "target" if index in targets and not isinstance(value, Variable) else "input"
+            role = "target" if index in targets else "input"
             if isinstance(value, Variable):
                 label = f"{value.name or role}\n{_shape(value.shape)}{_grad_line(value, summary.consumed)}"
                 lines.append(_node(name, label, **STYLE["variable"]))

@@ -208,6 +208,17 @@ class Tape:
         if consumed is not None:
             self.last_pass = summarize(*consumed) if summary else None
 
+    def __getstate__(self) -> dict[str, Any]:
+        # (drawing) a copy or a pickle keeps the consumed pass as its light summary, not its activations
+        state = self.__dict__.copy()
+        if self.consumed is not None:
+            state["consumed"], state["last_pass"] = None, summarize(*self.consumed)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()  # type: ignore[misc]  # (a tape pickled before drawings existed lacks their attributes)
+        self.__dict__.update(state)
+
     def clear(self) -> None:
         """Drop the recorded applications and the queued losses."""
         self.entries.clear()

@@ -1,6 +1,8 @@
 """Drawings of a pass: ``graph.to_dot()``, ``step.to_dot()`` and ``tg.draw``."""
 
+import copy
 import gc
+import pickle
 import re
 import shutil
 import sys
@@ -210,6 +212,16 @@ def test_gradient_norms_appear_on_inputs_and_parameters_after_backward():
     assert "input\n(2, 3)" in shown  # an array: no gradient
 
 
+@pytest.mark.parametrize("grad, shown", [(1e200, "|grad| = 2e+200"), (np.inf, "|grad| = inf"), (np.nan, "|grad| = nan"), (0.0, "|grad| = 0")])
+def test_any_gradient_norm_is_shown_without_warnings(grad, shown):
+    g = tg.Graph("norms")
+    x = tg.Variable(np.zeros(4))
+    y = g.get_operation("Tanh")(x)
+    g.backward(grads={y: np.array([grad, grad, grad, grad])})  # tanh'(0) = 1: x.grad is the seed
+    nodes, _ = parse_dot(g.to_dot())
+    assert nodes["x0"]["label"] == f"input\n(4,)\n{shown}"
+
+
 @pytest.mark.parametrize("release", ["drawing", "an eval forward"])
 def test_the_drawing_outlives_the_tape_but_keeps_no_activations(release):
     g, _, (x, y), *_ = seed_mlp()
@@ -230,6 +242,26 @@ def test_the_drawing_outlives_the_tape_but_keeps_no_activations(release):
     assert "4 applications (after backward)" in again and "|grad|" in again
     if release == "drawing":
         assert again == drawn
+
+
+@pytest.mark.parametrize("clone", [copy.deepcopy, lambda g: pickle.loads(pickle.dumps(g))])
+def test_a_copy_draws_the_same_pass_without_its_activations(clone):
+    g, step, args, *_ = seed_mlp()
+    step(*args)
+    twin = clone(g)
+    assert twin.tape.consumed is None and g.tape.consumed is not None  # (the original keeps its own until drawn)
+    assert twin.to_dot() == g.to_dot()
+
+
+def test_a_tape_pickled_before_drawings_existed_still_works():
+    g, step, args, *_ = seed_mlp()
+    state = g.tape.__getstate__()
+    for name in ("targets", "consumed", "last_pass"):
+        del state[name]
+    g.tape = tg.Tape.__new__(tg.Tape)
+    g.tape.__setstate__(state)
+    step(*args)
+    assert "4 applications (after backward)" in g.to_dot()
 
 
 def test_a_new_pass_supersedes_the_last_one():
