@@ -12,6 +12,7 @@ from typing import Any
 
 from .arguments import check_number
 from .broadcast import as_shape, broadcast_error, broadcast_shape, unbroadcast
+from .draw import draw
 from .errors import (
     AmbiguousOperationError,
     ArgumentError,
@@ -39,6 +40,7 @@ from .graph import Graph
 from .hookspecs import hookimpl, hookspec
 from .operation import Loss, Operation, Sample
 from .parameter import Parameter
+from .profile import profile
 from .registry import OperationInfo, PluginInfo, Registry, default_registry, register_operation
 from .tape import Context, Tape
 from .variable import Variable
@@ -85,10 +87,12 @@ __all__ = [
     "broadcast_shape",
     "check_number",
     "default_registry",
+    "draw",
     "gradcheck",
     "hookimpl",
     "hookspec",
     "numerical_gradient_check",
+    "profile",
     "register_operation",
     "unbroadcast",
 ]

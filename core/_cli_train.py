@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import math
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -14,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import parameter as _parameter
+from .errors import TapegradError
 
 DEFAULT_LR = {"sgd": 0.3, "adam": 0.001}
 
@@ -55,6 +58,21 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--plot", metavar="PATH", help="write a plot of train loss and test accuracy per epoch (format from the extension, default PNG)")
     p.add_argument("--save", metavar="PATH", help="write the trained parameters (.npz)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--no-capture", action="store_true",
+        help="run every step eagerly, fully checked, instead of replaying captured steps (Trainer(capture=False))",
+    )
+    p.add_argument(
+        "--profile", action="store_true",
+        help="time each op's own forward and backward, the optimizer and the framework around them during "
+        "training, and print the table per op class afterwards",
+    )
+    p.add_argument(
+        "--draw", metavar="PATH",
+        help="after training, draw one training step of the model (forward, loss, backward on the first batch, "
+        "from the captured record unless --no-capture) with its gradient norms: .dot needs nothing; "
+        ".svg, .png and .pdf need Graphviz (pip install 'tapegrad[draw]' and the dot program)",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="test accuracy of saved parameters on the digits test split")
@@ -109,6 +127,55 @@ def _plot_target(path: str) -> tuple[Path, str] | str:
     return target, fmt
 
 
+def _draw_target(path: str) -> tuple[Path, Path] | str:
+    """(the file ``--draw path`` writes, the DOT file beside it), or why it cannot draw there.
+    Rendering needs Graphviz, looked for now: a missing one must not cost the training."""
+    from .draw import FORMATS, INSTALL
+
+    target = Path(path)
+    fmt = target.suffix[1:].lower()
+    if fmt not in FORMATS:
+        supported = ", ".join("." + f for f in FORMATS)
+        return f"cannot draw to {path!r}: unsupported format {fmt or '(no extension)'!r} (supported: {supported})"
+    renderer = FORMATS[fmt]
+    if renderer is not None:
+        try:
+            import graphviz  # noqa: F401
+        except ImportError:
+            missing = "the graphviz package"
+        else:
+            missing = "" if shutil.which("dot") else "Graphviz's dot program"
+        if missing:
+            return f"cannot draw to {path!r}: rendering {fmt.upper()} needs {missing}, which is missing: {INSTALL}; or draw to a .dot file"
+    return target, target if renderer is None else target.with_suffix(".dot")
+
+
+def _draw_step(model: Any, x: np.ndarray, y: np.ndarray, capture: bool, target: Path) -> None:
+    """Draw forward, loss and backward on ``(x, y)``, captured (from its record) or eagerly; the
+    parameters keep their values, and their gradients are cleared afterwards."""
+    from .draw import draw
+
+    graph = model.graph
+
+    def gradient_step(x: np.ndarray, y: np.ndarray) -> float:
+        model.forward(x)
+        value = model.loss(y)
+        graph.backward()
+        return value  # type: ignore[no-any-return]
+
+    graph.train()
+    try:
+        if capture:
+            step = graph.capture(gradient_step)
+            step(x, y)
+            draw(step, target)
+        else:
+            gradient_step(x, y)
+            draw(graph, target)
+    finally:
+        graph.parameter.clear_grads()
+
+
 def _render(history: Any, fmt: str) -> bytes:
     """The figure of train loss and test accuracy per epoch (empty for None) as ``fmt`` bytes."""
     from matplotlib.figure import Figure
@@ -157,6 +224,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .models import MLP
     from .optim import SGD, Adam
     from .parameter import parameter_file_path
+    from .profile import profile
     from .training import Trainer
     from .variable import Variable
 
@@ -175,6 +243,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         except OSError:
             _error("train", f"cannot save parameters to {args.save!r}: it is a directory")
             return 2
+    drawing: tuple[Path, Path] | None = None
+    if args.draw is not None:
+        found_draw = _draw_target(args.draw)
+        if isinstance(found_draw, str):
+            _error("train", found_draw)
+            return 2
+        drawing = found_draw
+        outputs += [("--draw", p) for p in dict.fromkeys(drawing)]
     for option, target in outputs:
         problem = _unwritable(target)
         if problem:
@@ -196,10 +272,17 @@ def cmd_train(args: argparse.Namespace) -> int:
             print("tapegrad train: gradient check FAILED; not training", file=sys.stderr)
             return 1
         print("gradient check passed")
-    trainer = Trainer(model, optimizer, batch_size=args.batch_size, progress=not args.no_progress, seed=args.seed)
-    history = trainer.train(x_train, y_train, x_test, y_test, epochs=args.epochs)
+    trainer = Trainer(
+        model, optimizer, batch_size=args.batch_size, progress=not args.no_progress, seed=args.seed,
+        capture=not args.no_capture,
+    )
+    with profile(model.graph) if args.profile else contextlib.nullcontext() as prof:
+        history = trainer.train(x_train, y_train, x_test, y_test, epochs=args.epochs)
     final = history[-1].test_accuracy
     print(f"final test accuracy: {final:.4f} ({sum(history.seconds):.1f} s of training)")
+    if prof is not None:
+        print(f"\nprofile of the training ({'eager' if args.no_capture else 'captured'} steps, times of each op's own code):")
+        print(prof.table(), end="")
     ok = True
     if args.save is not None:
         ok = _save_or_rescue(model.graph.parameter, args.save)
@@ -215,6 +298,18 @@ def cmd_train(args: argparse.Namespace) -> int:
             ok = False
         except Exception as exc:  # whatever matplotlib raises: the parameters are saved already
             _error("train", f"cannot plot to {str(target)!r}: {type(exc).__name__}: {exc}")
+            ok = False
+    if drawing is not None:
+        target, dot_file = drawing
+        size = min(args.batch_size, len(x_train))
+        try:
+            _draw_step(model, x_train[:size], y_train[:size], not args.no_capture, target)
+            print(f"wrote {target}" + (f" (and its DOT text, {dot_file})" if dot_file != target else ""))
+        except OSError as exc:
+            _error("train", f"cannot write --draw {str(target)!r}: {exc.strerror or exc}")
+            ok = False
+        except TapegradError as exc:  # Graphviz went missing or failed: the DOT text is written, says where
+            _error("train", str(exc))
             ok = False
     return 0 if ok else 1
 

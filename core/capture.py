@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy import ndarray
 
+from . import tape as _tape
 from .errors import CaptureError
 from .replay import Call, Recording, Replay
 from .tape import RECORDING
@@ -94,8 +95,10 @@ class CapturedStep:
             self.last_record = record
         if not record.verified:
             return self._verify(record, leaves, args, kwargs)
+        # profiling hook: the replay program's timed variant, only while a profiler runs
+        function = record.replay.function if _tape.PROFILER is None else _tape.PROFILER.replay_function(record.replay)
         try:
-            return record.replay.function(*leaves)
+            return function(*leaves)
         except Exception as exc:
             error = record.replay.error(exc)
             if error is exc:
@@ -109,6 +112,13 @@ class CapturedStep:
         state["records"], state["last_record"] = OrderedDict(), None
         return state
 
+    def to_dot(self) -> str:
+        """The record of the latest call drawn as Graphviz DOT text, as ``graph.to_dot()`` draws a
+        pass (see ``tapegrad.draw``)."""
+        from .draw import step_dot
+
+        return step_dot(self)
+
     def __repr__(self) -> str:
         name = getattr(self.fn, "__qualname__", repr(self.fn))
         return f"<captured step {name} of Graph {self.graph.name!r}: {len(self.records)} record(s)>"
@@ -118,6 +128,7 @@ class CapturedStep:
         recording = Recording(self.graph, leaves)
         with recording:
             result = self.fn(*args, **kwargs)
+        self.graph.tape.release_pass()  # (drawing) replays leave the tape alone: keep no activations for it
         left = len(self.graph.tape.entries)
         if left:
             raise _after_eager(
@@ -154,6 +165,7 @@ class CapturedStep:
         with recording:
             result = self.fn(*args, **kwargs)
         recording.finish()
+        self.graph.tape.release_pass()  # (drawing, as in _record)
         if failure is not None:
             raise _after_eager(
                 CaptureError(

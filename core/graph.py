@@ -135,6 +135,13 @@ class Graph:
         """
         self.tape.backward(grads, loss_grad, name=self.name)
 
+    def to_dot(self) -> str:
+        """The last recorded pass as Graphviz DOT text: the pass on the tape, else the one the latest
+        backward consumed, with the gradient norms of its inputs and parameters (see ``tapegrad.draw``)."""
+        from .draw import graph_dot
+
+        return graph_dot(self)
+
     # -- captured steps --------------------------------------------------------------------
     def capture(self, fn: Callable[..., Any] | None = None, *, check: bool = True, max_records: int = 8) -> Any:
         """Capture a step function: its first call per signature runs eagerly and records it,

@@ -10,12 +10,15 @@ calls every op's own ``forward``, ``loss`` and ``backward`` on the new values an
 parameters, hyperparameters and the graph's generator live; what the record froze is which ops
 run, in which order, fed by which inputs, and their shapes, so nothing is validated again.
 This is tapegrad's one place built for speed; ``Replay.source`` shows the generated program.
+While a profiler runs, captured steps use ``Replay.profiled()``: the same program with a timer
+around each op call and each replayed call (on the same lines, so errors map alike).
 """
 
 from __future__ import annotations
 
 import linecache
 import math
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -135,9 +138,10 @@ class Recording:
         self._token = None
 
     def finish(self) -> None:
-        """Drop what only recording needed: the first call's arguments, outputs and Contexts
-        (their activations). A record keeps the ops, the sources and the constants."""
-        self.leaves = []
+        """Drop what only recording needed: the first call's arrays, outputs and Contexts (their
+        activations). A record keeps the ops, the sources, the constants, and the Variables passed
+        as arguments (drawings show their gradients); of an array argument, its shape."""
+        self.leaves = [leaf if isinstance(leaf, Variable) else _Shape(np.shape(leaf)) for leaf in self.leaves]
         self._sources.clear()
         self._apps_by_ctx.clear()
         self._losses.clear()
@@ -291,6 +295,18 @@ class Replay:
         self.contexts = [Context(app.op, (), ()) for app in self.apps]
         self._lines: dict[int, tuple[int, str]] = {}  # generated line -> (application, stage)
         self.source, self.function = _Program(self).compile()
+        self._profiled: Callable[..., Any] | None = None
+
+    def profiled(self, profiler: Any) -> Callable[..., Any]:
+        """The profiled variant of ``function``, timed by ``profiler`` (profiling hook: compiled on
+        first use; only a captured step's call selects it, while a profiler runs)."""
+        function = self._profiled
+        if function is None:
+            function = self._profiled = _Program(self, profiled=True).compile()[1]
+        timers = function.__globals__
+        if timers["PROFILER"] is not profiler:  # its timers are the running profiler's own methods
+            timers.update(PROFILER=profiler, BEGIN=profiler.begin, END=profiler.end, END_CALL=profiler.end_call)
+        return function
 
     def __call__(self, *leaves: Any) -> Any:
         try:
@@ -306,7 +322,7 @@ class Replay:
         app, stage = None, "replay"
         tb = exc.__traceback__
         while tb is not None:
-            if tb.tb_frame.f_code.co_filename == self._filename:
+            if tb.tb_frame.f_code.co_filename in (self._filename, self._filename + " profiled"):
                 app, stage = self._lines.get(tb.tb_lineno, (None, "replay"))
             tb = tb.tb_next
         if app is None:
@@ -327,8 +343,9 @@ class _Program:
     """Writes a Replay's Python source. Names: ``a<k>`` arguments, ``o<i>`` outputs of
     application i (``o<i>_<k>`` for several), ``g<i>_<k>`` their gradients, ``l<n>`` losses."""
 
-    def __init__(self, replay: Replay) -> None:
+    def __init__(self, replay: Replay, profiled: bool = False) -> None:
         self.replay = replay
+        self.profiled = profiled
         self.lines: list[str] = []
         self.names: dict[str, Any] = {
             "ndarray": ndarray,
@@ -343,6 +360,17 @@ class _Program:
         }
         self._objects: dict[int, str] = {}
         self.slots: set[str] = set()  # gradient slots defined by some backward
+        if profiled:  # (bound to the running profiler by Replay.profiled)
+            self.names.update(PROFILER=None, BEGIN=None, END=None, END_CALL=None, clock=time.perf_counter)
+
+    def timed(self, statement: str, op: str, kind: str) -> str:
+        """``statement`` (one op call, ``kind`` "forward", "loss", "backward" or "call" of ``op``),
+        with the profiler's timer around it in the profiled variant, on the same line."""
+        if not self.profiled:
+            return statement
+        # (the second reading is an argument: taken before END's own call begins)
+        end = f"END_CALL({op}, c, t, clock(), True)" if kind == "call" else f"END({op}, {kind!r}, c, t, clock(), True)"
+        return f"c = BEGIN(); t = clock(); {statement}; {end}"
 
     def name(self, prefix: str, obj: Any) -> str:
         """A global of the generated program holding ``obj``."""
@@ -366,7 +394,7 @@ class _Program:
         self.emit(f"return {self.value(replay.template)}")
         arguments = ", ".join(f"a{k}" for k in range(len(replay.leaves)))
         source = f"def replay({arguments}):\n" + "\n".join(self.lines) + "\n"
-        filename = replay._filename
+        filename = replay._filename + (" profiled" if self.profiled else "")
         code = compile(source, filename, "exec")
         linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
         namespace = dict(self.names)
@@ -423,7 +451,8 @@ class _Program:
         self.emit(f"{self.name('D', ctx.__dict__)}.clear(); {c}.saved = ()")
         call = f"{self.name('F', type(op).forward.__wrapped__)}({self.name('OP', op)}, {c}, {', '.join(args)})"  # type: ignore[attr-defined]
         outs = [f"o{i}"] if app.outputs is None else [f"o{i}_{k}" for k in range(app.outputs)]
-        self.emit(f"{', '.join(outs)}{',' if app.outputs == 1 else ''} = {call}", app=i, stage="forward")
+        statement = f"{', '.join(outs)}{',' if app.outputs == 1 else ''} = {call}"
+        self.emit(self.timed(statement, self.name("OP", op), "forward"), app=i, stage="forward")
         for name, shape in zip(outs, app.output_shapes):
             if shape == ():  # numpy returns scalars for shape (): the forward wrapper made them arrays
                 self.emit(f"if type({name}) is not ndarray: {name} = as_array({name})", app=i, stage="forward")
@@ -435,13 +464,15 @@ class _Program:
         op, ctx = self.replay.apps[app].op, self.replay.contexts[app]
         target = self.array(source)
         function = self.name("L", type(op).loss.__wrapped__)  # type: ignore[attr-defined]
-        self.emit(f"l{index} = float({function}({self.name('OP', op)}, {self.name('C', ctx)}, {target}))", app=app, stage="loss")
+        statement = f"l{index} = float({function}({self.name('OP', op)}, {self.name('C', ctx)}, {target}))"
+        self.emit(self.timed(statement, self.name("OP", op), "loss"), app=app, stage="loss")
         self.emit(f"if not isfinite(l{index}): nonfinite({self.name('OP', op)}, l{index})")
 
     def emit_call(self, call: Call) -> None:
         extra = "".join(f", {self.name('ARG', a)}" for a in call.args)
         extra += "".join(f", {k}={self.name('ARG', v)}" for k, v in call.kwargs.items())
-        self.emit(f"{self.name('M', call.function)}({self.name('OBJ', call.obj)}{extra})")
+        statement = f"{self.name('M', call.function)}({self.name('OBJ', call.obj)}{extra})"
+        self.emit(self.timed(statement, f"{self.name('OBJ', call.obj)}, {self.name('M', call.function)}", "call"))
 
     # -- backward --------------------------------------------------------------------------------
     def needs_input_grad(self, i: int) -> tuple[bool, ...]:
@@ -490,21 +521,22 @@ class _Program:
             app = apps[i]
             op, ctx = app.op, self.replay.contexts[i]
             call = f"{self.name('B', op.backward)}({self.name('C', ctx)}, "
+            op_name = self.name("OP", op)
             if op.is_loss:
                 if i not in event.losses:
                     continue  # a loss forward whose loss() was never computed contributes nothing
-                self.emit(f"r = {call}{event.loss_grad!r})", app=i, stage="backward")
+                self.emit(self.timed(f"r = {call}{event.loss_grad!r})", op_name, "backward"), app=i, stage="backward")
                 self.emit_routes(i, 1)
                 continue
             grads = [f"g{i}_{k}" for k in range(app.outputs or 1)]
             self.emit(f"if {' or '.join(f'{g} is not None' for g in grads)}:")
             if app.outputs is None:
-                self.emit(f"r = {call}{grads[0]})", 2, app=i, stage="backward")
+                self.emit(self.timed(f"r = {call}{grads[0]})", op_name, "backward"), 2, app=i, stage="backward")
             else:
                 filled = ", ".join(
                     f"({g} if {g} is not None else zeros_like(o{i}_{k}))" for k, g in enumerate(grads)
                 )
-                self.emit(f"r = {call}({filled},))", 2, app=i, stage="backward")
+                self.emit(self.timed(f"r = {call}({filled},))", op_name, "backward"), 2, app=i, stage="backward")
             self.emit_routes(i, 2)
 
     def emit_routes(self, i: int, depth: int) -> None:

@@ -25,17 +25,23 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy import ndarray  # (numpy's module __getattr__ makes np.ndarray a slow load in hot code)
 
+from .draw import Pass, summarize
 from .errors import BackwardError, GraphError, InputTypeError, ShapeError, TapegradError, TapeWarning
 from .variable import Variable
 
 if TYPE_CHECKING:
     from .operation import Operation
 
-__all__ = ["Context", "Tape", "RECORDING", "backward_error", "replayable"]
+__all__ = ["Context", "Tape", "RECORDING", "PROFILER", "backward_error", "replayable"]
 
 #: The recording in progress in this thread, if any (a captured step's first call): the tape,
 #: the loss wrapper and every ``replayable`` method report to it (see ``replay.Recording``).
 RECORDING: ContextVar[Any] = ContextVar("tapegrad_recording", default=None)
+
+#: The running profiler (``profile.Profile``), or None. Profiling hook: the forward and loss
+#: wrappers, ``Tape.backward``'s call of an op's backward, ``replayable`` and a captured step
+#: test this one global and do nothing else while it is None, so profiling off costs one test.
+PROFILER: Any = None
 
 
 def replayable(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -46,11 +52,11 @@ def replayable(method: Callable[..., Any]) -> Callable[..., Any]:
     def noted(self: Any, *args: Any, **kwargs: Any) -> Any:
         recording = RECORDING.get()
         if recording is None or recording.in_call:  # (a call made by a noted call is replayed by it)
-            return method(self, *args, **kwargs)
+            return method(self, *args, **kwargs) if PROFILER is None else PROFILER.call(method, self, args, kwargs)
         recording.called(self, method, args, kwargs)
         recording.in_call = True
         try:
-            return method(self, *args, **kwargs)
+            return method(self, *args, **kwargs) if PROFILER is None else PROFILER.call(method, self, args, kwargs)
         finally:
             recording.in_call = False
 
@@ -120,7 +126,13 @@ class Tape:
     """The applications recorded since the last backward, and the losses queued for seeding.
 
     ``entries`` (a Graph's ``forward_ops``) lists the recorded Contexts in forward order;
-    ``losses`` the Loss applications whose ``loss(target)`` was computed since.
+    ``losses`` the Loss applications whose ``loss(target)`` was computed since (``targets``: what
+    each loss was computed against).
+
+    For drawing (``draw.py``), the pass the latest backward consumed is kept as it was
+    (``consumed``: its Contexts, so backward pays nothing for it) until the next forward. If that
+    one records, the new pass supersedes it; otherwise (eval mode), or when it is drawn, it is
+    reduced to a light summary (``last_pass``) that keeps no activations (``release_pass``).
     """
 
     #: Past this many entries without a backward, the tape warns once (see ``record``).
@@ -130,6 +142,9 @@ class Tape:
         self.entries: list[Context] = []
         self.losses: list[Context] = []
         self.latest: dict[Operation, Context] = {}  # each Loss op's most recent application
+        self.targets: list[Any] = []  # (drawing) per queued loss, its target
+        self.consumed: tuple[list[Context], list[Context], list[Any]] | None = None  # (drawing)
+        self.last_pass: Pass | None = None  # (drawing)
         self._warned = False
 
     # -- recording -----------------------------------------------------------------------------
@@ -137,6 +152,11 @@ class Tape:
         """Note an application (its op received ``arrays`` and produced ``outputs``); keep it for
         backward when ``keep`` (train mode). A growing tape that nobody differentiates warns once."""
         ctx.outputs = outputs
+        if self.consumed is not None:  # (drawing) the first application after a backward
+            if keep:
+                self.consumed = self.last_pass = None  # the new pass supersedes the consumed one
+            else:
+                self.release_pass()
         if ctx.op.is_loss:
             self.latest[ctx.op] = ctx
         if keep:
@@ -179,11 +199,31 @@ class Tape:
             return  # eval mode: a loss for reading, nothing to differentiate
         if ctx not in self.losses:  # (Contexts compare by identity)
             self.losses.append(ctx)
+            self.targets.append(target)  # (drawing: the loss node's input)
+
+    def release_pass(self, summary: bool = True) -> None:
+        """Let go of the consumed pass's Contexts, and so of its activations: keep its light
+        summary for drawing (``summary``), or nothing (a new pass on the tape supersedes it)."""
+        consumed, self.consumed = self.consumed, None
+        if consumed is not None:
+            self.last_pass = summarize(*consumed) if summary else None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # (drawing) a copy or a pickle keeps the consumed pass as its light summary, not its activations
+        state = self.__dict__.copy()
+        if self.consumed is not None:
+            state["consumed"], state["last_pass"] = None, summarize(*self.consumed)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()  # type: ignore[misc]  # (a tape pickled before drawings existed lacks their attributes)
+        self.__dict__.update(state)
 
     def clear(self) -> None:
         """Drop the recorded applications and the queued losses."""
         self.entries.clear()
         self.losses.clear()
+        self.targets.clear()
 
     @contextlib.contextmanager
     def isolated(self) -> Iterator[None]:
@@ -192,7 +232,8 @@ class Tape:
         The contract suite and gradcheck differentiate on a graph without touching a pass
         the user has in flight.
         """
-        entries, losses = list(self.entries), list(self.losses)
+        entries, losses, targets = list(self.entries), list(self.losses), list(self.targets)
+        drawn = self.consumed, self.last_pass  # (drawing: the user's last pass, not the checker's)
         self.clear()
         try:
             yield
@@ -200,6 +241,8 @@ class Tape:
             self.clear()
             self.entries.extend(entries)
             self.losses.extend(losses)
+            self.targets.extend(targets)
+            self.consumed, self.last_pass = drawn
 
     # -- backward ------------------------------------------------------------------------------
     def backward(self, grads: Mapping[Variable, Any] | None = None, loss_grad: float = 1.0, name: str = "graph") -> None:
@@ -232,7 +275,8 @@ class Tape:
                     grad = _output_grads(outputs)
                 if grad is None:
                     continue  # nothing reached this application's outputs
-                in_grads = ctx.op.backward(ctx, grad)
+                # profiling hook (one global test): the op's own backward, timed
+                in_grads = ctx.op.backward(ctx, grad) if PROFILER is None else PROFILER.backward(ctx.op, ctx, grad)
                 if type(in_grads) is ndarray and len(ctx.inputs) == 1:  # one input, one gradient
                     x = ctx.inputs[0]
                     if isinstance(x, Variable) and x.value.dtype.kind == "f":
@@ -249,7 +293,9 @@ class Tape:
                 raise
             raise backward_error(ctx.op, exc) from exc
         finally:
-            self.clear()
+            # cleared, whatever happened; the lists are kept as the consumed pass, for drawing (see the class docstring)
+            self.consumed, self.last_pass = (self.entries, self.losses, self.targets), None
+            self.entries, self.losses, self.targets = [], [], []
 
     def _seeds(self, grads: Mapping[Variable, Any] | None, name: str) -> list[tuple[Variable, np.ndarray]]:
         """``grads`` checked: float output Variables of recorded applications, and their gradients."""

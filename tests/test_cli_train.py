@@ -221,3 +221,112 @@ def test_evaluate_checks_names_before_building_a_model(tmp_path, capsys, monkeyp
     monkeypatch.setattr(models, "MLP", no_model)
     code, _, err = run(capsys, "evaluate", "--load", str(tmp_path / "other.npz"), "--hidden", str(10**9))
     assert code == 1 and "missing: affine_0.W" in err and "unexpected: 'w'" in err
+
+
+# -- --profile, --draw, --no-capture ------------------------------------------------------------------
+def _row(out, name):
+    return next(line.split() for line in out.splitlines() if line.split()[:1] == [name])
+
+
+@pytest.mark.parametrize("eager", [False, True])
+def test_train_profile_prints_the_table_after_training(capsys, eager):
+    code, out, _ = run(capsys, *TRAIN, "--profile", *(["--no-capture"] if eager else []))
+    assert code == 0
+    table = out.split("profile of the training")[1]
+    assert out.index("final test accuracy") < out.index("profile of the training")
+    assert ("(eager steps" if eager else "(captured steps") in table
+    steps = 1347  # one epoch at batch size 1, then one batched test prediction
+    assert _row(table, "Affine")[1:3] == [str(2 * (steps + 1)), "0" if eager else str(2 * (steps - 2))]
+    assert _row(table, "Sigmoid")[1] == _row(table, "SoftmaxLoss")[1] == str(steps + 1)
+    assert _row(table, "SGD.step")[1] == str(steps)
+    assert "Step total (the profiled block)" in table and "optimizer" in table
+
+
+def _statements(text):
+    return [line for line in text.splitlines() if not line.lstrip().startswith("graph [")]
+
+
+def test_train_draw_writes_one_training_step_captured_or_eager(tmp_path, capsys):
+    import re
+
+    drawings = {}
+    for mode in ([], ["--no-capture"]):
+        target = tmp_path / f"tape{len(mode)}.dot"
+        code, out, _ = run(capsys, *TRAIN, "--batch-size", "16", "--draw", str(target), *mode)
+        assert code == 0 and f"wrote {target}" in out
+        drawings[bool(mode)] = target.read_text()
+    captured, eager = drawings[False], drawings[True]
+    assert "captured step" in captured and "Graph 'MLP'" in eager
+    assert _statements(captured) == _statements(eager)
+    assert len(re.findall(r"^  a\d+ \[", eager, flags=re.M)) == 4 and len(re.findall(r"^  \w+ -> \w+", eager, flags=re.M)) == 10
+    assert eager.count("|grad| = ") == 4 and "input\\n(16, 64)" in eager  # the four parameters' gradients
+
+
+def test_train_draw_without_graphviz_is_refused_before_training(tmp_path, capsys, no_training, monkeypatch):
+    import sys
+
+    monkeypatch.setenv("PATH", str(tmp_path / "no-programs-here"))
+    for blocked in (False, True):
+        if blocked:
+            monkeypatch.setitem(sys.modules, "graphviz", None)
+        code, _, err = run(capsys, *TRAIN, "--draw", str(tmp_path / "tape.svg"))
+        assert code == 2 and err.count("\n") == 1 and err.startswith("tapegrad train: error: cannot draw to")
+        assert "pip install 'tapegrad[draw]'" in err and "or draw to a .dot file" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name, fault", [("tape.jpeg", "unsupported format 'jpeg'"), ("tape", "unsupported format '(no extension)'")])
+def test_train_draw_to_an_unknown_format_is_refused_before_training(tmp_path, capsys, no_training, name, fault):
+    code, _, err = run(capsys, *TRAIN, "--draw", str(tmp_path / name))
+    assert code == 2 and err.count("\n") == 1 and fault in err
+
+
+def test_train_draw_into_a_directory_is_refused_before_training(tmp_path, capsys, no_training):
+    (tmp_path / "tape.dot").mkdir()
+    code, _, err = run(capsys, *TRAIN, "--draw", str(tmp_path / "tape.dot"))
+    assert code == 2 and "cannot write --draw" in err and "is a directory" in err
+
+
+def test_train_draw_that_fails_to_render_after_training_keeps_the_dot_text(tmp_path, capsys, monkeypatch):
+    import sys
+    import types
+
+    from tapegrad import _cli_train
+
+    graphviz = types.ModuleType("graphviz")
+
+    class ExecutableNotFound(RuntimeError):
+        pass
+
+    class Source:
+        def __init__(self, text):
+            pass
+
+        def pipe(self, format):
+            raise ExecutableNotFound("dot vanished")
+
+    graphviz.Source, graphviz.ExecutableNotFound = Source, ExecutableNotFound
+    monkeypatch.setitem(sys.modules, "graphviz", graphviz)
+    monkeypatch.setattr(_cli_train.shutil, "which", lambda name: "/usr/bin/dot")
+    code, out, err = run(capsys, *TRAIN, "--draw", str(tmp_path / "tape.png"), "--save", str(tmp_path / "m.npz"))
+    assert code == 1 and err.count("\n") == 1 and "needs Graphviz's dot program" in err
+    assert str(tmp_path / "tape.dot") in err and (tmp_path / "tape.dot").read_text().startswith("digraph tape {")
+    assert (tmp_path / "m.npz").exists() and not (tmp_path / "tape.png").exists()
+
+
+def test_train_no_capture_trains_eagerly(capsys, monkeypatch):
+    def no_capture(*args, **kwargs):
+        pytest.fail("a step was captured under --no-capture")
+
+    monkeypatch.setattr(tg.Graph, "capture", no_capture)
+    code, out, _ = run(capsys, *TRAIN, "--no-capture", "--profile")
+    assert code == 0 and "final test accuracy" in out and "(eager steps" in out
+
+
+def test_train_help_documents_profile_draw_and_no_capture(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--no-capture run every step eagerly" in text and "Trainer(capture=False)" in text
+    assert "--profile time each op's own forward and backward" in text
+    assert "--draw PATH after training, draw one training step" in text and "pip install 'tapegrad[draw]'" in text
