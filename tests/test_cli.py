@@ -104,7 +104,7 @@ def test_new_plugin_example_op_passes_the_contract(tmp_path):
         ("json", "standard-library"),
         ("os", "standard-library"),
         ("layers", "tapegrad plugin 'layers' is installed"),
-        ("tapegrad-rnn", "is installed"),
+        ("tapegrad-acme-ops", "is installed"),  # (the fixture every test env installs)
         ("class", "keyword"),
         ("tests", "tests folder"),
     ],
