@@ -145,3 +145,46 @@ def test_numerical_gradient_check_catches_a_planted_sign_error_in_fast_mode(rng,
     assert "affine_1.b NOT MATCH !" in out and "affine_0.W match" in out
     assert not report and [e.name for e in report.failures] == ["affine_1.b"]
     assert model.graph.forward_ops == []
+
+
+class OneInfiniteGradient(tg.Operation):
+    """The identity, whose backward puts an infinity in one element."""
+
+    def forward(self, ctx, x):
+        return x * 1.0
+
+    def backward(self, ctx, grad):
+        g = grad.copy()
+        g.flat[2] = np.inf
+        return g
+
+
+class NonFiniteForward(tg.Operation):
+    """x**3 except one element, which is NaN: central differences there are NaN."""
+
+    def forward(self, ctx, x):
+        ctx.save(x)
+        out = x**3
+        out.flat[1] = np.nan
+        return out
+
+    def backward(self, ctx, grad):
+        (x,) = ctx.saved
+        return grad * 3 * x**2
+
+
+@pytest.mark.parametrize("mode", ["full", "fast", "auto"])
+def test_a_non_finite_analytic_gradient_fails_naming_the_element(graph, rng, mode):
+    op = graph.get_operation(OneInfiniteGradient)
+    report = tg.gradcheck(op, [rng.standard_normal((2, 3))], mode=mode)
+    assert not report
+    entry = report["input 0"]
+    assert not entry.passed and entry.worst_index == (0, 2) and entry.analytic == np.inf
+    assert "[0, 2]" in entry.describe() and "inf" in entry.describe()
+
+
+def test_a_non_finite_numeric_gradient_fails_too(graph, rng):
+    with np.errstate(invalid="ignore"):
+        report = tg.gradcheck(graph.get_operation(NonFiniteForward), [rng.standard_normal((2, 3))], mode="full")
+    entry = report["input 0"]  # (the NaN output reaches the projected scalar: every numeric value is NaN)
+    assert not report and not entry.passed and np.isnan(entry.numeric) and "nan" in entry.describe()

@@ -207,3 +207,40 @@ def test_an_evaluation_only_trainer_refuses_to_train(digits):
     assert 0.0 <= evaluator.test(x_test, y_test) <= 1.0
     with pytest.raises(tg.TrainingError, match="no optimizer"):
         evaluator.train(x_train, y_train, epochs=1)
+
+
+@pytest.mark.parametrize(
+    "make, error, match",
+    [
+        (lambda p: Adam(p, eps=0.0), tg.ArgumentError, r"Adam: eps must be above 0"),
+        (lambda p: Adam(p, betas=(0.9, 1.0)), tg.ArgumentError, r"betas\[1\] must be in \[0, 1\)"),
+        (lambda p: SGD(p, lr=0.0), tg.ArgumentError, r"SGD: lr must be above 0, got 0.0"),
+        (lambda p: SGD(p, lr=float("nan")), tg.ArgumentError, r"SGD: lr must be above 0, got nan"),
+        (lambda p: SGD(p, lr="0.1"), tg.InputTypeError, r"SGD: lr must be a number, got str"),
+        (lambda p: SGD(p, lr=0.1, momentum=1.0), tg.ArgumentError, r"momentum must be in \[0, 1\)"),
+    ],
+)
+def test_optimizer_hyperparameters_are_checked_with_errors_that_say_what_happened(make, error, match):
+    model = MLP(4, 3, 2)
+    with pytest.raises(error, match=match):
+        make(model.graph.parameter)
+    assert not issubclass(tg.ArgumentError, TypeError)  # a bad value is not a type error
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"batch_size": float("nan")}, tg.InputTypeError, "batch_size must be a whole number"),
+        ({"batch_size": 0}, tg.ArgumentError, "batch_size must be at least 1"),
+        ({"epochs": float("nan")}, tg.InputTypeError, "epochs must be a whole number"),
+        ({"epochs": 0}, tg.ArgumentError, "epochs must be at least 1"),
+        ({"epochs": 2, "tol": float("nan")}, tg.ArgumentError, "tol must be at least 0"),
+    ],
+)
+def test_trainer_arguments_are_checked(digits, kwargs, error, match):
+    x_train, _, y_train, _ = digits
+    model = MLP(64, 3, 10)
+    make = {k: v for k, v in kwargs.items() if k == "batch_size"}
+    train = {k: v for k, v in kwargs.items() if k != "batch_size"}
+    with pytest.raises(error, match=match):
+        tg.Trainer(model, SGD(model.graph.parameter, 0.1), verbose=False, **make).train(x_train[:10], y_train[:10], **train)
