@@ -213,10 +213,13 @@ def signature(args: tuple[Any, ...], kwargs: Mapping[str, Any], graph: Graph) ->
             parts.append(_spec(a, leaves, f"argument {index}"))
     if kwargs:
         parts.append(tuple((k, _spec(v, leaves, f"argument {k!r}")) for k, v in kwargs.items()))
-    if len(leaves) > 1 and len({id(leaf) for leaf in leaves}) < len(leaves):
-        # one object passed twice: a record made so binds both uses to it, so it is keyed apart
-        first: dict[int, int] = {}
-        parts.append(("aliases", tuple(first.setdefault(id(leaf), i) for i, leaf in enumerate(leaves))))
+    if len(leaves) > 1:
+        arrays = [id(leaf.value if isinstance(leaf, Variable) else leaf) for leaf in leaves]
+        if len(set(arrays)) < len(arrays):
+            # one array passed twice (itself, or as a Variable's value): a record made so binds both
+            # uses to it, so it is keyed apart
+            first: dict[int, int] = {}
+            parts.append(("aliases", tuple(first.setdefault(a, i) for i, a in enumerate(arrays))))
     return tuple(parts), leaves
 
 
@@ -272,14 +275,18 @@ class State:
         self.rng = graph.rng.bit_generator.state
 
     def restore(self) -> None:
-        for _, v, value, grad in self.variables:
-            v.value[...] = value
-            v.clear_grad()
-            if grad is not None:
-                v.add_grad(grad.copy())
         for optimizer, state in self.optimizers:
             optimizer.load_state_dict(state)
         self.graph.rng.bit_generator.state = self.rng
+        for name, v, value, grad in self.variables:
+            if v.value.tobytes() != value.tobytes():  # (what did not change is not written: it may be read-only)
+                try:
+                    v.value[...] = value
+                except ValueError as exc:
+                    raise CaptureError(f"the first replay's check cannot put {name}'s value back: {exc}") from None
+            v.clear_grad()
+            if grad is not None:
+                v.add_grad(grad.copy())
 
     def difference(self, eager: State, ignore: set[tuple[int, int]] = frozenset()) -> str | None:  # type: ignore[assignment]
         """The first value or gradient that differs from ``eager``'s (this one is the replay's),
@@ -340,7 +347,7 @@ def _event_signature(recording: Recording, event: tuple[str, Any]) -> Any:
         return (kind, app, source.kind, source.index, source.app)
     if kind == "backward":
         return (kind, tuple(body.apps), tuple(body.losses), body.loss_grad, len(body.seeds))
-    return (kind, id(body.obj), body.function)
+    return (kind, id(body.obj), body.function, body.args, tuple(body.kwargs.items()))
 
 
 def _describe(recording: Recording, event: tuple[str, Any]) -> str:

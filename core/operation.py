@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-from numpy import ndarray  # (numpy's module __getattr__ makes np.ndarray a slow load in hot code)
+from numpy import ndarray
 
 from . import tape as _tape
 from .errors import GraphError, InputTypeError, NonFiniteError, OperationError, TapegradError
@@ -67,12 +67,14 @@ def _arity(func: Callable[..., Any]) -> tuple[int, float]:
 def _make_forward(impl: Callable[..., Any], low: int, high: float) -> Callable[..., Any]:
     """The user-facing ``forward(*inputs)`` around an author's ``forward(self, ctx, *arrays)``."""
 
+    one_input = low <= 1 <= high
+
     def forward(self: Operation, *inputs: Any) -> Any:
         if inputs and isinstance(inputs[0], Context):
             return impl(self, *inputs)  # an author's subclass calling super().forward(ctx, ...)
         graph = self.graph or self.require_graph()
         # unwrap (the fast path: one float Variable, as most applications in a model are)
-        if len(inputs) == 1 and type(inputs[0]) is Variable and inputs[0].value.dtype.kind == "f":
+        if one_input and len(inputs) == 1 and type(inputs[0]) is Variable and inputs[0].value.dtype.kind == "f":
             arrays: Sequence[np.ndarray] = (inputs[0].value,)
             ctx = Context(self, inputs, (True,))
         else:

@@ -68,11 +68,14 @@ class Optimizer:
 
     def state_dict(self) -> dict[str, Any]:
         """A copy of everything the optimizer keeps besides its variables (hyperparameters, step
-        count, moment buffers); ``load_state_dict`` puts it back."""
-        return copy.deepcopy({k: v for k, v in vars(self).items() if k != "variables"})
+        count, moment buffers, by position in ``variables``); ``load_state_dict`` puts it back.
+        Variables anywhere in it stay the same objects."""
+        memo = {id(v): v for v in self.variables}
+        return copy.deepcopy({k: v for k, v in vars(self).items() if k != "variables"}, memo)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        vars(self).update(copy.deepcopy(dict(state)))
+        memo = {id(v): v for v in self.variables}
+        vars(self).update(copy.deepcopy(dict(state), memo))
 
 
 class SGD(Optimizer):
@@ -82,25 +85,21 @@ class SGD(Optimizer):
         super().__init__(parameter, lr)
         self.momentum = check_number("SGD", "momentum", momentum, low=0.0, high=1.0, high_inclusive=False)
         self.weight_decay = check_number(type(self).__name__, "weight_decay", weight_decay, low=0.0)
-        self._velocity: dict[int, np.ndarray] = {}
+        self._velocity: dict[int, np.ndarray] = {}  # by position in variables
 
     def step(self) -> None:
         lr, momentum, decay = self.lr, self.momentum, self.weight_decay
-        updates = []
-        for v, grad in zip(self.variables, peek_grads(self.variables)):
+        updates, velocity = [], {}
+        for i, (v, grad) in enumerate(zip(self.variables, peek_grads(self.variables))):
             if grad is None or not v.trainable:
                 continue  # no gradient: zeros, nothing to do
             if decay:
                 grad = grad + decay * v.value
             if momentum:
-                buf = self._velocity.get(id(v))
-                if buf is None:
-                    buf = self._velocity[id(v)] = np.array(grad, dtype=v.value.dtype)
-                else:
-                    buf *= momentum
-                    buf += grad
-                grad = buf
+                buf = self._velocity.get(i)
+                grad = velocity[i] = np.array(grad, dtype=v.value.dtype) if buf is None else buf * momentum + grad
             updates.append((v.value, lr * grad))
+        self._velocity.update(velocity)  # state and parameters change together, once all is computed
         for value, update in updates:
             value -= update  # in place: whoever holds the value sees the update
 
@@ -124,28 +123,28 @@ class Adam(Optimizer):
         self.eps = check_number("Adam", "eps", eps, low=0.0, low_inclusive=False)
         self.weight_decay = check_number(type(self).__name__, "weight_decay", weight_decay, low=0.0)
         self.t = 0
-        self._m: dict[int, np.ndarray] = {}
+        self._m: dict[int, np.ndarray] = {}  # first and second moments, by position in variables
         self._v: dict[int, np.ndarray] = {}
 
     def step(self) -> None:
-        self.t += 1
+        t = self.t + 1
         b1, b2 = self.beta1, self.beta2
-        scale = self.lr * np.sqrt(1.0 - b2**self.t) / (1.0 - b1**self.t)
-        updates = []
-        for v, grad in zip(self.variables, peek_grads(self.variables)):
+        scale = self.lr * np.sqrt(1.0 - b2**t) / (1.0 - b1**t)
+        updates, moments = [], {}
+        for i, (v, grad) in enumerate(zip(self.variables, peek_grads(self.variables))):
             if grad is None or not v.trainable:
                 continue
             if self.weight_decay:
                 grad = grad + self.weight_decay * v.value
-            m = self._m.get(id(v))
-            if m is None:
-                m = self._m[id(v)] = np.zeros_like(v.value)
-                self._v[id(v)] = np.zeros_like(v.value)
-            s = self._v[id(v)]
-            m *= b1
-            m += (1.0 - b1) * grad
-            s *= b2
-            s += (1.0 - b2) * grad * grad
+            m, s = self._m.get(i), self._v.get(i)
+            if m is None or s is None:
+                m, s = np.zeros_like(v.value), np.zeros_like(v.value)
+            m = m * b1 + (1.0 - b1) * grad
+            s = s * b2 + (1.0 - b2) * grad * grad
+            moments[i] = (m, s)
             updates.append((v.value, scale * m / (np.sqrt(s) + self.eps)))
+        self.t = t  # state and parameters change together, once all is computed
+        for i, (m, s) in moments.items():
+            self._m[i], self._v[i] = m, s
         for value, update in updates:
             value -= update

@@ -123,10 +123,9 @@ class Recording:
         self._token: Any = None
         self.in_call = False  # inside a replayable call (its own nested calls are not noted)
         for index, leaf in enumerate(leaves):
-            if id(leaf) in self._sources:
-                continue  # one object passed twice: every use reads its first place (the key says so)
-            self._remember(leaf, Source("input", index=index, live=isinstance(leaf, Variable)))
-            if isinstance(leaf, Variable):
+            if id(leaf) not in self._sources:  # (one object passed twice: its first place; the key says so)
+                self._remember(leaf, Source("input", index=index, live=isinstance(leaf, Variable)))
+            if isinstance(leaf, Variable) and id(leaf.value) not in self._sources:
                 self._remember(leaf.value, Source("input", index=index))
 
     def __enter__(self) -> Recording:
@@ -206,6 +205,18 @@ class Recording:
         self.events.append(("backward", Backward(apps, losses, seeded, float(loss_grad))))
 
     def called(self, obj: Any, function: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        for value in (*args, *kwargs.values()):
+            try:
+                replayable = not isinstance(value, (ndarray, Variable)) and hash(value) is not None
+            except TypeError:
+                replayable = False
+            if not replayable:
+                raise CaptureError(
+                    f"{type(obj).__name__}.{function.__name__}() was called with an argument a replay could not "
+                    "pass again (an array or another unhashable value): replayed calls repeat their arguments "
+                    "as recorded. Set such a value as an attribute instead (optimizer.lr = ...): replays read "
+                    "attributes live."
+                )
         self.events.append(("call", Call(obj, function, args, kwargs)))
 
     def _app(self, ctx: Context) -> int:

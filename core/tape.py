@@ -23,7 +23,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from numpy import ndarray  # (numpy's module __getattr__ makes np.ndarray a slow load in hot code)
+from numpy import ndarray
 
 from .draw import Pass, summarize
 from .errors import BackwardError, GraphError, InputTypeError, ShapeError, TapegradError, TapeWarning
@@ -213,6 +213,8 @@ class Tape:
         state = self.__dict__.copy()
         if self.consumed is not None:
             state["consumed"], state["last_pass"] = None, summarize(*self.consumed)
+        # a loss pairs with a forward in flight after unpickling; an eval-mode one's arrays stay behind
+        state["latest"] = {op: ctx for op, ctx in self.latest.items() if any(e is ctx for e in self.entries)}
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -233,6 +235,7 @@ class Tape:
         the user has in flight.
         """
         entries, losses, targets = list(self.entries), list(self.losses), list(self.targets)
+        latest = dict(self.latest)  # the user's losses pair with the user's forwards afterwards
         drawn = self.consumed, self.last_pass  # (drawing: the user's last pass, not the checker's)
         self.clear()
         try:
@@ -242,6 +245,7 @@ class Tape:
             self.entries.extend(entries)
             self.losses.extend(losses)
             self.targets.extend(targets)
+            self.latest = latest
             self.consumed, self.last_pass = drawn
 
     # -- backward ------------------------------------------------------------------------------

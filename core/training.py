@@ -123,6 +123,14 @@ class Trainer:
         """Call the captured ``_train_step`` or ``_predict_step``; a model whose step cannot be
         captured (Python work on its input inside forward, say) goes on eagerly, with a warning."""
         step = getattr(self, which)
+        tape = self.graph.tape
+        if tape.entries or tape.losses:  # the user's pass in flight: not a reason to stop capturing
+            if which == "_predict_step":
+                return self._forward(*args)  # (eval mode leaves the tape alone)
+            raise TrainingError(
+                f"Trainer.train: graph {self.graph.name!r} has a forward pass in flight ({len(tape.entries)} "
+                "applications on its tape); call graph.backward() or graph.clear() before training"
+            )
         try:
             return step(*args)
         except CaptureError as exc:

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-from numpy import ndarray  # (numpy's module __getattr__ makes np.ndarray a slow load in hot code)
+from numpy import ndarray
 
 from .errors import InputTypeError, ShapeError
 
@@ -148,7 +148,7 @@ class Variable:
         if value is self._grad and not self._grad_is_borrowed:
             return  # ``v.grad += g`` wrote in place into this Variable's own array
         grad = self._checked(value)  # before anything changes: a bad value loses nothing
-        self._grad = grad.copy() if grad is value else grad  # the caller keeps its array
+        self._grad = np.array(grad, copy=True)  # this Variable's own: the caller keeps what it passed
         self._grad_is_borrowed = False
 
     def peek_grad(self) -> np.ndarray | None:
@@ -172,8 +172,15 @@ class Variable:
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         if dtype is None:
-            return self.value
+            return self.value.copy() if copy else self.value
         return self.value.astype(dtype)
+
+    def __copy__(self) -> Variable:
+        twin = Variable(self.value, self.name, self.trainable)
+        if self._grad is not None:  # one gradient array for both: borrowed by both, written by neither
+            twin._grad = self._grad
+            twin._grad_is_borrowed = self._grad_is_borrowed = True
+        return twin
 
     def __len__(self) -> int:
         return len(self.value)

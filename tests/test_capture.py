@@ -12,6 +12,7 @@ import copy
 import functools
 import pickle
 import re
+import warnings
 from collections import namedtuple
 from typing import Any
 
@@ -1694,3 +1695,129 @@ def test_sklearn_estimator_fits_identically_and_as_eager(digits, monkeypatch):
                 assert_same_array(a, b)
             assert_same_losses(group[0].loss_curve_, other.loss_curve_)
             assert_same_array(group[0].predict_proba(x_test), other.predict_proba(x_test))
+
+
+# -- regressions from the review --------------------------------------------------------------
+def test_a_users_optimizer_keeping_its_own_list_still_updates_the_model():
+    from tapegrad.optim import Optimizer
+
+    class PlainSGD(Optimizer):
+        def __init__(self, parameter: Any, lr: float) -> None:
+            super().__init__(parameter, lr)
+            self.params = self.trainable
+
+        def step(self) -> None:
+            for v in self.params:
+                g = v.peek_grad()
+                if g is not None:
+                    v.value -= self.lr * g
+
+    x, y = data(64)
+    losses = []
+    for capture in (False, True):
+        net = Net()
+        opt = PlainSGD(net.graph.parameter, lr=0.5)
+        trainer = tg.Trainer(net, opt, batch_size=16, verbose=False, progress=False, capture=capture)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", tg.CaptureWarning)
+            losses.append(trainer.train(x, y, epochs=4).train_loss)
+        assert all(p is q for p, q in zip(opt.params, net.graph.parameter.trainable_variables()))
+    assert losses[0] == losses[1] and losses[1][-1] < losses[1][0]
+
+
+def test_a_replayed_call_with_an_array_argument_is_refused_when_recorded():
+    class Scaled(SGD):
+        def step(self, scale: Any = None) -> None:
+            super().step()
+
+    g = tg.Graph(seed=0)
+    w = g.get_variable("w", (2,), "ones")
+    mul, total = g.get_operation("math:Multiply"), g.get_operation("math:Sum")
+    opt = Scaled(g.parameter, lr=0.1)
+
+    @g.capture
+    def step(x: np.ndarray, scale: np.ndarray) -> Any:
+        out = total(mul(tg.Variable(x), w))
+        g.backward(grads={out: np.ones(())})
+        opt.step(scale)
+        opt.zero_grad()
+        return out
+
+    with pytest.raises(CaptureError, match=r"Scaled.step\(\) was called with an argument.*attribute"):
+        step(np.ones(2), np.array([1.0]))
+
+
+def test_a_variable_and_its_own_array_passed_together_key_a_record_of_their_own():
+    g = tg.Graph(seed=0).eval()
+    add = g.get_operation("math:Add")
+    step = g.capture(lambda v, x: add(v, x))
+    for i in range(3):
+        v = tg.Variable(np.full(2, float(i)))
+        assert np.array_equal(step(v, v.value).value, [2.0 * i] * 2)
+    v, x = tg.Variable(np.zeros(2)), np.full(2, 100.0)
+    assert np.array_equal(step(v, x).value, [100.0, 100.0])
+    assert len(step.records) == 2
+
+
+def test_gradcheck_leaves_a_users_loss_paired_with_the_users_forward():
+    x, y = data(8)
+    net = Net()
+    net.forward(x)
+    tg.gradcheck(net.loss_op, [np.random.default_rng(0).standard_normal((8, 3))], target=y)
+    assert len(net.graph.forward_ops) == 4
+    assert np.isfinite(net.loss(y))
+    net.graph.backward()
+
+
+def test_the_optimizers_state_survives_copies_and_a_failed_step_changes_nothing():
+    x, y = data(8)
+    net = Net()
+    opt = Adam(net.graph.parameter, lr=0.01)
+
+    def train(n: Net, o: Adam) -> None:
+        n.forward(x)
+        n.loss(y)
+        n.graph.backward()
+        o.step()
+        o.zero_grad()
+
+    for _ in range(3):
+        train(net, opt)
+    twins = [copy.deepcopy((net, opt)), pickle.loads(pickle.dumps((net, opt)))]
+    train(net, opt)
+    for twin_net, twin_opt in twins:
+        train(twin_net, twin_opt)
+        assert_same_graphs(net.graph, twin_net.graph)
+
+    a, b = tg.Variable(np.ones(2), name="a"), tg.Variable(np.ones(2), name="b")
+    adam = Adam([a, b], lr=0.1)
+    a.add_grad(np.ones(2))
+    b.add_grad(np.array([1e300, 1.0]))
+    state = adam.state_dict()
+    with np.errstate(over="raise"), pytest.raises(FloatingPointError):
+        adam.step()
+    assert adam.t == state["t"] and adam._m == state["_m"] and np.array_equal(a.value, np.ones(2))
+
+
+def test_a_pass_in_flight_stops_training_clearly_and_keeps_capture():
+    x, y = data(40)
+    net = Net()
+    net.forward(x[:2])  # a look at the output in train mode: recorded
+    trainer = tg.Trainer(net, SGD(net.graph.parameter, lr=0.1), batch_size=8, verbose=False, progress=False)
+    with pytest.raises(tg.TrainingError, match=r"forward pass in flight.*backward\(\) or graph.clear\(\)"):
+        trainer.train(x, y, epochs=1)
+    assert len(net.graph.forward_ops) == 4  # the user's pass is left alone
+    net.graph.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", tg.CaptureWarning)
+        trainer.train(x, y, epochs=2)
+    assert isinstance(trainer._train_step, CapturedStep)
+
+
+def test_a_pickled_model_after_an_eval_pass_carries_no_activations():
+    x, _ = data(2000)
+    net = Net()
+    small = len(pickle.dumps(net))
+    net.graph.eval()
+    net.forward(x)
+    assert len(pickle.dumps(net)) < small + 20_000

@@ -62,3 +62,39 @@ def test_clear_grad_and_repr():
     v.clear_grad()
     assert not v.grad.any()
     assert "w" in repr(v) and "(2, 3)" in repr(v) and "trainable=False" in repr(v)
+
+
+def test_setting_grad_never_aliases_what_was_set():
+    import copy
+
+    other = tg.Variable(np.ones(2))
+    v = tg.Variable(np.zeros(2))
+    v.grad = other  # a Variable converts to its value: the gradient must be a copy of it
+    v.grad += 1
+    v.add_grad(np.ones(2))
+    assert np.array_equal(other.value, np.ones(2))
+
+    class Buffer(np.ndarray):
+        pass
+
+    buffer = np.ones(3).view(Buffer)
+    w = tg.Variable(np.ones(3))
+    w.grad = buffer
+    w.add_grad(np.ones(3))
+    assert np.array_equal(np.asarray(buffer), np.ones(3))
+
+    original = tg.Variable(np.zeros(2))
+    original.grad = np.ones(2)
+    twin = copy.copy(original)
+    twin.grad += 10
+    twin.add_grad(np.ones(2))
+    assert np.array_equal(original.grad, np.ones(2)) and np.array_equal(twin.grad, np.full(2, 12.0))
+    original.add_grad(np.ones(2))
+    assert np.array_equal(twin.grad, np.full(2, 12.0))
+
+
+def test_asking_numpy_for_a_copy_of_a_variable_gives_one():
+    v = tg.Variable(np.zeros(2))
+    array = np.array(v, copy=True)
+    array[0] = 5
+    assert v.value[0] == 0
