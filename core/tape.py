@@ -103,6 +103,8 @@ class Context:
 
         def __getattr__(self, name: str) -> Any: ...
 
+        def __setattr__(self, name: str, value: Any) -> None: ...
+
     def save(self, *arrays: Any) -> None:
         """Keep ``arrays`` for ``backward`` (read back as ``ctx.saved``)."""
         self.saved = arrays
