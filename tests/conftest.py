@@ -87,3 +87,25 @@ def rng():
 @pytest.fixture
 def graph():
     return tg.Graph("test", seed=0)
+
+
+#: An op whose backward returns a wrongly shaped gradient: a module for make_dist (an entry-point
+#: plugin) or, with REGISTERED_WRONG_SHAPE, a conftest registering it as plugin "shapes".
+WRONG_SHAPE = """
+import numpy as np
+import tapegrad as tg
+
+class WrongGradShape(tg.Operation):
+    def forward(self, ctx, x):
+        return x * 3
+    def backward(self, ctx, grad):
+        return (grad * 3).sum(axis=0)
+    @classmethod
+    def samples(cls, rng):
+        yield tg.Sample(inputs=[rng.standard_normal((3, 2))], name="s")
+
+@tg.hookimpl
+def tapegrad_operations():
+    return [WrongGradShape]
+"""
+REGISTERED_WRONG_SHAPE = WRONG_SHAPE + "\ntg.register_operation(WrongGradShape, plugin='shapes')\n"

@@ -5,7 +5,7 @@ import json
 import pytest
 
 import tapegrad as tg
-from conftest import make_dist, op_module
+from conftest import WRONG_SHAPE, make_dist, op_module
 from tapegrad import testing
 from tapegrad.cli import main
 
@@ -103,23 +103,6 @@ def test_a_check_added_to_tapegrad_testing_shows_in_the_table_without_cli_change
     assert relu.split()[-1] == "FAIL" and "check_capture failed" in out
 
 
-WRONG_SHAPE = '''
-import numpy as np
-import tapegrad as tg
-
-class WrongGradShape(tg.Operation):
-    def forward(self, ctx, x):
-        return x * 3
-    def backward(self, ctx, grad):
-        return (grad * 3).sum(axis=0)
-    @classmethod
-    def samples(cls, rng):
-        yield tg.Sample(inputs=[rng.standard_normal((3, 2))], name="s")
-
-@tg.hookimpl
-def tapegrad_operations():
-    return [WrongGradShape]
-'''
 
 
 def test_a_structural_fault_is_one_FAIL_and_the_checks_it_blocks_read_skip(capsys, plugin_dir):

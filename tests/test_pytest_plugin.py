@@ -34,21 +34,9 @@ def test_a_named_plugin_that_is_not_installed_or_blocked_fails_the_run_with_exit
 
 
 def test_a_structural_fault_fails_one_item_and_skips_the_items_it_blocks(pytester):
-    pytester.makeconftest(
-        """
-        import numpy as np, tapegrad as tg
+    from conftest import REGISTERED_WRONG_SHAPE
 
-        @tg.register_operation(plugin="shapes")
-        class WrongGradShape(tg.Operation):
-            def forward(self, ctx, x):
-                return x * 3
-            def backward(self, ctx, grad):
-                return (grad * 3).sum(axis=0)
-            @classmethod
-            def samples(cls, rng):
-                yield tg.Sample(inputs=[rng.standard_normal((3, 2))], name="s")
-        """
-    )
+    pytester.makeconftest(REGISTERED_WRONG_SHAPE)
     result = pytester.runpytest_subprocess("--tapegrad-contract=shapes", "-rfs", *ARGS)
     assert result.ret == 1
     result.assert_outcomes(passed=3, failed=1, skipped=9)

@@ -739,21 +739,9 @@ def test_a_new_check_can_require_the_structure_check(monkeypatch):
 
 
 def test_parametrize_operations_skips_what_a_structural_fault_blocks(pytester):
-    pytester.makeconftest(
-        """
-        import numpy as np, tapegrad as tg
+    from conftest import REGISTERED_WRONG_SHAPE
 
-        @tg.register_operation(plugin="shapes")
-        class WrongGradShape(tg.Operation):
-            def forward(self, ctx, x):
-                return x * 3
-            def backward(self, ctx, grad):
-                return (grad * 3).sum(axis=0)
-            @classmethod
-            def samples(cls, rng):
-                yield tg.Sample(inputs=[rng.standard_normal((3, 2))], name="s")
-        """
-    )
+    pytester.makeconftest(REGISTERED_WRONG_SHAPE)
     pytester.makepyfile(
         """
         from tapegrad.testing import parametrize_operations
