@@ -1,10 +1,14 @@
 """Every error tapegrad raises on purpose, in one place.
 
 Each is a subclass of ``TapegradError`` and of the builtin a caller would expect
-(``ValueError`` or ``TypeError``), so ``except ValueError`` keeps working.
+(``ValueError`` or ``TypeError``), so ``except ValueError`` keeps working. The contract suite's
+two (``ContractError``, ``ContractSkip``) are the types test runners understand instead: an
+``AssertionError`` and a ``unittest.SkipTest``. Warnings are ``UserWarning``s.
 """
 
 from __future__ import annotations
+
+import unittest
 
 __all__ = [
     "TapegradError",
@@ -28,6 +32,8 @@ __all__ = [
     "ScaffoldError",
     "PluginWarning",
     "PluginUnavailableError",
+    "ContractError",
+    "ContractSkip",
 ]
 
 
@@ -130,3 +136,20 @@ class PluginUnavailableError(TapegradError, ValueError):
         super().__init__(message)
         self.missing = missing
         self.unavailable = unavailable
+
+
+class ContractError(AssertionError):
+    """An operation broke its contract; the message says where and how."""
+
+
+class ContractSkip(unittest.SkipTest):
+    """A check cannot run because a check it requires failed on the same case.
+
+    ``prerequisite`` names that check and ``error`` is its failure. A ``unittest.SkipTest``,
+    so pytest reports it as a skip wherever it is raised.
+    """
+
+    def __init__(self, reason: str, prerequisite: str, error: BaseException) -> None:
+        super().__init__(reason)
+        self.prerequisite = prerequisite
+        self.error = error

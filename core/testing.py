@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import math
-import unittest
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import TapegradError, UnknownOperationError
+from .errors import ContractError, ContractSkip, TapegradError, UnknownOperationError
 from .gradcheck import GradcheckReport, gradcheck
 from .graph import Graph
 from .operation import Loss, Operation, Sample
@@ -66,23 +65,6 @@ __all__ = [
 
 SEED = 0
 ATOL, RTOL = 1e-5, 1e-3
-
-
-class ContractError(AssertionError):
-    """An operation broke its contract; the message says where and how."""
-
-
-class ContractSkip(unittest.SkipTest):
-    """A check cannot run because a check it requires failed on the same case.
-
-    ``prerequisite`` names that check and ``error`` is its failure. A ``unittest.SkipTest``,
-    so pytest reports it as a skip wherever it is raised.
-    """
-
-    def __init__(self, reason: str, prerequisite: str, error: BaseException) -> None:
-        super().__init__(reason)
-        self.prerequisite = prerequisite
-        self.error = error
 
 
 # -- the case: one op on one sample ---------------------------------------------------------

@@ -1,7 +1,9 @@
 """The tape: recording, pairing losses, seeding, the backward walk and the accumulation rule."""
 
 import copy
+import pathlib
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -302,3 +304,30 @@ def test_isolated_restores_a_pass_in_flight(graph):
         graph.get_operation("Sigmoid")(np.zeros(2))
     assert len(graph.forward_ops) == 1 and len(graph.tape.losses) == 1
     graph.backward()
+
+
+def test_every_exception_and_warning_class_lives_in_tapegrad_errors():
+    import importlib
+    import inspect
+    import pkgutil
+
+    import tapegrad.errors
+
+    defined = []
+    for info in pkgutil.iter_modules(tg.__path__, "tapegrad."):
+        if info.name in ("tapegrad.sklearn", "tapegrad.pytest_plugin"):
+            continue  # need the optional extras; checked below by source text
+        module = importlib.import_module(info.name)
+        defined += [
+            (info.name, name)
+            for name, obj in vars(module).items()
+            if inspect.isclass(obj) and issubclass(obj, BaseException) and obj.__module__ == info.name
+            and not name.startswith("_")  # (a module's private control flow never reaches users)
+        ]
+    assert defined and {module for module, _ in defined} == {"tapegrad.errors"}, defined
+    assert {name for _, name in defined} <= set(tapegrad.errors.__all__)
+    for optional in ("sklearn", "pytest_plugin"):
+        source = (pathlib.Path(tg.__file__).parent / f"{optional}.py").read_text()
+        assert not re.search(r"^class [A-Z]\w*\(\w*(Error|Exception|Warning)\)", source, re.M), optional
+    assert tg.testing.ContractError is tapegrad.errors.ContractError
+    assert issubclass(tapegrad.errors.ContractError, AssertionError)
