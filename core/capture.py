@@ -11,6 +11,7 @@ Records live in a small cache (``max_records``, least recently used out first).
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -40,6 +41,12 @@ class Record:
     replay: Replay
     recording: Recording
     verified: bool
+    #: A digest of the recording call's argument values (see ``pinned``).
+    arguments: bytes = b""
+    #: Verified only for the recording call's argument values: the record froze values Python
+    #: made anew inside the step (``x / 16``, say), and the first replay's check had that very
+    #: data, so it proves nothing about them. A call with other values is checked too.
+    pinned: bool = False
 
     @property
     def source(self) -> str:
@@ -61,7 +68,8 @@ class CapturedStep:
     """A step function that records its first call per signature and replays later calls.
 
     Made by ``graph.capture(fn, check=True)``. ``records`` maps each signature to its ``Record``
-    (at most ``max_records``); ``last_record`` is the one the latest call used.
+    (at most ``max_records``); ``last_record`` is the one the latest call used, ``last_arguments``
+    that call's array and Variable arguments.
     """
 
     def __init__(self, graph: Graph, fn: Callable[..., Any], *, check: bool = True, max_records: int = 8) -> None:
@@ -75,12 +83,14 @@ class CapturedStep:
         self.max_records = max_records
         self.records: OrderedDict[Any, Record] = OrderedDict()
         self.last_record: Record | None = None
+        self.last_arguments: list[Any] = []  # the latest call's array and Variable arguments
         functools.update_wrapper(self, fn, updated=())  # name and docstring; never fn's own attributes
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if RECORDING.get() is not None:
             return self.fn(*args, **kwargs)  # inside another step's recording: that one records these ops
         key, leaves = signature(args, kwargs, self.graph)
+        self.last_arguments = leaves  # (drawing: the Variables passed in, with their gradients)
         record = self.records.get(key)
         tape = self.graph.tape
         if tape.entries or tape.losses:
@@ -93,10 +103,11 @@ class CapturedStep:
         if record is not self.last_record:
             self.records.move_to_end(key)
             self.last_record = record
-        if not record.verified:
+        if not record.verified or (record.pinned and _digest(leaves) != record.arguments):
             return self._verify(record, leaves, args, kwargs)
         # profiling hook: the replay program's timed variant, only while a profiler runs
         function = record.replay.function if _tape.PROFILER is None else _tape.PROFILER.replay_function(record.replay)
+        tape.inside += 1  # the replay calls ops' own code: ops they apply are not recorded, as eagerly
         try:
             return function(*leaves)
         except Exception as exc:
@@ -104,12 +115,14 @@ class CapturedStep:
             if error is exc:
                 raise
             raise error from exc
+        finally:
+            tape.inside -= 1
 
     def __getstate__(self) -> dict[str, Any]:
         # A record's program is bound to this graph's objects: a copy (or an unpickled step)
         # records again on its first call, against its own graph.
         state = self.__dict__.copy()
-        state["records"], state["last_record"] = OrderedDict(), None
+        state["records"], state["last_record"], state["last_arguments"] = OrderedDict(), None, []
         return state
 
     def to_dot(self) -> str:
@@ -126,8 +139,7 @@ class CapturedStep:
     # -- recording -------------------------------------------------------------------------------
     def _record(self, key: Any, leaves: list[Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         recording = Recording(self.graph, leaves)
-        with recording:
-            result = self.fn(*args, **kwargs)
+        result = self._run_recorded(recording, args, kwargs)
         self.graph.tape.release_pass()  # (drawing) replays leave the tape alone: keep no activations for it
         left = len(self.graph.tape.entries)
         if left:
@@ -145,11 +157,23 @@ class CapturedStep:
             raise _after_eager(exc, result) from None
         recording.finish()
         record = Record(key, Replay(recording, template), recording, verified=not self.check)
+        if self.check:
+            record.arguments = _digest(leaves)
         self.records[key] = record
         while len(self.records) > self.max_records:
             self.records.popitem(last=False)
         self.last_record = record
         return result
+
+    def _run_recorded(self, recording: Recording, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """``fn`` run eagerly while ``recording`` watches. A call that raises leaves the tape empty,
+        as the step found it, so the next call can go on."""
+        try:
+            with recording:
+                return self.fn(*args, **kwargs)
+        except BaseException:
+            self.graph.clear()
+            raise
 
     # -- the first replay's check ------------------------------------------------------------------
     def _verify(self, record: Record, leaves: list[Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -162,15 +186,15 @@ class CapturedStep:
         after = State(self.graph, record.recording, leaves)
         before.restore()
         recording = Recording(self.graph, leaves)
-        with recording:
-            result = self.fn(*args, **kwargs)
+        result = self._run_recorded(recording, args, kwargs)
         recording.finish()
         self.graph.tape.release_pass()  # (drawing, as in _record)
         if failure is not None:
             raise _after_eager(
                 CaptureError(
                     f"the first replay of this step failed ({type(failure).__name__}: {failure}) where an eager run "
-                    "succeeds: " + _CAUSES
+                    "succeeds: " + _CAUSES + " An op whose forward or backward reads ctx.inputs or ctx.outputs fails "
+                    "so too (a replay does not fill them; `tapegrad check NAME` runs check_capture on an op)."
                 ),
                 result,
             ) from failure
@@ -185,10 +209,21 @@ class CapturedStep:
         )
         if problem:
             raise _after_eager(CaptureError(f"the first replay of this step differs from an eager run: {problem}"), result)
-        if transient:  # Variables the step makes itself, from the same values each call: constants
+        if transient and not record.replay.frozen:  # Variables the step makes itself, from the same values: constants
             record.replay = Replay(record.recording, record.replay.template, frozen=transient)
         record.verified = True
+        # Values made anew inside the step, checked on the very data the record was made from,
+        # could be computed from it (x / 16): until a call brings other data, that data alone replays.
+        record.pinned = _made_anew(record.recording, recording, transient) and _digest(leaves) == record.arguments
         return result
+
+
+def _digest(leaves: list[Any]) -> bytes:
+    """A digest of the values of a call's array and Variable arguments."""
+    digest = hashlib.blake2b(digest_size=16)
+    for leaf in leaves:
+        digest.update(np.ascontiguousarray(leaf.value if isinstance(leaf, Variable) else leaf).tobytes())
+    return digest.digest()
 
 
 def _after_eager(error: CaptureError, result: Any) -> CaptureError:
@@ -247,7 +282,8 @@ def _spec(obj: Any, leaves: list[Any], where: str) -> Any:
 
 class State:
     """A copy of everything a step may change: every parameter's (and input Variable's) value and
-    gradient, the optimizers' state and the graph's generator; ``restore`` puts it back."""
+    gradient, the optimizers' state, the graph's generator, and the ops' own attributes (running
+    statistics an op keeps on ``self``, say); ``restore`` puts it back."""
 
     def __init__(self, graph: Graph, recording: Recording, leaves: list[Any]) -> None:
         variables = {id(v): (name, v) for name, v in graph.parameter.variable_dict.items()}
@@ -273,6 +309,7 @@ class State:
         ]
         self.optimizers = [(o, o.state_dict()) for o in dict.fromkeys(optimizers)]
         self.rng = graph.rng.bit_generator.state
+        self.attributes = [(op, {k: (v, _copied(v)) for k, v in vars(op).items()}) for op in graph.operations.values()]
 
     def restore(self) -> None:
         for optimizer, state in self.optimizers:
@@ -287,6 +324,14 @@ class State:
             v.clear_grad()
             if grad is not None:
                 v.add_grad(grad.copy())
+        for op, saved in self.attributes:
+            attributes = vars(op)
+            for key in [key for key in attributes if key not in saved]:
+                del attributes[key]  # set by the run being undone
+            for key, (obj, copy) in saved.items():
+                if copy is not None and attributes.get(key) is obj:
+                    _put_back(obj, copy)  # changed in place: the same object, its old contents
+                attributes[key] = obj
 
     def difference(self, eager: State, ignore: set[tuple[int, int]] = frozenset()) -> str | None:  # type: ignore[assignment]
         """The first value or gradient that differs from ``eager``'s (this one is the replay's),
@@ -307,7 +352,35 @@ class State:
                 return f"{name}'s gradient {grads}. " + _CAUSES
             if values:
                 return f"{name}'s value {values}. " + _CAUSES
+        for (op, saved), (_, eager_saved) in zip(self.attributes, eager.attributes):
+            for key, (_, copy) in saved.items():
+                other = eager_saved.get(key, (None, None))[1]
+                if isinstance(copy, ndarray) and isinstance(other, ndarray):
+                    differs = _array_difference(copy, other)
+                    if differs:
+                        return f"{op.label}'s attribute {key!r} {differs}. " + _CAUSES
         return None
+
+
+def _copied(obj: Any) -> Any:
+    """A copy of the contents of an op's attribute that can change in place (an array, a list, a
+    dict, a set), else None."""
+    if isinstance(obj, ndarray):
+        return obj.copy()
+    if isinstance(obj, (list, dict, set)):
+        return obj.copy()
+    return None
+
+
+def _put_back(obj: Any, copy: Any) -> None:
+    if isinstance(obj, ndarray):
+        if obj.tobytes() != copy.tobytes():  # (what did not change is not written: it may be read-only)
+            obj[...] = copy
+    elif isinstance(obj, list):
+        obj[:] = copy
+    else:
+        obj.clear()
+        obj.update(copy)
 
 
 _CAUSES = (
@@ -380,6 +453,15 @@ def _made_inside(recorded: Recording, now: Recording) -> tuple[set[tuple[int, in
                 )
             transient.add((i, k))
     return transient, None
+
+
+def _made_anew(recorded: Recording, now: Recording, transient: set[tuple[int, int]]) -> bool:
+    """Whether the record froze an array that the step made anew on each call (a constant, or the
+    value of a Variable it makes), rather than one that outlives the step (a closure's zeros)."""
+    for i, k in transient:
+        if recorded.apps[i].sources[k].obj.value is not now.apps[i].sources[k].obj.value:
+            return True
+    return any(old is not new for (_, old), (_, new) in zip(recorded.constants, now.constants))
 
 
 def _constant_difference(recorded: Recording, now: Recording) -> str | None:

@@ -126,8 +126,10 @@ def _index(entries: Sequence[Any], ctx: Any) -> int:
     raise GraphError(f"{ctx.op.label}: a loss of an application that is not on the tape")
 
 
-def from_recording(recording: Recording) -> Pass:
-    """The ``Pass`` of a captured step's record: every application it made, fed as recorded."""
+def from_recording(recording: Recording, arguments: Sequence[Any] = ()) -> Pass:
+    """The ``Pass`` of a captured step's record: every application it made, fed as recorded.
+    ``arguments`` (the array and Variable arguments of the latest call) show the gradients the
+    Variables passed in have now, rather than those of the call that made the record."""
     leaves: list[Any] = []
     keys: dict[Any, int] = {}
 
@@ -137,6 +139,8 @@ def from_recording(recording: Recording) -> Pass:
         if source.kind == "input":
             key: Any = ("input", source.index)
             leaf = recording.leaves[source.index]
+            if len(arguments) == len(recording.leaves) and isinstance(arguments[source.index], Variable):
+                leaf = arguments[source.index]
             if not source.live and isinstance(leaf, Variable):
                 leaf = Array(leaf.value)  # the argument's array, wrapped by a Variable made inside the step
         else:  # a Variable read live, or a constant the record froze
@@ -283,7 +287,7 @@ def step_dot(step: CapturedStep) -> str:
     record = step.last_record
     if record is None:
         raise GraphError(f"{step!r} has no record to draw yet: call it once first")
-    summary = from_recording(record.recording)
+    summary = from_recording(record.recording, step.last_arguments)
     name = getattr(step.fn, "__qualname__", "step").rsplit("<locals>.", 1)[-1]
     return to_dot(summary, f"captured step {name} of Graph {step.graph.name!r}: {len(summary.apps)} applications (its record)")
 

@@ -81,18 +81,22 @@ def _make_forward(impl: Callable[..., Any], low: int, high: float) -> Callable[.
             arrays, wanted = self._input_arrays(inputs, low, high)
             ctx = Context(self, inputs, wanted)
         # call (profiling hook: while _tape.PROFILER is None, this one test is all profiling costs)
+        tape = graph.tape
+        tape.inside += 1  # ops this code applies are part of this application (see Tape.record)
         try:
             out = impl(self, ctx, *arrays) if _tape.PROFILER is None else _tape.PROFILER.forward(impl, self, ctx, arrays)
         except TapegradError:
             raise
         except (*AUTHOR_ERRORS, *FLOAT_SIGNALS) as exc:
             raise self.author_error("forward", exc, arrays) from exc
+        finally:
+            tape.inside -= 1
         # record
         try:
             outputs = tuple(map(Variable, out)) if type(out) is tuple else Variable(out)
         except InputTypeError as exc:
             raise OperationError(f"{self.label}: forward must return real arrays (or a tuple of them): {exc}") from None
-        graph.tape.record(ctx, arrays, outputs, graph.train_state)
+        tape.record(ctx, arrays, outputs, graph.train_state)
         return outputs
 
     forward.__doc__ = impl.__doc__
@@ -129,12 +133,15 @@ def _make_loss(impl: Callable[..., Any]) -> Callable[..., float]:
             array = target
         else:
             array = as_array(target, f"{self.label} target")
+        tape.inside += 1  # (as in forward)
         try:  # (profiling hook, as in forward)
             value = float(impl(self, ctx, array) if _tape.PROFILER is None else _tape.PROFILER.loss(impl, self, ctx, array))
         except TapegradError:
             raise
         except (*AUTHOR_ERRORS, *FLOAT_SIGNALS) as exc:
             raise self.author_error("loss", exc, [*ctx.saved, array]) from exc
+        finally:
+            tape.inside -= 1
         if not math.isfinite(value):
             raise nonfinite_loss(self, value)
         tape.add_loss(ctx, target, array, value)
@@ -207,11 +214,19 @@ class Operation:
         return graph.parameter.get_variable(f"{self.name}.{name}", shape, init, trainable=trainable)
 
     def parameters(self) -> dict[str, Variable]:
-        """This op's variables, by their short name (``{"W": ..., "b": ...}``)."""
+        """This op's variables, by their short name (``{"W": ..., "b": ...}``).
+
+        A variable belongs to the op with the longest name it starts with (``enc.1.W`` is op
+        ``enc.1``'s, not ``enc``'s)."""
         if self.graph is None:
             return {}
         prefix = self.name + "."
-        return {k[len(prefix):]: v for k, v in self.graph.parameter.variable_dict.items() if k.startswith(prefix)}
+        others = tuple(name + "." for name in self.graph.operations if name.startswith(prefix))
+        return {
+            k[len(prefix) :]: v
+            for k, v in self.graph.parameter.variable_dict.items()
+            if k.startswith(prefix) and not (others and k.startswith(others))
+        }
 
     def __call__(self, *inputs: Any) -> Any:
         return self.forward(*inputs)

@@ -204,8 +204,26 @@ class Profile:
         finally:
             self.end(op, "backward", child, start, perf_counter())
 
+    def covers_call(self, obj: Any) -> bool:
+        """Whether a replayable call on ``obj`` belongs to the profiled graph: everything does when
+        no graph is named; else not another graph's parameter store, nor an optimizer none of whose
+        Variables are the graph's."""
+        if self.graph is None or obj is self.graph.parameter:
+            return True
+        from .parameter import Parameter
+
+        if isinstance(obj, Parameter):
+            return False
+        variables = getattr(obj, "variables", None)
+        if not isinstance(variables, list) or not variables:
+            return True  # nothing says it belongs elsewhere
+        ours = {id(v) for v in self.graph.parameter.variable_dict.values()}
+        return any(id(v) in ours for v in variables)
+
     def call(self, method: Callable[..., Any], obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """``replayable``'s hook: ``method(obj, *args, **kwargs)``, timed."""
+        if not self.covers_call(obj):
+            return method(obj, *args, **kwargs)
         child = self.begin()
         start = perf_counter()
         try:

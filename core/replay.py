@@ -320,6 +320,8 @@ class Replay:
         return function
 
     def __call__(self, *leaves: Any) -> Any:
+        tape = self.graph.tape
+        tape.inside += 1  # (as in CapturedStep.__call__)
         try:
             return self.function(*leaves)
         except Exception as exc:
@@ -327,6 +329,8 @@ class Replay:
             if error is exc:
                 raise
             raise error from exc
+        finally:
+            tape.inside -= 1
 
     def error(self, exc: BaseException) -> BaseException:
         """The error a replay raised, naming the application the way eager does."""

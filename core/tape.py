@@ -6,6 +6,10 @@ mode the tape keeps it (``graph.forward_ops`` is the tape's list). A ``Loss`` ap
 remembered as its op's latest, in either mode, so ``loss(target)`` can pair with it
 (``Tape.latest``); a computed loss is queued for seeding (``Tape.add_loss``).
 
+An op whose own code (its ``forward``, ``loss`` or ``backward``) applies other ops makes them part of
+its application: while one runs (``Tape.inside``), applications are computed but not recorded, as
+PyTorch runs a custom Function's forward without recording. Their gradients are the op's business.
+
 ``Tape.backward`` seeds every queued loss with ``loss_grad`` and any output Variable with an
 explicit gradient, then walks the tape in reverse: each application whose outputs received a
 gradient has its op's ``backward(ctx, grad)`` called, and the input gradients it returns are
@@ -147,13 +151,20 @@ class Tape:
         self.targets: list[Any] = []  # (drawing) per queued loss, its target
         self.consumed: tuple[list[Context], list[Context], list[Any]] | None = None  # (drawing)
         self.last_pass: Pass | None = None  # (drawing)
+        self.inside = 0  # how many ops' own code is running (their applications are not recorded)
         self._warned = False
 
     # -- recording -----------------------------------------------------------------------------
     def record(self, ctx: Context, arrays: Sequence[np.ndarray], outputs: Any, keep: bool) -> None:
         """Note an application (its op received ``arrays`` and produced ``outputs``); keep it for
-        backward when ``keep`` (train mode). A growing tape that nobody differentiates warns once."""
+        backward when ``keep`` (train mode). A growing tape that nobody differentiates warns once.
+        An application made by another op's code is part of that one: not recorded (see the module
+        docstring); a Loss's is still its latest, for its ``loss(target)``."""
         ctx.outputs = outputs
+        if self.inside:
+            if ctx.op.is_loss:
+                self.latest[ctx.op] = ctx
+            return
         if self.consumed is not None:  # (drawing) the first application after a backward
             if keep:
                 self.consumed = self.last_pass = None  # the new pass supersedes the consumed one
@@ -189,6 +200,8 @@ class Tape:
     def add_loss(self, ctx: Context, target: Any, array: np.ndarray, value: float) -> None:
         """Queue a computed loss for seeding by ``backward`` (recorded applications only).
         ``target`` is what ``loss(target)`` received, ``array`` its array, ``value`` the loss."""
+        if self.inside:
+            return  # computed by another op's code: part of that application, nothing to seed
         if ctx.recorded and not any(entry is ctx for entry in reversed(self.entries)):
             raise GraphError(
                 f"{ctx.op.label}: loss() refers to a forward pass that backward() already consumed "
@@ -267,6 +280,7 @@ class Tape:
         if recording is not None:
             recording.backward(self, seeds, loss_grad)
         ctx: Context | None = None
+        self.inside += 1  # ops an op's backward applies are part of it (see the module docstring)
         try:
             for variable, seed in seeds:
                 variable.add_grad(seed)
@@ -299,6 +313,7 @@ class Tape:
                 raise
             raise backward_error(ctx.op, exc) from exc
         finally:
+            self.inside -= 1
             # cleared, whatever happened; the lists are kept as the consumed pass, for drawing (see the class docstring)
             self.consumed, self.last_pass = (self.entries, self.losses, self.targets), None
             self.entries, self.losses, self.targets = [], [], []

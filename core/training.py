@@ -134,15 +134,18 @@ class Trainer:
         try:
             return step(*args)
         except CaptureError as exc:
+            # Both steps go eager: they share the model's forward, so what stops one from being
+            # captured (Python work on the input, say) makes the other's record suspect too.
             self.graph.clear()
-            eager = self._step if which == "_train_step" else self._forward
-            setattr(self, which, eager)
+            self._train_step, self._predict_step = self._step, self._forward
             warnings.warn(
                 f"Trainer: this model's {'training' if which == '_train_step' else 'prediction'} step cannot be "
-                f"captured, so it runs eagerly from now on ({exc}). Pass Trainer(capture=False) to choose that.",
+                f"captured, so training and prediction run eagerly from now on ({exc}). Pass "
+                "Trainer(capture=False) to choose that.",
                 CaptureWarning,
                 stacklevel=3,
             )
+            eager = getattr(self, which)
             return exc.eager_result if exc.eager_result is not None else eager(*args)
 
     # -- validation ----------------------------------------------------------------------

@@ -109,3 +109,54 @@ def tapegrad_operations():
     return [WrongGradShape]
 """
 REGISTERED_WRONG_SHAPE = WRONG_SHAPE + "\ntg.register_operation(WrongGradShape, plugin='shapes')\n"
+
+
+# -- ops whose own code applies other ops (tests of the tape and of capture) --------------------
+class Softsign2(tg.Operation):
+    """2 * sigmoid(x) * w, its forward applying the graph's Sigmoid op and its backward the
+    Multiply op: both applications are part of this one, not recorded on the tape."""
+
+    def __init__(self, size):
+        self.sigmoid = self.graph.get_operation("Sigmoid")
+        self.multiply = self.graph.get_operation("Multiply")
+        self.w = self.parameter("w", (size,), init="ones")
+
+    def forward(self, ctx, x):
+        s = self.sigmoid(tg.Variable(x)).value
+        ctx.save(s)
+        return 2.0 * s * self.w.value
+
+    def backward(self, ctx, grad):
+        (s,) = ctx.saved
+        self.w.add_grad((2.0 * grad * s).sum(axis=0))
+        local = self.multiply(tg.Variable(2.0 * s), tg.Variable(1.0 - s)).value
+        return grad * self.w.value * local
+
+
+class ThroughSquareLoss(tg.Loss):
+    """Half the mean squared error, computed by its loss() through the graph's SquareLoss op
+    (forward and loss): that application is part of this one, queued for nothing."""
+
+    def __init__(self):
+        self.inner = self.graph.get_operation("SquareLoss")
+
+    def forward(self, ctx, y):
+        ctx.save(y)
+        return y
+
+    def loss(self, ctx, target):
+        (y,) = ctx.saved
+        self.inner.forward(tg.Variable(y))
+        value = self.inner.loss(target)
+        ctx.save(y, target)
+        return value
+
+    def backward(self, ctx, grad):
+        y, target = ctx.saved
+        return grad * (y - target) / y.shape[0]
+
+
+@pytest.fixture
+def composite_ops():
+    """(Softsign2, ThroughSquareLoss): an op and a loss whose own code applies other ops."""
+    return Softsign2, ThroughSquareLoss

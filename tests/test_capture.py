@@ -659,6 +659,95 @@ def test_state_an_op_keeps_in_a_parameter_advances_as_eager():
     assert np.any(net.last.b.peek_grad() != 0) and np.any(norm.mean.value != 0)
 
 
+class PlainRunningMean(tg.Operation):
+    """RunningMean with its statistics in a plain attribute (rebound, or changed in place), and
+    a list of what it saw: the first replay's check must put back what its replay changed."""
+
+    def __init__(self, size: int, in_place: bool) -> None:
+        self.mean, self.in_place, self.seen = np.zeros(size), in_place, []
+
+    def forward(self, ctx: Any, x: np.ndarray) -> np.ndarray:
+        if ctx.training:
+            if self.in_place:
+                self.mean *= 0.9
+                self.mean += 0.1 * x.mean(axis=0)
+            else:
+                self.mean = 0.9 * self.mean + 0.1 * x.mean(axis=0)
+            self.seen.append(x.shape[0])
+        return x - self.mean
+
+    def backward(self, ctx: Any, grad: np.ndarray) -> np.ndarray:
+        return grad
+
+
+@pytest.mark.parametrize("in_place", [False, True], ids=["rebound", "in-place"])
+def test_state_an_op_keeps_in_plain_attributes_advances_as_eager(in_place):
+    x, y = data(30)
+
+    def make() -> tuple[Net, Any, Any]:
+        net = Net()
+        norm = net.graph.get_operation(PlainRunningMean, [6, in_place])
+        opt = SGD(net.graph.parameter, lr=0.2)
+        return net, norm, train_fn(_Normed(net, norm), opt)
+
+    (net, norm, fn), (net_e, norm_e, eager) = make(), make()
+    fn = Counted(fn)
+    step = net.graph.capture(fn)
+    for i in batches(len(x), 10, epochs=2):
+        assert step(x[i], y[i]) == eager(x[i], y[i])
+    assert fn.calls == 2  # recorded, verified, then replayed
+    assert_same_array(norm.mean, norm_e.mean)
+    assert norm.seen == norm_e.seen and len(norm.seen) == 6
+    assert_same_graphs(net.graph, net_e.graph)
+
+
+class _Normed:
+    def __init__(self, net: Net, norm: Any) -> None:
+        self.net, self.norm, self.graph = net, norm, net.graph
+
+    def forward(self, x: Any) -> Any:
+        return self.net.forward(self.norm.forward(x))
+
+    def loss(self, y: Any) -> float:
+        return self.net.loss(y)
+
+
+def test_ops_that_apply_other_ops_are_replayed_as_one_application(composite_ops):
+    """An op whose forward and backward apply other ops (and a loss computed through another
+    Loss): the replay runs each op's own code once, the tape stays empty, values equal eager."""
+    softsign2, through_square_loss = composite_ops
+
+    def make() -> tuple[tg.Graph, Any]:
+        g = tg.Graph("g", seed=0)
+        first, op = g.get_operation("Affine", [4, 3]), g.get_operation(softsign2, [3])
+        loss = g.get_operation(through_square_loss)
+        opt = Adam(g.parameter, lr=0.01)
+
+        def fn(x: np.ndarray, t: np.ndarray) -> Any:
+            out = loss.forward(op(first(x)))
+            value = loss.loss(t)
+            g.backward()
+            opt.step()
+            opt.zero_grad()
+            return value, out
+
+        return g, fn
+
+    (g, fn), (g_e, eager) = make(), make()
+    fn = Counted(fn)
+    step = g.capture(fn)
+    rng = np.random.default_rng(3)
+    for _ in range(6):
+        x, t = rng.standard_normal((5, 4)), rng.standard_normal((5, 3))
+        (value, out), (value_e, out_e) = step(x, t), eager(x, t)
+        assert value == value_e
+        assert_same_array(out.value, out_e.value)
+        assert g.forward_ops == [] and g.tape.inside == 0
+    assert fn.calls == 2
+    assert [app.op.name for app in next(iter(step.records.values())).recording.apps] == ["affine_0", "softsign2_0", "through_square_loss_0"]
+    assert_same_graphs(g, g_e)
+
+
 def test_a_graph_mode_switch_inside_the_step_is_caught():
     x, y = data(20)
     net = Net(dropout=0.5)
@@ -991,6 +1080,64 @@ def test_an_array_computed_by_python_from_an_input_is_caught_at_the_first_replay
     assert_same_graphs(nets[0].graph, nets[1].graph)
 
 
+@pytest.mark.parametrize("made", ["variable", "array"])
+def test_python_work_on_an_input_is_caught_even_when_the_first_calls_repeat_their_data(made):
+    """A record that froze a value Python computed inside the step, checked on a call with the
+    very data it was made from, proves nothing about that value: other data is checked too."""
+    x, _ = data(10)
+    nets = [Net(), Net()]
+    for net in nets:
+        net.graph.eval()
+
+    def make(net: Net) -> Any:
+        def predict(x: np.ndarray) -> Any:
+            scaled = x / 16
+            return net.forward(tg.Variable(scaled) if made == "variable" else scaled)
+
+        return predict
+
+    step, eager = nets[0].graph.capture(make(nets[0])), make(nets[1])
+    for _ in range(3):  # the same data: replayed, and right
+        assert_same_array(step(x[:5]).value, eager(x[:5]).value)
+    (record,) = step.records.values()
+    assert record.verified and record.pinned
+    with pytest.raises(CaptureError, match="computed by Python inside the step"):
+        step(x[5:])
+    assert_same_array(nets[0].forward(x[5:] / 16).value, eager(x[5:]).value)
+
+
+def test_a_constant_the_step_makes_is_verified_on_the_first_call_with_other_data():
+    x, _ = data(10)
+    nets = [Net(), Net()]
+    for net in nets:
+        net.graph.eval()
+    add = [net.graph.get_operation("Add") for net in nets]
+
+    def make(net: Net, add: Any) -> Any:
+        return lambda x: net.forward(add(x, tg.Variable(np.zeros((5, 6)))))
+
+    fn = Counted(make(nets[0], add[0]))
+    step, eager = nets[0].graph.capture(fn), make(nets[1], add[1])
+    for rows in (slice(0, 5), slice(0, 5), slice(0, 5), slice(5, 10), slice(0, 5), slice(5, 10)):
+        assert_same_array(step(x[rows]).value, eager(x[rows]).value)
+    assert fn.calls == 3  # recorded; checked on the same data (pinned to it), then on other data
+    (record,) = step.records.values()
+    assert record.verified and not record.pinned
+
+
+def test_an_array_from_outside_the_step_is_verified_on_the_same_data():
+    x, _ = data(10)
+    net = Net()
+    net.graph.eval()
+    add, zeros = net.graph.get_operation("Add"), np.zeros((5, 6))
+    fn = Counted(lambda x: net.forward(add(x, tg.Variable(zeros))))
+    step = net.graph.capture(fn)
+    for _ in range(4):
+        step(x[:5])
+    (record,) = step.records.values()
+    assert fn.calls == 2 and record.verified and not record.pinned
+
+
 def test_a_variable_of_a_python_computed_array_gets_a_message_naming_it():
     x, y = data(8)
     net = Net()
@@ -1304,6 +1451,43 @@ def test_an_error_while_recording_leaves_no_record_and_no_recording():
     net.graph.clear()
     fail[0] = False
     assert type(step(x, y)) is float and len(step.records) == 1
+
+
+def test_a_failed_first_call_leaves_the_tape_clear_for_the_next():
+    net, twin = Net(), Net()
+    step = net.graph.capture(train_fn(net, SGD(net.graph.parameter, lr=0.3)))
+    eager = train_fn(twin, SGD(twin.graph.parameter, lr=0.3))
+    x = np.ones((2, 6))
+    with pytest.raises(tg.OutOfRangeError):
+        step(x, np.array([0, 7]))
+    assert net.graph.forward_ops == [] and not net.graph.tape.losses
+    for y in ([0, 1], [0, 1], [1, 1], [2, 0]):
+        assert step(x, np.array(y)) == eager(x, np.array(y))
+    assert_same_graphs(net.graph, twin.graph)
+
+
+def test_an_op_reading_ctx_inputs_gets_a_message_naming_that_cause():
+    class ReadsInputs(tg.Operation):
+        def forward(self, ctx: Any, x: np.ndarray) -> np.ndarray:
+            return x * 2.0
+
+        def backward(self, ctx: Any, grad: np.ndarray) -> np.ndarray:
+            return grad * 2.0 + 0.0 * ctx.inputs[0].value
+
+    net = Net()
+    op = net.graph.get_operation(ReadsInputs)
+    loss = net.graph.get_operation("SquareLoss")
+
+    def fn(x: np.ndarray, t: np.ndarray) -> float:
+        loss.forward(op(tg.Variable(x)))
+        value = loss.loss(t)
+        net.graph.backward()
+        return value
+
+    step = net.graph.capture(fn)
+    step(np.ones((2, 3)), np.zeros((2, 3)))
+    with pytest.raises(CaptureError, match=r"reads ctx\.inputs or ctx\.outputs"):
+        step(np.ones((2, 3)), np.zeros((2, 3)))
 
 
 # -- the cache ------------------------------------------------------------------------------------------
@@ -1667,7 +1851,7 @@ def test_a_model_whose_step_cannot_be_captured_trains_eagerly_with_a_warning(dig
         trainer = tg.Trainer(net, SGD(net.graph.parameter, lr=0.3), batch_size=16, progress=False,
                              verbose=False, capture=capture)
         if capture:
-            with pytest.warns(tg.CaptureWarning, match=r"runs eagerly from now on.*Trainer\(capture=False\)"):
+            with pytest.warns(tg.CaptureWarning, match=r"training and prediction run eagerly from now on.*Trainer\(capture=False\)"):
                 history = trainer.train(x_train, y_train, x_test, y_test, epochs=2)
         else:
             history = trainer.train(x_train, y_train, x_test, y_test, epochs=2)
@@ -1676,6 +1860,21 @@ def test_a_model_whose_step_cannot_be_captured_trains_eagerly_with_a_warning(dig
     assert loss_e == loss_c and acc_e == acc_c  # not a step lost or applied twice
     for a, b in zip(params_e, params_c):
         assert_same_array(a, b)
+
+
+def test_trainer_predictions_of_a_model_with_python_work_on_its_input_are_never_stale(digits):
+    """Prediction repeated on one test set, then on another: the record froze x * 16 of the first
+    set, which a check on the same set cannot see; the other set's first call must."""
+    x_train, x_test, _, _ = digits
+    net, twin = _Rescaled(), _Rescaled()
+    trainer = tg.Trainer(net, None, batch_size=len(x_test), progress=False, verbose=False)
+    eager = tg.Trainer(twin, None, progress=False, verbose=False, capture=False)
+    for _ in range(3):
+        assert np.array_equal(trainer.predict(x_test), eager.predict(x_test))
+    with pytest.warns(tg.CaptureWarning, match="prediction step cannot be captured"):
+        predicted = trainer.predict(x_train[: len(x_test)])
+    assert np.array_equal(predicted, eager.predict(x_train[: len(x_test)]))
+    assert np.array_equal(trainer.predict(x_train[:50]), eager.predict(x_train[:50]))
 
 
 def test_sklearn_estimator_fits_identically_and_as_eager(digits, monkeypatch):

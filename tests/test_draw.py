@@ -312,6 +312,43 @@ def test_a_captured_step_draws_as_its_eager_run(make):
     assert len(nodes) == node_count and len(edges) == edge_count
 
 
+def test_a_captured_step_draws_the_gradients_of_the_latest_calls_variables():
+    """Variables passed in are drawn with the gradient the latest call gave them, as the eager
+    twin's drawing shows them, not with the first call's."""
+    drawn = {}
+    for captured in (False, True):
+        g = tg.Graph("g", seed=0)
+        affine, loss = g.get_operation("Affine", [3, 2]), g.get_operation("SquareLoss")
+
+        def fn(x, t, g=g, affine=affine, loss=loss):
+            loss.forward(affine(x))
+            value = loss.loss(t)
+            g.backward()
+            return value
+
+        step = g.capture(fn) if captured else fn
+        rng = np.random.default_rng(1)
+        for _ in range(4):
+            x = tg.Variable(rng.standard_normal((2, 3)), name="x")
+            step(x, rng.standard_normal((2, 2)))
+            drawn.setdefault(captured, []).append(statements(step.to_dot() if captured else g.to_dot()))
+            g.parameter.clear_grads()
+    assert drawn[True] == drawn[False]
+    assert len({tuple(d) for d in drawn[True]}) == 4  # each call's own gradient norms
+
+
+def test_parameters_belong_to_the_op_with_the_longest_matching_name():
+    g = tg.Graph("g")
+    enc = g.get_operation("Affine", [2, 2], name="enc")
+    inner = g.get_operation("Affine", [2, 2], name="enc.1")
+    assert enc.parameters() == {"W": enc.W, "b": enc.b} and inner.parameters() == {"W": inner.W, "b": inner.b}
+    inner(enc(tg.Variable(np.ones((1, 2)))))
+    nodes, edges = parse_dot(g.to_dot())
+    names = {name: attrs["label"].split("\n")[0] for name, attrs in nodes.items()}
+    fed = sorted((names[tail], head) for tail, head, _ in edges if names[tail].endswith((".W", ".b")))
+    assert fed == [("enc.1.W", "a1"), ("enc.1.b", "a1"), ("enc.W", "a0"), ("enc.b", "a0")]
+
+
 def test_a_captured_eval_step_draws_its_applications():
     model = MLP(6, 4, 3, seed=0)
     model.graph.eval()

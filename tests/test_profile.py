@@ -151,6 +151,30 @@ def test_a_profile_covers_its_graph_only():
     assert sorted(everything.to_dict()["by_instance"]) == ["tanh_0", "tanh_0 (other)"]
 
 
+def test_a_profile_counts_its_graphs_optimizer_calls_only():
+    graphs = [tg.Graph("mine"), tg.Graph("other")]
+    steps = []
+    for g in graphs:
+        affine, loss = g.get_operation("Affine", [2, 2]), g.get_operation("SquareLoss")
+        opt = SGD(g.parameter, lr=0.1)
+
+        def step(g=g, affine=affine, loss=loss, opt=opt):
+            loss.forward(affine(np.ones((1, 2))))
+            loss.loss(np.zeros((1, 2)))
+            g.backward()
+            opt.step()
+            opt.zero_grad()
+            g.parameter.clear_grads()
+
+        steps.append(step)
+    with tg.profile(graphs[0]) as prof:
+        steps[0]()
+        steps[1]()
+        steps[1]()
+    calls = {name: c["calls"] for name, c in prof.to_dict()["calls"].items()}
+    assert calls == {"SGD.step": 1, "SGD.zero_grad": 1, "Parameter.clear_grads": 1}
+
+
 def test_profiling_changes_no_number(data):
     plain, _ = train(data, capture=True, optimizer=Adam, profiled=False)
     profiled, _ = train(data, capture=True, optimizer=Adam)

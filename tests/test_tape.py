@@ -331,3 +331,31 @@ def test_every_exception_and_warning_class_lives_in_tapegrad_errors():
         assert not re.search(r"^class [A-Z]\w*\(\w*(Error|Exception|Warning)\)", source, re.M), optional
     assert tg.testing.ContractError is tapegrad.errors.ContractError
     assert issubclass(tapegrad.errors.ContractError, AssertionError)
+
+
+def test_ops_applied_by_an_ops_own_code_are_part_of_its_application(composite_ops):
+    softsign2, through_square_loss = composite_ops
+    g = tg.Graph("g", seed=0)
+    op = g.get_operation(softsign2, [3])
+    loss = g.get_operation(through_square_loss)
+    x = tg.Variable(np.random.default_rng(0).standard_normal((4, 3)))
+    out = loss.forward(op(x))
+    value = loss.loss(np.zeros((4, 3)))
+    assert [ctx.op for ctx in g.forward_ops] == [op, loss] and g.tape.losses == [g.forward_ops[1]]
+    s = 1.0 / (1.0 + np.exp(-x.value))
+    assert np.allclose(out.value, 2.0 * s) and value == pytest.approx(0.5 * float(np.sum((2.0 * s) ** 2)) / 4)
+    g.backward()
+    assert g.forward_ops == [] and g.tape.inside == 0
+    assert np.allclose(x.grad, (2.0 * s) / 4 * 2.0 * s * (1.0 - s))
+    report = tg.gradcheck(op, [x.value], graph=g)
+    assert report and g.forward_ops == []
+
+
+def test_an_op_applied_by_an_op_that_fails_leaves_the_tape_usable(composite_ops):
+    g = tg.Graph("g", seed=0)
+    op = g.get_operation(composite_ops[0], [3])
+    with pytest.raises(tg.OperationError, match="Softsign2"):
+        op(tg.Variable(np.ones((2, 4))))  # the Sigmoid inside ran; w is (3,)
+    assert g.tape.inside == 0
+    op(tg.Variable(np.ones((2, 3))))
+    assert len(g.forward_ops) == 1

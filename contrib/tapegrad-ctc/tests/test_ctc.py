@@ -1,5 +1,7 @@
 import itertools
 import math
+import pathlib
+import re
 
 import numpy as np
 import pytest
@@ -180,3 +182,11 @@ def test_an_empty_batch_is_a_clear_error():
 def test_constructor_arguments_name_the_op(kwargs, error, match):
     with pytest.raises(error, match=rf"^CTCLoss \(ctc_loss_0\): {match}"):
         tg.Graph().get_operation("CTCLoss", **kwargs)
+
+
+def test_readme_example_runs_as_written():
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    (block,) = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    namespace: dict = {}
+    exec(compile(block, "README.md example", "exec"), namespace)
+    assert namespace["value"] > 0 and namespace["graph"].forward_ops == []

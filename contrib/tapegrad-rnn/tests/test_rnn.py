@@ -1,3 +1,5 @@
+import pathlib
+import re
 import warnings
 
 import numpy as np
@@ -173,3 +175,11 @@ def test_nan_infinity_and_tiny_inputs_stay_in_their_row_and_nan_stays_nan(name, 
         warnings.simplefilter("ignore" if np.isinf(value) else "error", RuntimeWarning)
         g.backward(grads={o: np.ones_like(o.value) for o in outs})
     assert np.isfinite(inputs[0].grad.reshape(2, -1)[1]).all()
+
+
+def test_readme_example_runs_as_written():
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    (block,) = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    namespace: dict = {}
+    exec(compile(block, "README.md example", "exec"), namespace)
+    assert namespace["h"].shape == (32, 16) and namespace["c"].shape == (32, 16)
