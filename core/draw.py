@@ -200,8 +200,9 @@ STYLE = {
 
 
 def to_dot(summary: Pass, title: str) -> str:
-    """The DOT text of ``summary``: nodes ``x<k>`` for inputs, ``p<k>`` for parameters, ``a<i>`` for
-    applications and ``loss<n>`` for losses, in the order the pass met them."""
+    """The DOT text of ``summary``: nodes ``x<k>`` for inputs (a loss's target included), ``p<k>``
+    for parameters and ``a<i>`` for applications, in the order the pass met them. An application
+    whose loss was computed is drawn as a loss, its target feeding it (edge label ``target``)."""
     lines = [
         "digraph tape {",
         f"  graph [label={_quote(title)}, labelloc=t, fontname=Helvetica, fontsize=12, rankdir=TB];",
@@ -244,6 +245,7 @@ def to_dot(summary: Pass, title: str) -> str:
         app, k = ref
         return f"a{app}", f" [label={_quote(f'out {k}')}]" if summary.apps[app][3] else ""
 
+    computed = {app: target for app, target in summary.losses}
     for i, (op, refs, shapes, _multi) in enumerate(summary.apps):
         edges = [source(ref) for ref in refs]
         inputs = {id(summary.leaves[r]) for r in refs if isinstance(r, int)}
@@ -253,14 +255,13 @@ def to_dot(summary: Pass, title: str) -> str:
         seen[id(op)] = seen.get(id(op), 0) + 1
         call = f" #{seen[id(op)]}" if uses[id(op)] > 1 else ""
         outs = ", ".join(_shape(s) for s in shapes)
-        lines.append(_node(f"a{i}", f"{op.name or type(op).__name__}{call}\n{type(op).__name__}\n-> {outs}", **STYLE["app"]))
+        label = f"{op.name or type(op).__name__}{call}\n{type(op).__name__}\n-> {outs}"
+        if i in computed:  # its loss(target) was computed: the target is one more input
+            edges.append((source(computed[i])[0], f" [label={_quote('target')}]"))
+            lines.append(_node(f"a{i}", label + "\n-> loss", **STYLE["loss"]))
+        else:
+            lines.append(_node(f"a{i}", label, **STYLE["app"]))
         lines.extend(f"  {tail} -> a{i}{attrs};" for tail, attrs in edges)
-    for n, (app, target) in enumerate(summary.losses):
-        op = summary.apps[app][0]
-        lines.append(_node(f"loss{n}", f"loss\n{op.name or type(op).__name__}", **STYLE["loss"]))
-        lines.append(f"  a{app} -> loss{n};")
-        tail, attrs = source(target)
-        lines.append(f"  {tail} -> loss{n}{attrs};")
     lines.append("}")
     return "\n".join(lines) + "\n"
 

@@ -115,8 +115,8 @@ def twice_applied():
         g.backward()
         return value
 
-    # nodes: 4 applications + x, target + W, b + the loss; edges: (1+2) + 1 + (1+2) + 1 + 2 for the loss
-    return g, step, (x, target), 4, 9, 10
+    # nodes: 4 applications + x, target + W, b; edges: (1+2) + 1 + (1+2) + 1 + the target
+    return g, step, (x, target), 4, 8, 9
 
 
 def lstm_unrolled():
@@ -135,8 +135,8 @@ def lstm_unrolled():
         g.backward()
         return value
 
-    # nodes: 3 applications + x1, h0, c0, x2, target + W, U, b + the loss; edges: 6 + 6 + 1 + 2
-    return g, step, args, 3, 12, 15
+    # nodes: 3 applications + x1, h0, c0, x2, target + W, U, b; edges: 6 + 6 + 1 + the target
+    return g, step, args, 3, 11, 14
 
 
 def seed_mlp():
@@ -150,8 +150,8 @@ def seed_mlp():
         g.backward()
         return value
 
-    # nodes: 4 applications + x, labels + 4 parameters + the loss; edges: 3 + 1 + 3 + 1 + 2
-    return g, step, args, 4, 11, 10
+    # nodes: 4 applications + x, labels + 4 parameters; edges: 3 + 1 + 3 + 1 + the target
+    return g, step, args, 4, 10, 9
 
 
 GRAPHS = [twice_applied, lstm_unrolled, seed_mlp]
@@ -163,10 +163,12 @@ def test_nodes_and_edges_are_the_applications_and_their_data_flow(make):
     step(*args)
     nodes, edges = parse_dot(g.to_dot())
     assert len(labels(nodes, "a")) == apps
-    assert len(labels(nodes, "loss")) == 1
-    assert len(nodes) == node_count and len(edges) == edge_count
-    loss_edges = [tail for tail, head, _ in edges if head == "loss0"]
-    assert loss_edges[0] == f"a{apps - 1}" and nodes[loss_edges[1]]["label"].startswith("target")
+    assert len(nodes) == node_count and len(edges) == edge_count  # one node per application, input, parameter
+    last = f"a{apps - 1}"  # the loss: drawn as one, its target one more input
+    assert nodes[last]["label"].endswith("\n-> loss") and nodes[last]["shape"] == "doubleoctagon"
+    assert [n for n, attrs in nodes.items() if attrs.get("shape") == "doubleoctagon"] == [last]
+    (target,) = [tail for tail, head, attrs in edges if head == last and attrs == {"label": "target"}]
+    assert nodes[target]["label"].startswith("target")
 
 
 def test_an_op_applied_twice_has_two_applications_sharing_its_parameters():
@@ -174,7 +176,7 @@ def test_an_op_applied_twice_has_two_applications_sharing_its_parameters():
     step(*args)
     nodes, edges = parse_dot(g.to_dot())
     assert labels(nodes, "a") == [
-        "affine_0 #1\nAffine\n-> (2, 3)", "tanh_0\nTanh\n-> (2, 3)", "affine_0 #2\nAffine\n-> (2, 3)", "square_loss_0\nSquareLoss\n-> (2, 3)",
+        "affine_0 #1\nAffine\n-> (2, 3)", "tanh_0\nTanh\n-> (2, 3)", "affine_0 #2\nAffine\n-> (2, 3)", "square_loss_0\nSquareLoss\n-> (2, 3)\n-> loss",
     ]
     weight = next(name for name, attrs in nodes.items() if attrs["label"].startswith("affine_0.W"))
     assert sorted(head for tail, head, _ in edges if tail == weight) == ["a0", "a2"]
@@ -355,7 +357,8 @@ def test_a_captured_eval_step_draws_its_applications():
     predict = model.graph.capture(model.forward)
     predict(np.ones((2, 6)))
     nodes, edges = parse_dot(predict.to_dot())
-    assert len(labels(nodes, "a")) == 4 and not labels(nodes, "loss") and "|grad|" not in predict.to_dot()
+    assert len(labels(nodes, "a")) == 4 and "|grad|" not in predict.to_dot()
+    assert "-> loss" not in predict.to_dot() and "target" not in predict.to_dot()  # no loss was computed
 
 
 def test_nothing_to_draw_is_a_clear_error(tmp_path):
