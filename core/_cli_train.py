@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import io
 import math
 import os
 import shutil
+import stat
 import sys
 import tempfile
 from pathlib import Path
@@ -21,25 +23,34 @@ from .errors import TapegradError
 DEFAULT_LR = {"sgd": 0.3, "adam": 0.001}
 
 
-def _number(kind: type, minimum: float, inclusive: bool = True) -> Any:
-    """An argparse type: ``kind`` (int or float), finite, at least (or above) ``minimum``."""
+def _number(kind: type, minimum: float, inclusive: bool = True, maximum: float | None = None) -> Any:
+    """An argparse type: ``kind`` (int or float), finite, at least (or above) ``minimum``, at most ``maximum``."""
+    what = "a whole number" if kind is int else "a number"
+    show = str if kind is int else "{:g}".format
 
     def parse(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {'a whole number' if kind is int else 'a number'}, got {text!r}") from None
-        if not np.isfinite(value) or value < minimum or (not inclusive and value == minimum):
-            bound = f"at least {minimum:g}" if inclusive else f"above {minimum:g}"
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if maximum is not None and not minimum <= value <= maximum:  # checked first: a huge int is no float
+            raise argparse.ArgumentTypeError(f"expected {what} from {show(minimum)} to {show(maximum)}, got {text}")
+        if kind is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
+        if value < minimum or (not inclusive and value == minimum):
+            bound = f"at least {show(minimum)}" if inclusive else f"above {show(minimum)}"
             raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
         return value
 
     return parse
 
 
-_positive_int = _number(int, 1)
+MAX_COUNT = 10**9  # epochs, batch size: far beyond any use (a batch larger than the data is the whole data)
+MAX_HIDDEN = 10**6  # a 64-1000000-10 MLP already takes over 1 GB with its gradients
+_positive_int = _number(int, 1, maximum=MAX_COUNT)
+_hidden = _number(int, 1, maximum=MAX_HIDDEN)
 _positive_float = _number(float, 0.0, inclusive=False)
-_seed = _number(int, 0)
+_seed = _number(int, 0, maximum=2**32 - 1)  # what scikit-learn's split accepts
 
 
 def add_commands(sub: Any) -> None:
@@ -49,9 +60,12 @@ def add_commands(sub: Any) -> None:
         description="Train the seed's MLP on the digits data set and report test accuracy per epoch.",
     )
     p.add_argument("--epochs", type=_positive_int, default=40, help="epochs (default 40)")
-    p.add_argument("--hidden", type=_positive_int, default=30, help="hidden units (default 30)")
+    p.add_argument("--hidden", type=_hidden, default=30, help=f"hidden units (default 30, at most {MAX_HIDDEN})")
     p.add_argument("--lr", type=_positive_float, default=None, help="learning rate (default: 0.3 for sgd, 0.001 for adam)")
-    p.add_argument("--batch-size", type=_positive_int, default=1, help="mini-batch size (default 1, the seed's)")
+    p.add_argument(
+        "--batch-size", type=_positive_int, default=1,
+        help="mini-batch size (default 1, the seed's; one larger than the training set makes one batch of it)",
+    )
     p.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd", help="optimizer (default sgd)")
     p.add_argument("--seed", type=_seed, default=0, help="fixes the split, the initial values and the shuffling")
     p.add_argument("--gradcheck", action="store_true", help="check the model's gradients numerically first")
@@ -78,15 +92,21 @@ def add_commands(sub: Any) -> None:
     p = sub.add_parser("evaluate", help="test accuracy of saved parameters on the digits test split")
     p.add_argument("--load", metavar="PATH", required=True, help="parameters written by `tapegrad train --save`")
     p.add_argument("--seed", type=_seed, default=0, help="the split to evaluate on (default 0)")
-    p.add_argument("--hidden", type=_positive_int, default=None, help="hidden units (default: read from the file)")
+    p.add_argument("--hidden", type=_hidden, default=None, help=f"hidden units (default: read from the file; at most {MAX_HIDDEN})")
     p.set_defaults(func=cmd_evaluate)
 
 
 def _unwritable(target: Path) -> str | None:
     """Why ``target`` cannot be written (None when it can), found without leaving anything behind."""
-    if target.is_dir():
+    try:
+        mode: int | None = target.stat().st_mode
+    except OSError as exc:  # a name too long, a loop of symbolic links, ...: writing would fail the same way
+        if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+            return exc.strerror or str(exc)
+        mode = None  # not there yet (ENOTDIR: under a file, found below)
+    if mode is not None and stat.S_ISDIR(mode):
         return "it is a directory"
-    if target.exists() and not target.is_file():
+    if mode is not None and not stat.S_ISREG(mode):
         return "it exists and is not a regular file"
     folder = target.parent
     while not folder.exists():  # the first existing ancestor: the folders below it get created
@@ -100,8 +120,28 @@ def _unwritable(target: Path) -> str | None:
             pass
     except OSError as exc:
         return f"folder {str(folder)!r} is not writable ({exc.strerror or exc})"
-    if target.exists() and not os.access(target, os.W_OK):
+    if mode is not None and not os.access(target, os.W_OK):
         return "it is not writable"
+    return None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether writing ``a`` and ``b`` writes one file: the same path once resolved (``./x`` and ``x``,
+    symbolic links), or, both there already, one file under two names (hard links, letter case)."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # not both there yet
+        return False
+
+
+def _collision(outputs: list[tuple[str, Path]]) -> str | None:
+    """Two outputs that are one file, so that one would overwrite the other, said in one line (None if none)."""
+    for i, (option, target) in enumerate(outputs):
+        for earlier, other in outputs[:i]:
+            if _same_file(other, target):
+                return f"{earlier} {str(other)!r} and {option} {str(target)!r} are the same file: give them different paths"
     return None
 
 
@@ -240,8 +280,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.save is not None:
         try:
             outputs.insert(0, ("--save", parameter_file_path(args.save)))
-        except OSError:
-            _error("train", f"cannot save parameters to {args.save!r}: it is a directory")
+        except OSError as exc:
+            reason = "it is a directory" if isinstance(exc, IsADirectoryError) else exc.strerror or str(exc)
+            _error("train", f"cannot write --save {args.save!r}: {reason}")
             return 2
     drawing: tuple[Path, Path] | None = None
     if args.draw is not None:
@@ -250,12 +291,20 @@ def cmd_train(args: argparse.Namespace) -> int:
             _error("train", found_draw)
             return 2
         drawing = found_draw
-        outputs += [("--draw", p) for p in dict.fromkeys(drawing)]
+        target, dot_file = drawing
+        outputs += [("--draw", target)] + ([("--draw's DOT text", dot_file)] if dot_file != target else [])
     for option, target in outputs:
-        problem = _unwritable(target)
+        try:
+            problem = _unwritable(target)
+        except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+            problem = getattr(exc, "strerror", None) or str(exc)
         if problem:
             _error("train", f"cannot write {option} {str(target)!r}: {problem}")
             return 2
+    collision = _collision(outputs)
+    if collision:
+        _error("train", collision)
+        return 2
 
     x_train, x_test, y_train, y_test = load_digits(seed=args.seed)
     model = MLP(x_train.shape[1], args.hidden, 10, seed=args.seed)

@@ -217,6 +217,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TapegradError as exc:
         print(f"tapegrad {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except MemoryError as exc:  # numpy's says how much it wanted for what: one line, not a traceback
+        print(f"tapegrad {args.command}: error: out of memory" + (f": {exc}" if str(exc) else ""), file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from .arguments import check_number
 from .errors import InputTypeError
 from .graph import Graph
 from .operation import Operation
@@ -185,7 +186,7 @@ def _fast(
     numeric = (plus - minus) / (2.0 * h)
     projected = float(np.vdot(analytic, direction))
     # The typical size of the projected error when every element errs by atol + rtol*|g|.
-    tol = atol * float(np.linalg.norm(direction)) + rtol * float(np.linalg.norm(direction * analytic))
+    tol = atol * _norm(direction) + rtol * _norm(direction * analytic)
     with np.errstate(over="ignore", invalid="ignore"):
         err = abs(projected - numeric)
     finite = math.isfinite(projected) and math.isfinite(numeric)
@@ -202,6 +203,25 @@ def _fast(
         numeric=numeric,
         atol=atol,
         rtol=rtol,
+    )
+
+
+def _norm(values: np.ndarray) -> float:
+    """The 2-norm of ``values``, scaled by their largest magnitude first: the squares of values
+    near the float range overflow (an infinite tolerance would pass anything)."""
+    with np.errstate(all="ignore"):
+        top = float(np.max(np.abs(values))) if values.size else 0.0
+        if not 0.0 < top < math.inf:
+            return top  # zeros, or non-finite (the finiteness test fails those)
+        return top * float(np.linalg.norm(values / top))
+
+
+def _check_arguments(h: float, atol: float, rtol: float, seed: int) -> tuple[float, float, float, int]:
+    return (
+        check_number("gradcheck", "h", h, low=0.0, low_inclusive=False),
+        check_number("gradcheck", "atol", atol, low=0.0),
+        check_number("gradcheck", "rtol", rtol, low=0.0),
+        check_number("gradcheck", "seed", seed, low=0, integer=True),
     )
 
 
@@ -316,6 +336,7 @@ def gradcheck(
     are held fixed. Perturbed values are restored exactly; ``.grad`` is left as the
     analytic pass set it. Returns a ``GradcheckReport``.
     """
+    h, atol, rtol, seed = _check_arguments(h, atol, rtol, seed)
     if isinstance(op_or_callable, Operation):
         op: Operation | None = op_or_callable
         fn: Callable[..., Any] = op_or_callable.forward
@@ -395,6 +416,7 @@ def numerical_gradient_check(
     Variables is passed to ``forward`` as separate arguments. When ``verbose``, prints
     ``<name> match`` or ``<name> NOT MATCH !`` with the numbers. Leaves the tape clear.
     """
+    h, atol, rtol, _ = _check_arguments(h, atol, rtol, 0)
     graph = model if isinstance(model, Graph) else getattr(model, "graph", None)
     if not isinstance(graph, Graph):
         raise InputTypeError(

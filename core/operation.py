@@ -73,8 +73,8 @@ def _make_forward(impl: Callable[..., Any], low: int, high: float) -> Callable[.
         if inputs and isinstance(inputs[0], Context):
             return impl(self, *inputs)  # an author's subclass calling super().forward(ctx, ...)
         graph = self.graph or self.require_graph()
-        # unwrap (the fast path: one float Variable, as most applications in a model are)
-        if one_input and len(inputs) == 1 and type(inputs[0]) is Variable and inputs[0].value.dtype.kind == "f":
+        # unwrap (the fast path: one Variable in the graph's dtype, as most applications in a model are)
+        if one_input and len(inputs) == 1 and type(inputs[0]) is Variable and inputs[0].value.dtype is graph.dtype:
             arrays: Sequence[np.ndarray] = (inputs[0].value,)
             ctx = Context(self, inputs, (True,))
         else:
@@ -252,7 +252,8 @@ class Operation:
         input whether its gradient is wanted (a float Variable).
 
         Lists and scalars become arrays (floats in the graph's dtype); integer and bool arrays
-        are converted to the graph's dtype unless their position is in ``integer_inputs``.
+        are converted to the graph's dtype unless their position is in ``integer_inputs``, and so
+        are floats narrower than it (float16 in a float64 graph). Wider floats stay as they are.
         """
         if not low <= len(inputs) <= high:
             raise InputTypeError(f"{self.label}: expected {_count(low, high)} input(s), got {len(inputs)}")
@@ -271,7 +272,7 @@ class Operation:
             kind = array.dtype.kind
             if kind not in "fiub":
                 raise InputTypeError(f"{self.label} input {index}: expected a real numeric array, got dtype {array.dtype}")
-            if kind != "f" and index not in self.integer_inputs:
+            if (kind != "f" and index not in self.integer_inputs) or (kind == "f" and array.dtype.itemsize < dtype.itemsize):
                 array = array.astype(dtype)
             arrays.append(array)
         return arrays, tuple(wanted)

@@ -86,10 +86,24 @@ def _listing(names: Iterable[object]) -> str:
     return ", ".join(_show(n) for n in sorted(names, key=repr))
 
 
+def _path_text(path: object, owner: str) -> str:
+    """``path`` (a str or an ``os.PathLike`` naming a str path) as a str; else an ``InputTypeError``."""
+    try:
+        text = os.fspath(path)  # type: ignore[call-overload]
+    except TypeError:
+        text = None
+    if not isinstance(text, str):
+        raise InputTypeError(f"{owner}: path must be a str or os.PathLike, got {type(path).__name__}")
+    return text
+
+
 def parameter_file_path(path: str | os.PathLike[str]) -> Path:
     """The file ``Parameter.save(path)`` writes: ``path`` with ``.npz`` added unless it ends so."""
-    target = Path(path)
-    if target.name in ("", ".", "..") or os.fspath(path).endswith(("/", os.sep)):
+    text = _path_text(path, "parameter_file_path")
+    if "\0" in text:
+        raise OSError(errno.EINVAL, "a path cannot hold a NUL character", text)
+    target = Path(text)
+    if target.name in ("", ".", "..") or text.endswith(("/", os.sep)):
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
     return target if target.suffix == ".npz" else target.with_name(target.name + ".npz")
 
@@ -117,11 +131,12 @@ class ParameterFile:
     headers) raise ``ParameterLoadError`` naming the file and the fault before any data is
     decompressed. ``shapes``/``dtypes`` describe the values; ``read(name)`` decompresses exactly the
     bytes of one value. ``expected_names`` (the names the caller can use) bounds how much of the name
-    list may be read. Use as a context manager, or call ``close``.
+    list may be read. Use as a context manager, or call ``close``. A ``path`` that is neither a str
+    nor an ``os.PathLike`` raises ``InputTypeError``.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, expected_names: Iterable[object] | None = None) -> None:
-        target = Path(path)
+        target = Path(_path_text(path, "ParameterFile"))
         with contextlib.suppress(OSError):  # an unreadable path is reported by _open
             if not target.exists() and target.suffix != ".npz" and target.name not in ("", ".", ".."):
                 candidate = target.with_name(target.name + ".npz")
@@ -148,6 +163,8 @@ class ParameterFile:
             self._fail("does not exist")
         except OSError as exc:
             self._fail(f"cannot be read: {exc.strerror or exc}")
+        except ValueError as exc:  # a path holding a NUL character
+            self._fail(f"cannot be read: {exc}")
         if stat.S_ISDIR(info.st_mode):
             self._fail("is a directory, not a parameter file")
         if not stat.S_ISREG(info.st_mode):
@@ -458,9 +475,11 @@ class Parameter:
 
         The data goes to a temporary file beside the target, which then replaces it: a failed save
         leaves an earlier file intact. A new file gets the mode ``open`` would give it (0o666 less
-        the umask); a replaced one keeps its mode. Raises ``OSError`` when it cannot be written.
+        the umask); a replaced one keeps its mode. Raises ``OSError`` when it cannot be written (a
+        path holding a NUL character included) and ``InputTypeError`` when ``path`` is neither a str
+        nor an ``os.PathLike``.
         """
-        target = parameter_file_path(path)
+        target = parameter_file_path(_path_text(path, "Parameter.save"))
         names = list(self.variable_dict)
         for name in names:
             if not isinstance(name, str):
@@ -493,12 +512,13 @@ class Parameter:
 
         All or nothing: the file must be well formed, its names, shapes and dtypes must match these
         parameters exactly and every target array must be writable before any value is read and
-        copied in. Anything else raises ``ParameterLoadError`` naming the file and the fault.
+        copied in. Anything else raises ``ParameterLoadError`` naming the file and the fault; a ``path``
+        that is neither a str nor an ``os.PathLike`` raises ``InputTypeError``.
         """
         if isinstance(path, ParameterFile):
             self._load_from(path)
             return
-        with ParameterFile(path, expected_names=self.variable_dict) as source:
+        with ParameterFile(_path_text(path, "Parameter.load"), expected_names=self.variable_dict) as source:
             self._load_from(source)
 
     def _load_from(self, source: ParameterFile) -> None:

@@ -127,8 +127,13 @@ class OperationInfo:
 
     @property
     def summary(self) -> str:
-        doc = (self.cls.__doc__ or "").strip()
-        return doc.splitlines()[0] if doc else ""
+        """The first line of the op's docstring ("" when it has none, or none that is text)."""
+        try:
+            doc = self.cls.__doc__
+        except Exception:  # a hostile class attribute must not take `tapegrad ops` down
+            return ""
+        lines = doc.strip().splitlines() if isinstance(doc, str) else []
+        return lines[0] if lines else ""
 
 
 @dataclass

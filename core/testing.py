@@ -16,6 +16,7 @@ in reports, ``skip`` in the CLI table, a pytest skip), while the failed check fa
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -65,6 +66,11 @@ __all__ = [
 
 SEED = 0
 ATOL, RTOL = 1e-5, 1e-3
+#: More samples than this fail check_has_samples (an endless ``samples()`` must not hang a run).
+MAX_SAMPLES = 100
+#: What an op's code may raise that fails a check rather than ending the run: ``sys.exit()`` in an
+#: op's ``samples``, constructor, ``forward`` or ``backward`` is the op's fault, reported as such.
+OP_FAULTS = (Exception, SystemExit)
 
 
 # -- the case: one op on one sample ---------------------------------------------------------
@@ -117,10 +123,10 @@ class OperationCase:
         """Every sample the op yields (the case's own among them), drawn once per case."""
         if self._samples is None:
             try:
-                drawn = list(self.info.cls.samples(np.random.default_rng(SEED)))
-            except Exception:  # check_has_samples reports it
+                drawn = _draw_samples(self.info.cls)
+            except OP_FAULTS:  # check_has_samples reports it
                 drawn = []
-            self._samples = [s for s in drawn if isinstance(s, Sample)]
+            self._samples = [s for s in drawn[:MAX_SAMPLES] if isinstance(s, Sample)]
         return self._samples
 
     def verdict(self, check: Callable[[OperationCase], None]) -> BaseException | None:
@@ -129,7 +135,7 @@ class OperationCase:
         if name not in self._verdicts:
             try:
                 check(self)
-            except Exception as exc:
+            except OP_FAULTS as exc:
                 self._verdicts[name] = exc
             else:
                 self._verdicts[name] = None
@@ -224,8 +230,13 @@ def _guarded(case: OperationCase, check: str, func: Callable[[], Any], numeric: 
             return func()
     except ContractError:
         raise
-    except Exception as exc:
+    except OP_FAULTS as exc:
         raise case.fail(check, f"raised {type(exc).__name__}: {exc}") from exc
+
+
+def _draw_samples(cls: type[Operation]) -> list[Any]:
+    """What ``cls.samples(rng)`` yields (seeded), at most ``MAX_SAMPLES + 1`` of them."""
+    return list(itertools.islice(cls.samples(np.random.default_rng(SEED)), MAX_SAMPLES + 1))
 
 
 def _report_failures(case: OperationCase, check: str, report: GradcheckReport, kind: str) -> None:
@@ -280,7 +291,7 @@ def requires(*needed: Check) -> Callable[[Check], Check]:
             for other in needed:
                 try:
                     other(case)
-                except Exception as exc:
+                except OP_FAULTS as exc:
                     raise ContractSkip(_skip_reason(case, check.__name__, other.__name__, exc), other.__name__, exc) from None
             check(case)
 
@@ -302,9 +313,13 @@ def check_has_samples(case: OperationCase) -> None:
     """The op yields at least one ``tg.Sample`` from ``samples(cls, rng)`` and can be built from it."""
     cls = case.info.cls
     try:
-        samples = list(cls.samples(np.random.default_rng(SEED)))
-    except Exception as exc:
+        samples = _draw_samples(cls)
+    except OP_FAULTS as exc:
         raise case.fail("check_has_samples", f"samples() raised {type(exc).__name__}: {exc}") from exc
+    if len(samples) > MAX_SAMPLES:
+        raise case.fail(
+            "check_has_samples", f"samples() yielded more than {MAX_SAMPLES} samples (an endless generator?); yield a few"
+        )
     if not samples:
         raise case.fail(
             "check_has_samples",
@@ -888,7 +903,7 @@ def check_capture(case: OperationCase) -> None:
         got_inputs = [Variable(a) for a in second]
         try:
             got = step(*got_inputs)  # replays
-        except Exception as exc:
+        except OP_FAULTS as exc:
             return f"the replay raised {type(exc).__name__}: {exc}"
         eager_graph, eager_op, eager = _captured_step(case)
         eager(*[Variable(a) for a in first])
@@ -972,9 +987,11 @@ def collect_cases(
     pairs: list[tuple[OperationCase, Callable[[OperationCase], None]]] = []
     for info in _infos(names, plugin, registry):
         try:
-            samples = list(info.cls.samples(np.random.default_rng(SEED)))
-        except Exception:
+            samples = _draw_samples(info.cls)
+        except OP_FAULTS:
             samples = []
+        if len(samples) > MAX_SAMPLES:
+            samples = []  # check_has_samples fails the op
         valid = [s for s in samples if isinstance(s, Sample)]
         pairs.append((OperationCase(info, samples[0] if samples else None, 0, fast, _samples=valid), check_has_samples))
         checks = ALL_CHECKS + (LOSS_CHECKS if issubclass(info.cls, Loss) else ())
@@ -1082,6 +1099,9 @@ def run_cases(
             outcome, message = ("xfailed", f"expected: {reason}\n{exc}") if reason else ("failed", str(exc))
         except TapegradError as exc:
             outcome, message = ("xfailed", str(exc)) if reason else ("failed", case.message(check.__name__, str(exc)))
+        except SystemExit as exc:  # the op's own code called sys.exit(): its failure, not the run's end
+            detail = f"the op's code raised SystemExit({exc.code!r}) (sys.exit)"
+            outcome, message = ("xfailed", detail) if reason else ("failed", case.message(check.__name__, detail))
         else:
             outcome, message = ("xpassed", f"{case_id(case, check)} passed but was expected to fail: {reason}") if reason else ("passed", "")
         yield ContractResult(case_id(case, check), case.name, case.sample_name, check.__name__, outcome, message)

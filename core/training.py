@@ -12,7 +12,15 @@ from typing import Any
 import numpy as np
 
 from .arguments import check_number
-from .errors import CaptureError, CaptureWarning, NonFiniteError, TapegradError, TrainingError
+from .errors import (
+    CaptureError,
+    CaptureWarning,
+    InputTypeError,
+    NonFiniteError,
+    ShapeError,
+    TapegradError,
+    TrainingError,
+)
 from .graph import Graph
 from .optim import Optimizer
 from .variable import Variable
@@ -54,6 +62,27 @@ def _graph_of(model: Any) -> Graph:
 def _diverging(exc: BaseException) -> bool:
     """A non-finite loss, or an overflow numpy raised (inside an op, the error's cause)."""
     return isinstance(exc, (NonFiniteError, FloatingPointError)) or isinstance(exc.__cause__, FloatingPointError)
+
+
+def _samples(data: Any, name: str, what: str, shape: str) -> np.ndarray:
+    """``data`` (an array or a Variable) as a numeric array with one entry per sample, every float
+    finite; ``shape`` is what the message says was expected."""
+    try:
+        array = np.asarray(data.value if isinstance(data, Variable) else data)
+    except (ValueError, TypeError) as exc:  # ragged nested lists, say
+        raise InputTypeError(
+            f"{what}: expected {name} as a numeric array of shape {shape}, got data numpy cannot read as one ({exc})"
+        ) from None
+    if array.dtype.kind not in "fiub":
+        raise InputTypeError(f"{what}: expected {name} to hold numbers (float, int or bool), got dtype {array.dtype}")
+    if array.ndim == 0:
+        raise ShapeError(f"{what}: expected {name} of shape {shape}, one entry per sample; got a scalar (shape ())")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        where = np.argwhere(~np.isfinite(array))[0].tolist()
+        raise TrainingError(
+            f"{what}: {name} holds a non-finite value ({array[tuple(where)]} at {where}); remove or impute it first"
+        )
+    return array
 
 
 def _progress_enabled(progress: bool) -> bool:
@@ -150,17 +179,9 @@ class Trainer:
 
     # -- validation ----------------------------------------------------------------------
     def _check_data(self, x: Any, y: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
-        x = np.asarray(x.value if isinstance(x, Variable) else x)
-        y = np.asarray(y.value if isinstance(y, Variable) else y)
-        if x.dtype.kind not in "fiub" or y.dtype.kind not in "fiub":
-            raise TrainingError(f"{what}: expected numeric arrays, got dtypes {x.dtype} and {y.dtype}")
-        for name, data in (("x", x), ("y", y)):
-            if data.dtype.kind == "f" and not np.isfinite(data).all():
-                where = np.argwhere(~np.isfinite(data))[0].tolist()
-                raise TrainingError(
-                    f"{what}: {name} holds a non-finite value ({data[tuple(where)]} at {where}); "
-                    "remove or impute it before training"
-                )
+        x = self._inputs(x, what)
+        regression = getattr(self.model, "task", "classification") == "regression"
+        y = _samples(y, "y", what, "(samples, ...)" if regression else "(samples,)")
         if len(x) == 0:
             raise TrainingError(f"{what}: the data set is empty")
         if len(x) != len(y):
@@ -170,18 +191,25 @@ class Trainer:
             raise TrainingError(f"{what}: the model expects {width} features per sample, got x of shape {x.shape}")
         if x.dtype.kind != "f":
             x = x.astype(self.graph.dtype)
-        if getattr(self.model, "task", "classification") == "regression":
+        if regression:
             return x, y.astype(self.graph.dtype, copy=False)
-        if y.dtype.kind == "f":
-            if not np.array_equal(y, np.round(y)):
-                raise TrainingError(f"{what}: labels must be integers, got non-integral values")
-            y = y.astype(np.int64)
+        if y.dtype.kind == "f" and not np.array_equal(y, np.round(y)):
+            raise TrainingError(f"{what}: labels must be integers, got non-integral values")
+        # The range is checked on the labels as given: a float beyond int64 would cast to garbage.
         classes = getattr(self.model, "output_size", None)
         if y.size and (y.min() < 0 or (classes is not None and y.max() >= classes)):
             bad = y.min() if y.min() < 0 else y.max()
             limit = f"[0, {classes})" if classes is not None else "non-negative"
             raise TrainingError(f"{what}: label {bad} is out of range {limit}")
+        if y.dtype.kind == "f":
+            if y.size and y.max() >= 2**63:
+                raise TrainingError(f"{what}: label {y.max()} is too large for a class index")
+            y = y.astype(np.int64)
         return x, y
+
+    def _inputs(self, x: Any, what: str) -> np.ndarray:
+        width = getattr(self.model, "input_size", None)
+        return _samples(x, "x", what, f"(samples, {width})" if width is not None else "(samples, ...)")
 
     # -- training ------------------------------------------------------------------------
     def train(
@@ -284,11 +312,14 @@ class Trainer:
     # -- evaluation ----------------------------------------------------------------------
     def predict(self, x: Any) -> np.ndarray:
         """Class predictions from one batched forward pass in eval mode."""
+        return self._predict(self._inputs(x, "Trainer.predict"))
+
+    def _predict(self, x: np.ndarray) -> np.ndarray:
         graph = self.graph
         was_training = graph.train_state
         graph.eval()
         try:
-            out = self._run("_predict_step", np.asarray(x.value if isinstance(x, Variable) else x, dtype=graph.dtype))
+            out = self._run("_predict_step", np.asarray(x, dtype=graph.dtype))
         finally:
             graph.train_state = was_training
         values = out.value if isinstance(out, Variable) else np.asarray(out)
@@ -297,4 +328,4 @@ class Trainer:
     def test(self, x: Any, y: Any) -> float:
         """Accuracy on ``(x, y)``."""
         x, y = self._check_data(x, y, "Trainer.test")
-        return float(np.mean(self.predict(x) == y))
+        return float(np.mean(self._predict(x) == y))

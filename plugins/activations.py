@@ -135,7 +135,8 @@ class Softmax(tg.Operation):
 
 class LogSoftmax(tg.Operation):
     """``x - logsumexp(x)`` along ``axis``, stable for large logits; logits more than the float
-    range apart give a log-probability beyond it, which raises OperationError. Saves the output."""
+    range apart give a log-probability beyond it: -inf with numpy's overflow warning, or
+    NonFiniteError where numpy is asked to raise. Saves the output."""
 
     def __init__(self, axis: int = -1) -> None:
         self.axis = check_axis(self.label, "axis", axis)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import numpy as np
 
 import tapegrad as tg
-from tapegrad import ShapeError
+from tapegrad import NonFiniteError, ShapeError
 
 from ._util import check_flag, check_size, integer_labels, need_rank
 
@@ -101,8 +102,14 @@ class Dropout(tg.Operation):
         if not ctx.training or self.p == 0.0:
             ctx.saved = (None,)
             return x.copy()
+        with np.errstate(over="ignore"):
+            scale = np.asarray(1.0 / (1.0 - self.p), dtype=x.dtype)
+        if math.isinf(scale):  # (float16 and p near 1: the kept elements would become inf, the others NaN)
+            raise NonFiniteError(
+                f"{self.label}: p={self.p} scales the kept elements by {1.0 / (1.0 - self.p):g}, beyond the range of {x.dtype}"
+            )
         keep = ctx.rng.random(x.shape) >= self.p
-        mask = keep * np.asarray(1.0 / (1.0 - self.p), dtype=x.dtype)
+        mask = keep * scale
         ctx.saved = (mask,)
         return x * mask
 

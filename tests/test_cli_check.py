@@ -138,3 +138,32 @@ def test_a_closed_pipe_ends_the_listing_quietly(monkeypatch, capsys):
         monkeypatch.undo()
         closed.close()
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_ops_lists_an_op_whose_docstring_is_not_text_or_raises(capsys):
+    class Meta(type):
+        @property
+        def __doc__(cls):
+            raise RuntimeError("no docstring for you")
+
+    class NumberDoc(tg.Operation):
+        __doc__ = 42
+
+        def forward(self, ctx, x):
+            return x
+
+        def backward(self, ctx, grad):
+            return grad
+
+    class RaisingDoc(tg.Operation, metaclass=type("M", (Meta, type(tg.Operation)), {})):
+        def forward(self, ctx, x):
+            return x
+
+        def backward(self, ctx, grad):
+            return grad
+
+    tg.register_operation(NumberDoc, plugin="odd")
+    tg.register_operation(RaisingDoc, plugin="odd")
+    for args in (["ops"], ["ops", "--json"]):
+        code, out, _ = run(capsys, *args)
+        assert code == 0 and "NumberDoc" in out and "RaisingDoc" in out and "Affine" in out

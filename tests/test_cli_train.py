@@ -219,7 +219,7 @@ def test_evaluate_checks_names_before_building_a_model(tmp_path, capsys, monkeyp
 
     _rewrite(tmp_path / "other.npz", {"w": np.ones(3)})
     monkeypatch.setattr(models, "MLP", no_model)
-    code, _, err = run(capsys, "evaluate", "--load", str(tmp_path / "other.npz"), "--hidden", str(10**9))
+    code, _, err = run(capsys, "evaluate", "--load", str(tmp_path / "other.npz"), "--hidden", str(10**6))
     assert code == 1 and "missing: affine_0.W" in err and "unexpected: 'w'" in err
 
 
@@ -330,3 +330,137 @@ def test_train_help_documents_profile_draw_and_no_capture(capsys):
     assert "--no-capture run every step eagerly" in text and "Trainer(capture=False)" in text
     assert "--profile time each op's own forward and backward" in text
     assert "--draw PATH after training, draw one training step" in text and "pip install 'tapegrad[draw]'" in text
+
+
+# -- bad input found before training: numbers out of range, outputs that are one file or cannot be named ---
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        ([*TRAIN, "--seed", "4294967296"], "argument --seed: expected a whole number from 0 to 4294967295, got 4294967296"),
+        (["evaluate", "--load", "m.npz", "--seed", "4294967296"], "argument --seed: expected a whole number from 0 to 4294967295, got 4294967296"),
+        ([*TRAIN, "--seed", "-1"], "argument --seed: expected a whole number from 0 to 4294967295, got -1"),
+        ([*TRAIN, "--hidden", "100000000000"], "argument --hidden: expected a whole number from 1 to 1000000, got 100000000000"),
+        (["evaluate", "--load", "m.npz", "--hidden", "100000000000"], "argument --hidden: expected a whole number from 1 to 1000000, got 100000000000"),
+        ([*TRAIN, "--batch-size", "9" * 23], f"argument --batch-size: expected a whole number from 1 to 1000000000, got {'9' * 23}"),
+        ([*TRAIN, "--epochs", "0"], "argument --epochs: expected a whole number from 1 to 1000000000, got 0"),
+        ([*TRAIN, "--lr", "1e400"], "argument --lr: expected a finite number, got 1e400"),
+    ],
+)
+def test_numbers_out_of_range_are_refused_by_the_parser(capsys, no_training, argv, message):
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "Traceback" not in err
+    assert err.splitlines()[-1] == f"tapegrad {argv[0]}: error: {message}"  # under argparse's usage lines
+
+
+def test_the_bounds_themselves_are_accepted():
+    from tapegrad.cli import build_parser
+
+    args = build_parser().parse_args(["train", "--seed", str(2**32 - 1), "--hidden", "1000000", "--batch-size", str(10**9)])
+    assert (args.seed, args.hidden, args.batch_size) == (2**32 - 1, 10**6, 10**9)
+    args = build_parser().parse_args(["evaluate", "--load", "m.npz", "--seed", "0", "--hidden", "1000000"])
+    assert (args.seed, args.hidden) == (0, 10**6)
+
+
+def test_a_batch_larger_than_the_training_set_is_one_batch_of_it(capsys):
+    code, out, _ = run(capsys, *TRAIN, "--batch-size", "100000")
+    assert code == 0 and "batch size 100000" in out and "final test accuracy" in out
+
+
+def test_running_out_of_memory_is_one_line(capsys, monkeypatch):
+    from tapegrad import models
+
+    def too_big(*args, **kwargs):
+        np.empty((64, 10**15))  # numpy's own MemoryError, saying what it wanted
+
+    monkeypatch.setattr(models, "MLP", too_big)
+    code, _, err = run(capsys, *TRAIN)
+    assert code == 1 and err.count("\n") == 1
+    assert err.startswith("tapegrad train: error: out of memory: Unable to allocate") and "(64, 1000000000000000)" in err
+
+
+@pytest.fixture
+def graphviz_found(monkeypatch):
+    """Rendering looks possible, whether or not Graphviz is installed: nothing is drawn before training."""
+    import sys
+    import types
+
+    from tapegrad import _cli_train
+
+    monkeypatch.setitem(sys.modules, "graphviz", sys.modules.get("graphviz") or types.ModuleType("graphviz"))
+    monkeypatch.setattr(_cli_train.shutil, "which", lambda name: "/usr/bin/dot")
+
+
+def _link(path, to):
+    path.symlink_to(to)
+    return path
+
+
+@pytest.mark.parametrize(
+    "outputs",
+    [
+        lambda d: [("--plot", d / "same.svg"), ("--draw", d / "same.svg")],
+        lambda d: [("--plot", "same.png"), ("--draw", "./same.png")],  # relative, in tmp_path
+        lambda d: [("--plot", d / "p.png"), ("--draw", d / "sub" / ".." / "p.png")],
+        lambda d: [("--save", _link(d / "m.npz", "p.png")), ("--plot", d / "p.png")],  # m.npz -> p.png
+        lambda d: [("--save", _link(d / "m.npz", "p.png")), ("--plot", d / "p")],  # p: PNG by default
+        lambda d: [("--plot", _link(d / "p.png", "tape.dot")), ("--draw", d / "tape.svg")],  # beside tape.svg
+        lambda d: [("--save", _link(d / "m.npz", _folder(d / "real") / "tape.dot")), ("--draw", d / "real" / "tape.pdf")],
+    ],
+)
+def test_outputs_that_are_one_file_are_refused_before_training(tmp_path, capsys, monkeypatch, no_training, graphviz_found, outputs):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    pairs = outputs(tmp_path)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    code, _, err = run(capsys, *TRAIN, *(str(a) for pair in pairs for a in pair))
+    assert code == 2 and err.count("\n") == 1 and err.startswith("tapegrad train: error: --")
+    assert "are the same file" in err and all(option in err for option, _ in pairs)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # the first output was not written either
+
+
+def test_a_hard_link_is_one_file_too(tmp_path, capsys, no_training):
+    (tmp_path / "p.png").write_bytes(b"old")
+    os.link(tmp_path / "p.png", tmp_path / "m.npz")
+    code, _, err = run(capsys, *TRAIN, "--save", str(tmp_path / "m.npz"), "--plot", str(tmp_path / "p.png"))
+    assert code == 2 and "--save" in err and "--plot" in err and "are the same file" in err
+    assert (tmp_path / "p.png").read_bytes() == b"old"
+
+
+def test_different_outputs_side_by_side_are_all_written(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run(capsys, *TRAIN, "--save", "run", "--plot", "run", "--draw", "run.dot")
+    assert code == 0 and sorted(os.listdir()) == ["run.dot", "run.npz", "run.png"]
+
+
+LONG = "x" * 300  # longer than any file system's longest name (255 bytes)
+
+
+@pytest.mark.parametrize(
+    "option, name",
+    [("--save", LONG), ("--plot", f"{LONG}.png"), ("--draw", f"{LONG}.dot"), ("--save", f"{LONG}/m.npz"),
+     ("--plot", f"{LONG}/sub/p.png")],
+)
+def test_names_too_long_are_refused_before_training(tmp_path, capsys, no_training, option, name):
+    code, _, err = run(capsys, *TRAIN, option, str(tmp_path / name))
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"tapegrad train: error: cannot write {option} '{tmp_path}/xxx") and "too long" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_loop_of_symbolic_links_is_refused_before_training(tmp_path, capsys, no_training):
+    (tmp_path / "la.npz").symlink_to("lb.npz")
+    (tmp_path / "lb.npz").symlink_to("la.npz")
+    for target in ("la.npz", "la.npz/../m.npz"):
+        code, _, err = run(capsys, *TRAIN, "--save", str(tmp_path / target))
+        assert code == 2 and err.count("\n") == 1
+        assert err.startswith(f"tapegrad train: error: cannot write --save '{tmp_path}/la.npz") and "symbolic links" in err
+    assert sorted(os.listdir(tmp_path)) == ["la.npz", "lb.npz"]
+
+
+@pytest.mark.parametrize("option, name", [("--save", "m\0.npz"), ("--plot", "p\0.png"), ("--draw", "t\0.dot")])
+def test_a_nul_in_a_path_is_refused_before_training(tmp_path, capsys, no_training, option, name):
+    code, _, err = run(capsys, *TRAIN, option, str(tmp_path / name))
+    assert code == 2 and err.count("\n") == 1 and err.startswith(f"tapegrad train: error: cannot write {option} ")
+    assert list(tmp_path.iterdir()) == []

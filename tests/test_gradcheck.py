@@ -188,3 +188,36 @@ def test_a_non_finite_numeric_gradient_fails_too(graph, rng):
         report = tg.gradcheck(graph.get_operation(NonFiniteForward), [rng.standard_normal((2, 3))], mode="full")
     entry = report["input 0"]  # (the NaN output reaches the projected scalar: every numeric value is NaN)
     assert not report and not entry.passed and np.isnan(entry.numeric) and "nan" in entry.describe()
+
+
+class TwiceTooBigAtScale(tg.Operation):
+    """x * 1e200 with a backward twice the truth: its gradients lie near the float range."""
+
+    def forward(self, ctx, x):
+        return x * 1e200
+
+    def backward(self, ctx, grad):
+        return grad * 2e200
+
+
+@pytest.mark.parametrize("mode, shape", [("fast", (4, 4)), ("auto", (600,)), ("full", (3,))])
+def test_a_wrong_gradient_near_the_float_range_fails_in_every_mode(graph, mode, shape):
+    report = tg.gradcheck(graph.get_operation(TwiceTooBigAtScale), [np.ones(shape)], mode=mode)
+    assert not report and not report["input 0"].passed
+    assert tg.gradcheck(graph.get_operation("Exp"), [np.full(shape, 400.0)], mode=mode)  # right ones pass
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, words",
+    [
+        ({"h": 0}, tg.ArgumentError, "h must be above 0"),
+        ({"h": "a"}, tg.InputTypeError, "h must be a number"),
+        ({"atol": np.inf}, tg.ArgumentError, "atol must be at least 0"),
+        ({"rtol": -1.0}, tg.ArgumentError, "rtol must be at least 0"),
+        ({"seed": -1}, tg.ArgumentError, "seed must be at least 0"),
+        ({"seed": 1.5}, tg.InputTypeError, "seed must be a whole number"),
+    ],
+)
+def test_gradcheck_arguments_are_checked_naming_them(graph, kwargs, error, words):
+    with pytest.raises(error, match=f"gradcheck: {words}"):
+        tg.gradcheck(graph.get_operation("Tanh"), [np.ones(3)], **kwargs)

@@ -361,3 +361,28 @@ def test_read_parameter_file_reads_every_value_but_refuses_a_bomb(tmp_path, monk
     monkeypatch.setattr(parameter, "_EXPANSION_FLOOR", 1 << 20)
     with pytest.raises(tg.ParameterLoadError, match="refusing to expand"):
         parameter.read_parameter_file(tmp_path / "bomb.npz")
+
+
+def test_a_path_with_a_nul_character_is_refused_with_the_path_named(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    store = _store()
+    with pytest.raises(tg.ParameterLoadError, match=r"parameter file 'a\\x00b' cannot be read: .*null"):
+        store.load("a\0b")
+    with pytest.raises(OSError, match=r"NUL character: 'a\\x00b"):
+        store.save("a\0b")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("bad", [None, 3, b"p.npz"])
+def test_a_path_that_is_not_a_str_or_path_like_is_an_input_type_error(tmp_path, bad):
+    from tapegrad.parameter import ParameterFile
+
+    store = _store()
+    name = type(bad).__name__
+    with pytest.raises(tg.InputTypeError, match=rf"Parameter.load: path must be a str or os.PathLike, got {name}"):
+        store.load(bad)
+    with pytest.raises(tg.InputTypeError, match=rf"Parameter.save: path must be a str or os.PathLike, got {name}"):
+        store.save(bad)
+    with pytest.raises(tg.InputTypeError, match=rf"ParameterFile: path must be a str or os.PathLike, got {name}"):
+        ParameterFile(bad)
+    store.load(store.save(tmp_path / "p"))  # a Path still works

@@ -359,3 +359,38 @@ def test_an_op_applied_by_an_op_that_fails_leaves_the_tape_usable(composite_ops)
     assert g.tape.inside == 0
     op(tg.Variable(np.ones((2, 3))))
     assert len(g.forward_ops) == 1
+
+
+@pytest.mark.parametrize("graph_dtype, narrow", [(np.float64, np.float16), (np.float64, np.float32), (np.float32, np.float16)])
+def test_floats_narrower_than_the_graph_compute_in_its_dtype(graph_dtype, narrow):
+    g = tg.Graph(dtype=graph_dtype)
+    softmax_loss, exp, tanh = g.get_operation("SoftmaxLoss"), g.get_operation("Exp"), g.get_operation("Tanh")
+    logits = tg.Variable(np.array([[60.0, -60.0]], dtype=narrow))
+    probs = softmax_loss(logits)
+    assert probs.dtype == graph_dtype and softmax_loss.loss(np.array([1])) == pytest.approx(120.0, rel=1e-3)
+    assert exp(tg.Variable(np.array(9.0, dtype=narrow))).dtype == graph_dtype
+    x = tg.Variable(np.ones(3, dtype=narrow))
+    y = tanh(x)
+    assert y.dtype == graph_dtype
+    g.backward(grads={y: np.ones(3)})
+    assert x.grad.dtype == narrow and np.allclose(x.grad, 1 - np.tanh(1.0) ** 2, rtol=1e-3)
+
+
+def test_a_float16_value_beyond_its_range_in_a_float64_graph_is_computed_right():
+    g = tg.Graph()
+    loss = g.get_operation("SoftmaxLoss")
+    loss(tg.Variable(np.array([[60000, -60000]], dtype=np.float16)))
+    assert loss.loss(np.array([1])) == 120000.0
+
+
+def test_wider_floats_stay_as_they_are_in_a_narrower_graph():
+    g = tg.Graph(dtype=np.float32)
+    assert g.get_operation("Tanh")(tg.Variable(np.ones(2))).dtype == np.float64
+
+
+def test_dropout_refuses_a_scale_beyond_the_dtype_instead_of_nan():
+    g = tg.Graph(seed=0, dtype=np.float16)
+    dropout = g.get_operation("Dropout", [0.99999])
+    with pytest.raises(tg.NonFiniteError, match=r"Dropout \(dropout_0\): p=0.99999 scales .* beyond the range of float16"):
+        dropout(tg.Variable(np.ones((1, 6), dtype=np.float16)))
+    assert np.all(np.isfinite(tg.Graph(seed=0).get_operation("Dropout", [0.99999])(np.ones((1, 6))).value))

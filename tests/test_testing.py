@@ -823,3 +823,64 @@ def test_check_capture_runs_for_every_case_and_shows_in_the_cli_table(capsys):
     assert "capture" in capsys.readouterr().out
     names = {check.__name__ for case, check in testing.collect_cases("Sigmoid")}
     assert "check_capture" in names
+
+
+# -- ops whose own code ends the process or never stops -----------------------------------------------
+class _Exits(tg.Operation):
+    """A correct op, but its code calls sys.exit where ``where`` says."""
+
+    where = ""
+
+    def __init__(self, n: int = 3) -> None:
+        if self.where == "init":
+            raise SystemExit(3)
+
+    def forward(self, ctx, x):
+        if self.where == "forward" and x.shape[0] == 4:
+            sys.exit(0)
+        return x * 2.0
+
+    def backward(self, ctx, grad):
+        if self.where == "backward":
+            sys.exit(0)
+        return grad * 2.0
+
+    @classmethod
+    def samples(cls, rng):
+        if cls.where == "samples":
+            sys.exit(0)
+        yield tg.Sample(inputs=[rng.standard_normal((4, 3))])
+
+
+@pytest.mark.parametrize("where", ["samples", "init", "forward", "backward"])
+def test_an_op_calling_sys_exit_fails_the_contract_instead_of_ending_the_run(where, capsys):
+    from tapegrad.cli import main
+
+    cls = type(f"Exits{where.title()}", (_Exits,), {"where": where})
+    report = check_operation(cls, raise_on_failure=False)
+    assert not report.passed and report.failures
+    first = report.failures[0]
+    assert cls.__name__ in first.message and first.check in first.message
+    assert "SystemExit" in "".join(r.message for r in report.failures)
+    tg.register_operation(cls, plugin=f"exits{where}")  # (the default registry is fresh per test)
+    code = main(["check", cls.__name__])
+    out = capsys.readouterr().out
+    assert code == 1 and cls.__name__ in out and "SystemExit" in out and " 0 failed" not in out
+
+
+def test_endless_samples_fail_check_has_samples_quickly():
+    class Endless(tg.Operation):
+        def forward(self, ctx, x):
+            return x * 1.0
+
+        def backward(self, ctx, grad):
+            return grad
+
+        @classmethod
+        def samples(cls, rng):
+            while True:
+                yield tg.Sample(inputs=[rng.standard_normal((2, 2))])
+
+    report = check_operation(Endless, raise_on_failure=False)
+    assert [r.check for r in report.failures] == ["check_has_samples"]
+    assert "more than 100 samples" in report.failures[0].message

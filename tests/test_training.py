@@ -244,3 +244,67 @@ def test_trainer_arguments_are_checked(digits, kwargs, error, match):
     train = {k: v for k, v in kwargs.items() if k != "batch_size"}
     with pytest.raises(error, match=match):
         tg.Trainer(model, SGD(model.graph.parameter, 0.1), verbose=False, **make).train(x_train[:10], y_train[:10], **train)
+
+
+@pytest.fixture
+def fitted():
+    model = MLP(4, 3, 2, seed=0)
+    trainer = tg.Trainer(model, SGD(model.graph.parameter, 0.1), progress=False, verbose=False)
+    trainer.train(np.random.default_rng(0).random((10, 4)), np.arange(10) % 2, epochs=1)
+    return trainer
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_predict_refuses_non_finite_input_before_computing(fitted, bad, monkeypatch):
+    x = np.array([[1.0, 2, 3, 4], [1, 2, 3, 4]])
+    x[1, 2] = bad
+    monkeypatch.setattr(fitted.model, "forward", lambda x: pytest.fail("predict ran the model"))
+    with pytest.raises(tg.TrainingError, match=rf"Trainer.predict: x holds a non-finite value \({bad} at \[1, 2\]\)"):
+        fitted.predict(x)
+
+
+def test_an_out_of_range_float_label_is_named_as_given(fitted):
+    with pytest.raises(tg.TrainingError, match=r"label 1e\+20 is out of range \[0, 2\)"):
+        fitted.train(np.ones((2, 4)), np.array([1e20, 0.0]), epochs=1)
+
+    class Unsized:  # no output_size: only the int64 bound stands between 1e20 and a garbage class
+        graph = fitted.graph
+        forward = fitted.model.forward
+        loss = fitted.model.loss
+
+    trainer = tg.Trainer(Unsized(), SGD(fitted.graph.parameter, 0.1), progress=False, verbose=False)
+    with pytest.raises(tg.TrainingError, match=r"label 1e\+20 is too large"):
+        trainer.train(np.ones((2, 4)), np.array([1e20, 0.0]), epochs=1)
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda t: t.train(np.float64(3), np.int64(1)), r"Trainer.train: expected x of shape \(samples, 4\).*shape \(\)"),
+        (lambda t: t.train(np.ones((1, 4)), np.int64(1)), r"Trainer.train: expected y of shape \(samples,\).*shape \(\)"),
+        (lambda t: t.test(np.ones(4)[0], np.int64(1)), r"Trainer.test: expected x of shape \(samples, 4\)"),
+        (lambda t: t.predict(np.float64(3)), r"Trainer.predict: expected x of shape \(samples, 4\).*shape \(\)"),
+    ],
+    ids=["train-x", "train-y", "test-x", "predict-x"],
+)
+def test_scalar_data_is_a_shape_error_naming_what_was_expected(fitted, call, match):
+    with pytest.raises(tg.ShapeError, match=match):
+        call(fitted)
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda t: t.predict(np.array([["a"] * 4])), r"Trainer.predict: expected x to hold numbers.*dtype <U1"),
+        (lambda t: t.predict(np.array([["1"] * 4])), r"Trainer.predict: expected x to hold numbers.*dtype <U1"),
+        (lambda t: t.predict(np.ones((1, 4), complex)), r"Trainer.predict: expected x.*dtype complex128"),
+        (lambda t: t.predict([[1, 2, 3, 4], [1]]), r"Trainer.predict: expected x as a numeric array"),
+        (lambda t: t.train(np.array([["a"] * 4]), [0]), r"Trainer.train: expected x to hold numbers.*dtype <U1"),
+        (lambda t: t.train(np.ones((1, 4)), ["a"]), r"Trainer.train: expected y to hold numbers.*dtype <U1"),
+        (lambda t: t.test(np.array([[None] * 4]), [0]), r"Trainer.test: expected x to hold numbers.*dtype object"),
+    ],
+    ids=["predict-str", "predict-numeric-str", "predict-complex", "predict-ragged", "train-x", "train-y", "test-x"],
+)
+def test_non_numeric_data_is_an_input_type_error_naming_it_and_its_dtype(fitted, call, match):
+    with pytest.raises(tg.InputTypeError, match=match):
+        call(fitted)
