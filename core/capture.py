@@ -10,6 +10,7 @@ Records live in a small cache (``max_records``, least recently used out first).
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import math
@@ -41,12 +42,13 @@ class Record:
     replay: Replay
     recording: Recording
     verified: bool
-    #: A digest of the recording call's argument values (see ``pinned``).
-    arguments: bytes = b""
-    #: Verified only for the recording call's argument values: the record froze values Python
-    #: made anew inside the step (``x / 16``, say), and the first replay's check had that very
-    #: data, so it proves nothing about them. A call with other values is checked too.
-    pinned: bool = False
+    #: A digest of each argument's value at the recording call (see ``pinned``).
+    arguments: tuple[bytes, ...] = ()
+    #: The arguments the record is verified for with their recorded values only: the record froze
+    #: values Python made anew inside the step (``x / 16``, say), and each check so far had these
+    #: arguments' recorded values, so it proves nothing about values computed from them. A call
+    #: with another value of one of them is checked too; the record is free once none is left.
+    pinned: tuple[int, ...] = ()
 
     @property
     def source(self) -> str:
@@ -60,8 +62,8 @@ class Record:
 
     @property
     def run(self) -> Callable[..., Any]:
-        """The replay program itself: ``run(*leaves)``."""
-        return self.replay.function
+        """The replay program: ``run(*leaves)`` (errors named as eagerly, no check)."""
+        return self.replay
 
 
 class CapturedStep:
@@ -90,7 +92,6 @@ class CapturedStep:
         if RECORDING.get() is not None:
             return self.fn(*args, **kwargs)  # inside another step's recording: that one records these ops
         key, leaves = signature(args, kwargs, self.graph)
-        self.last_arguments = leaves  # (drawing: the Variables passed in, with their gradients)
         record = self.records.get(key)
         tape = self.graph.tape
         if tape.entries or tape.losses:
@@ -103,7 +104,8 @@ class CapturedStep:
         if record is not self.last_record:
             self.records.move_to_end(key)
             self.last_record = record
-        if not record.verified or (record.pinned and _digest(leaves) != record.arguments):
+        self.last_arguments = leaves  # (drawing: the Variables passed in, with their gradients)
+        if not record.verified or (record.pinned and _digests(leaves, record.pinned) != _pinned(record)):
             return self._verify(record, leaves, args, kwargs)
         # profiling hook: the replay program's timed variant, only while a profiler runs
         function = record.replay.function if _tape.PROFILER is None else _tape.PROFILER.replay_function(record.replay)
@@ -138,6 +140,7 @@ class CapturedStep:
 
     # -- recording -------------------------------------------------------------------------------
     def _record(self, key: Any, leaves: list[Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        arguments = _digests(leaves, range(len(leaves))) if self.check else ()  # (before fn may change them)
         recording = Recording(self.graph, leaves)
         result = self._run_recorded(recording, args, kwargs)
         self.graph.tape.release_pass()  # (drawing) replays leave the tape alone: keep no activations for it
@@ -156,13 +159,11 @@ class CapturedStep:
         except CaptureError as exc:
             raise _after_eager(exc, result) from None
         recording.finish()
-        record = Record(key, Replay(recording, template), recording, verified=not self.check)
-        if self.check:
-            record.arguments = _digest(leaves)
+        record = Record(key, Replay(recording, template), recording, verified=not self.check, arguments=arguments)
         self.records[key] = record
         while len(self.records) > self.max_records:
             self.records.popitem(last=False)
-        self.last_record = record
+        self.last_record, self.last_arguments = record, leaves
         return result
 
     def _run_recorded(self, recording: Recording, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -177,6 +178,7 @@ class CapturedStep:
 
     # -- the first replay's check ------------------------------------------------------------------
     def _verify(self, record: Record, leaves: list[Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        unchanged = [i for i, d in enumerate(_digests(leaves, range(len(leaves)))) if d == record.arguments[i]]
         before = State(self.graph, record.recording, leaves)
         try:
             replayed = record.replay(*leaves)
@@ -211,19 +213,24 @@ class CapturedStep:
             raise _after_eager(CaptureError(f"the first replay of this step differs from an eager run: {problem}"), result)
         if transient and not record.replay.frozen:  # Variables the step makes itself, from the same values: constants
             record.replay = Replay(record.recording, record.replay.template, frozen=transient)
+        # Values made anew inside the step could be computed from an argument (x / 16): a check
+        # with that argument's recorded value proves nothing about them, so it stays pinned.
+        pinned = set(record.pinned if record.verified else range(len(leaves))) & set(unchanged)
+        record.pinned = tuple(sorted(pinned)) if _made_anew(record.recording, recording, transient) else ()
         record.verified = True
-        # Values made anew inside the step, checked on the very data the record was made from,
-        # could be computed from it (x / 16): until a call brings other data, that data alone replays.
-        record.pinned = _made_anew(record.recording, recording, transient) and _digest(leaves) == record.arguments
         return result
 
 
-def _digest(leaves: list[Any]) -> bytes:
-    """A digest of the values of a call's array and Variable arguments."""
-    digest = hashlib.blake2b(digest_size=16)
-    for leaf in leaves:
-        digest.update(np.ascontiguousarray(leaf.value if isinstance(leaf, Variable) else leaf).tobytes())
-    return digest.digest()
+def _digests(leaves: list[Any], indices: Any) -> tuple[bytes, ...]:
+    """A digest of the value of each of a call's array and Variable arguments at ``indices``."""
+    return tuple(
+        hashlib.blake2b(np.ascontiguousarray(a.value if isinstance(a, Variable) else a).tobytes(), digest_size=16).digest()
+        for a in (leaves[i] for i in indices)
+    )
+
+
+def _pinned(record: Record) -> tuple[bytes, ...]:
+    return tuple(record.arguments[i] for i in record.pinned)
 
 
 def _after_eager(error: CaptureError, result: Any) -> CaptureError:
@@ -309,7 +316,13 @@ class State:
         ]
         self.optimizers = [(o, o.state_dict()) for o in dict.fromkeys(optimizers)]
         self.rng = graph.rng.bit_generator.state
-        self.attributes = [(op, {k: (v, _copied(v)) for k, v in vars(op).items()}) for op in graph.operations.values()]
+        # The graph, its ops and its parameters are shared, never copied (the lists above restore those).
+        shared = {id(graph): graph, id(graph.parameter): graph.parameter}
+        shared.update({id(op): op for op in graph.operations.values()})
+        shared.update({id(v): v for v in graph.parameter.variable_dict.values()})
+        self.attributes = [
+            (op, {k: (v, _copied(v, shared)) for k, v in vars(op).items()}) for op in graph.operations.values()
+        ]
 
     def restore(self) -> None:
         for optimizer, state in self.optimizers:
@@ -328,9 +341,9 @@ class State:
             attributes = vars(op)
             for key in [key for key in attributes if key not in saved]:
                 del attributes[key]  # set by the run being undone
-            for key, (obj, copy) in saved.items():
-                if copy is not None and attributes.get(key) is obj:
-                    _put_back(obj, copy)  # changed in place: the same object, its old contents
+            for key, (obj, old) in saved.items():
+                if old is not None and attributes.get(key) is obj:
+                    obj = _put_back(obj, old)  # the same object with its old contents, where it can be
                 attributes[key] = obj
 
     def difference(self, eager: State, ignore: set[tuple[int, int]] = frozenset()) -> str | None:  # type: ignore[assignment]
@@ -353,34 +366,79 @@ class State:
             if values:
                 return f"{name}'s value {values}. " + _CAUSES
         for (op, saved), (_, eager_saved) in zip(self.attributes, eager.attributes):
-            for key, (_, copy) in saved.items():
-                other = eager_saved.get(key, (None, None))[1]
-                if isinstance(copy, ndarray) and isinstance(other, ndarray):
-                    differs = _array_difference(copy, other)
-                    if differs:
-                        return f"{op.label}'s attribute {key!r} {differs}. " + _CAUSES
+            for key, (_, replayed) in saved.items():
+                differs = _contents_difference(replayed, eager_saved.get(key, (None, None))[1])
+                if differs:
+                    return f"{op.label}'s attribute {key!r}{differs}. " + _CAUSES
         return None
 
 
-def _copied(obj: Any) -> Any:
-    """A copy of the contents of an op's attribute that can change in place (an array, a list, a
-    dict, a set), else None."""
-    if isinstance(obj, ndarray):
-        return obj.copy()
-    if isinstance(obj, (list, dict, set)):
-        return obj.copy()
-    return None
+_IMMUTABLE = (type(None), bool, int, float, complex, str, bytes, np.generic, np.dtype, type)
 
 
-def _put_back(obj: Any, copy: Any) -> None:
-    if isinstance(obj, ndarray):
-        if obj.tobytes() != copy.tobytes():  # (what did not change is not written: it may be read-only)
-            obj[...] = copy
-    elif isinstance(obj, list):
-        obj[:] = copy
-    else:
+def _copied(obj: Any, shared: dict[int, Any]) -> Any:
+    """A deep copy of an op's attribute that can change in place (an array, a container, an object
+    holding them), keeping ``shared`` objects as they are; None for values that cannot change (and
+    for what cannot be copied: a module, a lock)."""
+    if isinstance(obj, _IMMUTABLE) or id(obj) in shared or callable(obj):
+        return None
+    try:
+        return copy.deepcopy(obj, dict(shared))
+    except Exception:
+        return None
+
+
+def _put_back(obj: Any, old: Any) -> Any:
+    """``obj`` with the contents of ``old`` (its copy) again: in place where the type allows, so
+    whoever else holds it sees them too; else ``old`` itself, to be bound instead."""
+    if isinstance(obj, ndarray) and isinstance(old, ndarray):
+        if obj.shape == old.shape and obj.dtype == old.dtype:
+            if obj.tobytes() != old.tobytes():  # (what did not change is not written: it may be read-only)
+                obj[...] = old
+            return obj
+        return old
+    if isinstance(obj, list):
+        obj[:] = old
+    elif isinstance(obj, (dict, set)):
         obj.clear()
-        obj.update(copy)
+        obj.update(old)
+    elif type(obj) is type(old) and hasattr(obj, "__dict__") and not isinstance(obj, tuple):
+        vars(obj).clear()
+        vars(obj).update(vars(old))
+    else:
+        return old
+    return obj
+
+
+def _contents_difference(replayed: Any, eager: Any, depth: int = 0) -> str | None:
+    """Where the arrays in two copies of an op's attribute differ (bit for bit, containers item by
+    item), in words; None when they agree. Other values are not compared (a time, a counter)."""
+    if depth > 20:
+        return None
+    if isinstance(replayed, ndarray) and isinstance(eager, ndarray):
+        differs = _array_difference(replayed, eager)
+        return f" {differs}" if differs else None
+    if isinstance(replayed, (list, tuple)) and isinstance(eager, (list, tuple)):
+        if len(replayed) != len(eager):
+            return f" has {len(replayed)} items replayed and {len(eager)} eager"
+        for i, (a, b) in enumerate(zip(replayed, eager)):
+            found = _contents_difference(a, b, depth + 1)
+            if found:
+                return f"[{i}]{found}"
+        return None
+    if isinstance(replayed, dict) and isinstance(eager, dict):
+        for key in replayed:
+            if key not in eager:
+                return f" holds {key!r} replayed only"
+            found = _contents_difference(replayed[key], eager[key], depth + 1)
+            if found:
+                return f"[{key!r}]{found}"
+        return None
+    if isinstance(replayed, Variable) and isinstance(eager, Variable):
+        return _contents_difference(replayed.value, eager.value, depth + 1)
+    if hasattr(replayed, "__dict__") and type(replayed) is type(eager) and not isinstance(replayed, type):
+        return _contents_difference(vars(replayed), vars(eager), depth + 1)
+    return None
 
 
 _CAUSES = (

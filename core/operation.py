@@ -74,7 +74,7 @@ def _make_forward(impl: Callable[..., Any], low: int, high: float) -> Callable[.
             return impl(self, *inputs)  # an author's subclass calling super().forward(ctx, ...)
         graph = self.graph or self.require_graph()
         # unwrap (the fast path: one Variable in the graph's dtype, as most applications in a model are)
-        if one_input and len(inputs) == 1 and type(inputs[0]) is Variable and inputs[0].value.dtype is graph.dtype:
+        if one_input and len(inputs) == 1 and type(inputs[0]) is Variable and inputs[0].value.dtype == graph.dtype:
             arrays: Sequence[np.ndarray] = (inputs[0].value,)
             ctx = Context(self, inputs, (True,))
         else:

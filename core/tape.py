@@ -6,9 +6,10 @@ mode the tape keeps it (``graph.forward_ops`` is the tape's list). A ``Loss`` ap
 remembered as its op's latest, in either mode, so ``loss(target)`` can pair with it
 (``Tape.latest``); a computed loss is queued for seeding (``Tape.add_loss``).
 
-An op whose own code (its ``forward``, ``loss`` or ``backward``) applies other ops makes them part of
-its application: while one runs (``Tape.inside``), applications are computed but not recorded, as
-PyTorch runs a custom Function's forward without recording. Their gradients are the op's business.
+An op whose own code (its ``forward``, ``loss`` or ``backward``) applies other ops of its graph makes
+them part of its application: while one runs (``Tape.inside``), applications are computed but not
+recorded, as PyTorch runs a custom Function's forward without recording. Their gradients are the
+op's business. (Ops of another graph record on their own tape.)
 
 ``Tape.backward`` seeds every queued loss with ``loss_grad`` and any output Variable with an
 explicit gradient, then walks the tape in reverse: each application whose outputs received a
@@ -86,7 +87,7 @@ class Context:
     the tape and for tools; ops must not rely on them.
     """
 
-    __slots__ = ("__dict__", "inputs", "needs_input_grad", "op", "outputs", "recorded", "saved")
+    __slots__ = ("__dict__", "inputs", "needs_input_grad", "nested", "op", "outputs", "recorded", "saved")
 
     op: Operation
     inputs: tuple[Any, ...]
@@ -163,6 +164,7 @@ class Tape:
         ctx.outputs = outputs
         if self.inside:
             if ctx.op.is_loss:
+                ctx.nested = True  # (set here only: a top-level loss() on it is refused, see add_loss)
                 self.latest[ctx.op] = ctx
             return
         if self.consumed is not None:  # (drawing) the first application after a backward
@@ -202,6 +204,14 @@ class Tape:
         ``target`` is what ``loss(target)`` received, ``array`` its array, ``value`` the loss."""
         if self.inside:
             return  # computed by another op's code: part of that application, nothing to seed
+        graph = ctx.op.graph
+        if getattr(ctx, "nested", False) and graph is not None and graph.train_state:
+            raise GraphError(
+                f"{ctx.op.label}: loss() pairs with its latest forward, which another op's code applied "
+                "inside its own forward, loss or backward: that application is part of the other op and is "
+                "not recorded, so this loss could not be differentiated. Apply the forward outside the op, "
+                "or compute the loss inside it."
+            )
         if ctx.recorded and not any(entry is ctx for entry in reversed(self.entries)):
             raise GraphError(
                 f"{ctx.op.label}: loss() refers to a forward pass that backward() already consumed "
@@ -230,6 +240,7 @@ class Tape:
             state["consumed"], state["last_pass"] = None, summarize(*self.consumed)
         # a loss pairs with a forward in flight after unpickling; an eval-mode one's arrays stay behind
         state["latest"] = {op: ctx for op, ctx in self.latest.items() if any(e is ctx for e in self.entries)}
+        state["inside"] = 0  # (a copy made while an op's code runs is not inside it)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:

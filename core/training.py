@@ -15,7 +15,6 @@ from .arguments import check_number
 from .errors import (
     CaptureError,
     CaptureWarning,
-    InputTypeError,
     NonFiniteError,
     ShapeError,
     TapegradError,
@@ -70,11 +69,11 @@ def _samples(data: Any, name: str, what: str, shape: str) -> np.ndarray:
     try:
         array = np.asarray(data.value if isinstance(data, Variable) else data)
     except (ValueError, TypeError) as exc:  # ragged nested lists, say
-        raise InputTypeError(
+        raise TrainingError(
             f"{what}: expected {name} as a numeric array of shape {shape}, got data numpy cannot read as one ({exc})"
         ) from None
     if array.dtype.kind not in "fiub":
-        raise InputTypeError(f"{what}: expected {name} to hold numbers (float, int or bool), got dtype {array.dtype}")
+        raise TrainingError(f"{what}: expected {name} to hold numbers (float, int or bool), got dtype {array.dtype}")
     if array.ndim == 0:
         raise ShapeError(f"{what}: expected {name} of shape {shape}, one entry per sample; got a scalar (shape ())")
     if array.dtype.kind == "f" and not np.isfinite(array).all():

@@ -663,14 +663,19 @@ class PlainRunningMean(tg.Operation):
     """RunningMean with its statistics in a plain attribute (rebound, or changed in place), and
     a list of what it saw: the first replay's check must put back what its replay changed."""
 
-    def __init__(self, size: int, in_place: bool) -> None:
-        self.mean, self.in_place, self.seen = np.zeros(size), in_place, []
+    def __init__(self, size: int, how: str) -> None:
+        self.mean, self.how, self.seen, self.stats = np.zeros(size), how, [], {"mean": np.zeros(size)}
 
     def forward(self, ctx: Any, x: np.ndarray) -> np.ndarray:
         if ctx.training:
-            if self.in_place:
+            if self.how == "in-place":
                 self.mean *= 0.9
                 self.mean += 0.1 * x.mean(axis=0)
+            elif self.how == "in-a-dict":
+                mean = self.stats["mean"]
+                mean *= 0.9
+                mean += 0.1 * x.mean(axis=0)
+                self.mean = mean
             else:
                 self.mean = 0.9 * self.mean + 0.1 * x.mean(axis=0)
             self.seen.append(x.shape[0])
@@ -680,13 +685,13 @@ class PlainRunningMean(tg.Operation):
         return grad
 
 
-@pytest.mark.parametrize("in_place", [False, True], ids=["rebound", "in-place"])
-def test_state_an_op_keeps_in_plain_attributes_advances_as_eager(in_place):
+@pytest.mark.parametrize("how", ["rebound", "in-place", "in-a-dict"])
+def test_state_an_op_keeps_in_plain_attributes_advances_as_eager(how):
     x, y = data(30)
 
     def make() -> tuple[Net, Any, Any]:
         net = Net()
-        norm = net.graph.get_operation(PlainRunningMean, [6, in_place])
+        norm = net.graph.get_operation(PlainRunningMean, [6, how])
         opt = SGD(net.graph.parameter, lr=0.2)
         return net, norm, train_fn(_Normed(net, norm), opt)
 
@@ -697,6 +702,7 @@ def test_state_an_op_keeps_in_plain_attributes_advances_as_eager(in_place):
         assert step(x[i], y[i]) == eager(x[i], y[i])
     assert fn.calls == 2  # recorded, verified, then replayed
     assert_same_array(norm.mean, norm_e.mean)
+    assert_same_array(norm.stats["mean"], norm_e.stats["mean"])
     assert norm.seen == norm_e.seen and len(norm.seen) == 6
     assert_same_graphs(net.graph, net_e.graph)
 
@@ -746,6 +752,26 @@ def test_ops_that_apply_other_ops_are_replayed_as_one_application(composite_ops)
     assert fn.calls == 2
     assert [app.op.name for app in next(iter(step.records.values())).recording.apps] == ["affine_0", "softsign2_0", "through_square_loss_0"]
     assert_same_graphs(g, g_e)
+
+
+def test_record_run_replays_an_op_applying_other_ops_without_recording_them(composite_ops):
+    softsign2, through_square_loss = composite_ops
+    g = tg.Graph("g", seed=0)
+    op, loss = g.get_operation(softsign2, [3]), g.get_operation(through_square_loss)
+
+    def fn(x: np.ndarray, t: np.ndarray) -> float:
+        loss.forward(op(x))
+        value = loss.loss(t)
+        g.backward()
+        return value
+
+    step = g.capture(fn)
+    x, t = np.ones((2, 3)), np.zeros((2, 3))
+    step(x, t)
+    step(x, t)
+    (record,) = step.records.values()
+    value = record.run(x, t)
+    assert g.forward_ops == [] and g.tape.inside == 0 and value == step(x, t)
 
 
 def test_a_graph_mode_switch_inside_the_step_is_caught():
@@ -1104,6 +1130,24 @@ def test_python_work_on_an_input_is_caught_even_when_the_first_calls_repeat_thei
     with pytest.raises(CaptureError, match="computed by Python inside the step"):
         step(x[5:])
     assert_same_array(nets[0].forward(x[5:] / 16).value, eager(x[5:]).value)
+
+
+def test_a_value_computed_from_an_argument_that_has_not_changed_yet_stays_checked():
+    """x changes between the first two calls, s does not: s * 2 is still unchecked, and the first
+    call with another s must be checked (and caught), not replayed with the frozen s * 2."""
+    g = tg.Graph("g", seed=0)
+    g.eval()
+    add = g.get_operation("Add")
+    step = g.capture(lambda x, s: add(x, tg.Variable(s * 2.0)))
+    x1, x2, x3 = (np.full((2, 3), v) for v in (1.0, 2.0, 3.0))
+    s1, s2 = np.zeros((2, 3)), np.full((2, 3), 100.0)
+    step(x1, s1)
+    step(x2, s1)
+    (record,) = step.records.values()
+    assert record.verified and record.pinned == (1,)
+    assert step(x3, s1).value[0, 0] == 3.0  # the pinned argument at its recorded value: replayed
+    with pytest.raises(CaptureError, match=r"Add \(add_0\) input 1 is a Variable the step makes"):
+        step(x3, s2)
 
 
 def test_a_constant_the_step_makes_is_verified_on_the_first_call_with_other_data():

@@ -394,3 +394,39 @@ def test_dropout_refuses_a_scale_beyond_the_dtype_instead_of_nan():
     with pytest.raises(tg.NonFiniteError, match=r"Dropout \(dropout_0\): p=0.99999 scales .* beyond the range of float16"):
         dropout(tg.Variable(np.ones((1, 6), dtype=np.float16)))
     assert np.all(np.isfinite(tg.Graph(seed=0).get_operation("Dropout", [0.99999])(np.ones((1, 6))).value))
+
+
+def test_a_loss_paired_with_an_application_another_ops_code_made_is_refused():
+    class Penalized(tg.Operation):
+        """x * w; its forward also applies the graph's SquareLoss to w (not recorded: part of it)."""
+
+        def __init__(self):
+            self.w = self.parameter("w", (3,), init="ones")
+            self.penalty = self.graph.get_operation("SquareLoss")
+
+        def forward(self, ctx, x):
+            self.penalty(self.w)
+            ctx.save(x)
+            return x * self.w.value
+
+        def backward(self, ctx, grad):
+            (x,) = ctx.saved
+            self.w.add_grad((grad * x).sum(axis=0))
+            return grad * self.w.value
+
+    g = tg.Graph("g", seed=0)
+    op = g.get_operation(Penalized)
+    op(tg.Variable(np.ones((2, 3))))
+    with pytest.raises(tg.GraphError, match=r"SquareLoss \(square_loss_0\): loss\(\) pairs with .* another op's code"):
+        op.penalty.loss(np.zeros(3))
+    g.eval()
+    assert op.penalty.loss(np.zeros(3)) == 0.5  # in eval mode, a value to read (0.5 * 3 / 3 rows)
+
+
+def test_a_tape_copied_while_an_ops_code_runs_records_in_the_copy():
+    g = tg.Graph("g")
+    g.tape.inside = 1  # (as while an op's forward runs)
+    twin = copy.deepcopy(g)
+    g.tape.inside = 0
+    twin.get_operation("Tanh")(tg.Variable(np.ones(2)))
+    assert len(twin.forward_ops) == 1

@@ -305,6 +305,6 @@ def test_scalar_data_is_a_shape_error_naming_what_was_expected(fitted, call, mat
     ],
     ids=["predict-str", "predict-numeric-str", "predict-complex", "predict-ragged", "train-x", "train-y", "test-x"],
 )
-def test_non_numeric_data_is_an_input_type_error_naming_it_and_its_dtype(fitted, call, match):
-    with pytest.raises(tg.InputTypeError, match=match):
+def test_non_numeric_data_is_a_training_error_naming_it_and_its_dtype(fitted, call, match):
+    with pytest.raises(tg.TrainingError, match=match):  # (a ValueError, as before)
         call(fitted)
