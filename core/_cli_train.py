@@ -85,7 +85,8 @@ def add_commands(sub: Any) -> None:
         "--draw", metavar="PATH",
         help="after training, draw one training step of the model (forward, loss, backward on the first batch, "
         "from the captured record unless --no-capture) with its gradient norms: .dot needs nothing; "
-        ".svg, .png and .pdf need Graphviz (pip install 'tapegrad[draw]' and the dot program)",
+        ".svg, .png and .pdf need Graphviz (pip install 'tapegrad[draw]' and the dot program); without it, "
+        "training is refused and the .dot is written anyway",
     )
     p.set_defaults(func=cmd_train)
 
@@ -167,9 +168,10 @@ def _plot_target(path: str) -> tuple[Path, str] | str:
     return target, fmt
 
 
-def _draw_target(path: str) -> tuple[Path, Path] | str:
-    """(the file ``--draw path`` writes, the DOT file beside it), or why it cannot draw there.
-    Rendering needs Graphviz, looked for now: a missing one must not cost the training."""
+def _draw_target(path: str) -> tuple[Path, Path, str] | str:
+    """(the file ``--draw path`` writes, the DOT file beside it, why it cannot be rendered or ""),
+    or why it cannot draw there at all. Rendering needs Graphviz, looked for now: a missing one must
+    not cost the training."""
     from .draw import FORMATS, INSTALL
 
     target = Path(path)
@@ -186,8 +188,8 @@ def _draw_target(path: str) -> tuple[Path, Path] | str:
         else:
             missing = "" if shutil.which("dot") else "Graphviz's dot program"
         if missing:
-            return f"cannot draw to {path!r}: rendering {fmt.upper()} needs {missing}, which is missing: {INSTALL}; or draw to a .dot file"
-    return target, target if renderer is None else target.with_suffix(".dot")
+            return target, target.with_suffix(".dot"), f"rendering {fmt.upper()} needs {missing}, which is missing: {INSTALL}"
+    return target, target if renderer is None else target.with_suffix(".dot"), ""
 
 
 def _draw_step(model: Any, x: np.ndarray, y: np.ndarray, capture: bool, target: Path) -> None:
@@ -285,13 +287,14 @@ def cmd_train(args: argparse.Namespace) -> int:
             _error("train", f"cannot write --save {args.save!r}: {reason}")
             return 2
     drawing: tuple[Path, Path] | None = None
+    unrenderable = ""
     if args.draw is not None:
         found_draw = _draw_target(args.draw)
         if isinstance(found_draw, str):
             _error("train", found_draw)
             return 2
-        drawing = found_draw
-        target, dot_file = drawing
+        target, dot_file, unrenderable = found_draw
+        drawing = target, dot_file
         outputs += [("--draw", target)] + ([("--draw's DOT text", dot_file)] if dot_file != target else [])
     for option, target in outputs:
         try:
@@ -308,6 +311,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     x_train, x_test, y_train, y_test = load_digits(seed=args.seed)
     model = MLP(x_train.shape[1], args.hidden, 10, seed=args.seed)
+    if drawing is not None and unrenderable:
+        # Refused before training (a missing renderer must not cost it), but the DOT text is
+        # written anyway, as tg.draw writes it: one step of the model as built, untrained.
+        size = min(args.batch_size, len(x_train))
+        _draw_step(model, x_train[:size], y_train[:size], not args.no_capture, drawing[1])
+        _error(
+            "train",
+            f"cannot draw to {args.draw!r}: {unrenderable}; the DOT text of one training step of the untrained "
+            f"model is in {str(drawing[1])!r} (render it once Graphviz is there, or draw to a .dot file)",
+        )
+        return 2
     lr = args.lr if args.lr is not None else DEFAULT_LR[args.optimizer]
     optimizer = SGD(model.graph.parameter, lr) if args.optimizer == "sgd" else Adam(model.graph.parameter, lr)
     print(

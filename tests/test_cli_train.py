@@ -262,17 +262,22 @@ def test_train_draw_writes_one_training_step_captured_or_eager(tmp_path, capsys)
     assert eager.count("|grad| = ") == 4 and "input\\n(16, 64)" in eager  # the four parameters' gradients
 
 
-def test_train_draw_without_graphviz_is_refused_before_training(tmp_path, capsys, no_training, monkeypatch):
+def test_train_draw_without_graphviz_is_refused_before_training_and_writes_the_dot(tmp_path, capsys, no_training, monkeypatch):
     import sys
 
     monkeypatch.setenv("PATH", str(tmp_path / "no-programs-here"))
     for blocked in (False, True):
         if blocked:
             monkeypatch.setitem(sys.modules, "graphviz", None)
-        code, _, err = run(capsys, *TRAIN, "--draw", str(tmp_path / "tape.svg"))
+        out_dir = tmp_path / f"out{int(blocked)}"
+        out_dir.mkdir()
+        code, _, err = run(capsys, *TRAIN, "--draw", str(out_dir / "tape.svg"))
         assert code == 2 and err.count("\n") == 1 and err.startswith("tapegrad train: error: cannot draw to")
         assert "pip install 'tapegrad[draw]'" in err and "or draw to a .dot file" in err
-    assert list(tmp_path.iterdir()) == []
+        assert str(out_dir / "tape.dot") in err and "untrained" in err
+        assert sorted(p.name for p in out_dir.iterdir()) == ["tape.dot"]  # the DOT text, not the picture
+        text = (out_dir / "tape.dot").read_text()
+        assert text.startswith("digraph tape {") and "affine_0.W" in text and "-> loss" in text
 
 
 @pytest.mark.parametrize("name, fault", [("tape.jpeg", "unsupported format 'jpeg'"), ("tape", "unsupported format '(no extension)'")])
