@@ -105,20 +105,11 @@ class CapturedStep:
             self.records.move_to_end(key)
             self.last_record = record
         self.last_arguments = leaves  # (drawing: the Variables passed in, with their gradients)
-        if not record.verified or (record.pinned and _digests(leaves, record.pinned) != _pinned(record)):
+        if not record.verified or (record.pinned and any(_digest(leaves[i]) != record.arguments[i] for i in record.pinned)):
             return self._verify(record, leaves, args, kwargs)
         # profiling hook: the replay program's timed variant, only while a profiler runs
         function = record.replay.function if _tape.PROFILER is None else _tape.PROFILER.replay_function(record.replay)
-        tape.inside += 1  # the replay calls ops' own code: ops they apply are not recorded, as eagerly
-        try:
-            return function(*leaves)
-        except Exception as exc:
-            error = record.replay.error(exc)
-            if error is exc:
-                raise
-            raise error from exc
-        finally:
-            tape.inside -= 1
+        return record.replay.run(function, leaves)
 
     def __getstate__(self) -> dict[str, Any]:
         # A record's program is bound to this graph's objects: a copy (or an unpickled step)
@@ -140,7 +131,7 @@ class CapturedStep:
 
     # -- recording -------------------------------------------------------------------------------
     def _record(self, key: Any, leaves: list[Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        arguments = _digests(leaves, range(len(leaves))) if self.check else ()  # (before fn may change them)
+        arguments = tuple(map(_digest, leaves)) if self.check else ()  # (before fn may change them)
         recording = Recording(self.graph, leaves)
         result = self._run_recorded(recording, args, kwargs)
         self.graph.tape.release_pass()  # (drawing) replays leave the tape alone: keep no activations for it
@@ -178,7 +169,7 @@ class CapturedStep:
 
     # -- the first replay's check ------------------------------------------------------------------
     def _verify(self, record: Record, leaves: list[Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        unchanged = [i for i, d in enumerate(_digests(leaves, range(len(leaves)))) if d == record.arguments[i]]
+        unchanged = {i for i, leaf in enumerate(leaves) if _digest(leaf) == record.arguments[i]}
         before = State(self.graph, record.recording, leaves)
         try:
             replayed = record.replay(*leaves)
@@ -215,22 +206,16 @@ class CapturedStep:
             record.replay = Replay(record.recording, record.replay.template, frozen=transient)
         # Values made anew inside the step could be computed from an argument (x / 16): a check
         # with that argument's recorded value proves nothing about them, so it stays pinned.
-        pinned = set(record.pinned if record.verified else range(len(leaves))) & set(unchanged)
+        pinned = set(record.pinned if record.verified else range(len(leaves))) & unchanged
         record.pinned = tuple(sorted(pinned)) if _made_anew(record.recording, recording, transient) else ()
         record.verified = True
         return result
 
 
-def _digests(leaves: list[Any], indices: Any) -> tuple[bytes, ...]:
-    """A digest of the value of each of a call's array and Variable arguments at ``indices``."""
-    return tuple(
-        hashlib.blake2b(np.ascontiguousarray(a.value if isinstance(a, Variable) else a).tobytes(), digest_size=16).digest()
-        for a in (leaves[i] for i in indices)
-    )
-
-
-def _pinned(record: Record) -> tuple[bytes, ...]:
-    return tuple(record.arguments[i] for i in record.pinned)
+def _digest(leaf: Any) -> bytes:
+    """A digest of the value of one array or Variable argument."""
+    array = np.ascontiguousarray(leaf.value if isinstance(leaf, Variable) else leaf)
+    return hashlib.blake2b(array.tobytes(), digest_size=16).digest()
 
 
 def _after_eager(error: CaptureError, result: Any) -> CaptureError:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from .arguments import check_number
+from .draw import scaled_norm
 from .errors import InputTypeError
 from .graph import Graph
 from .operation import Operation
@@ -186,7 +187,8 @@ def _fast(
     numeric = (plus - minus) / (2.0 * h)
     projected = float(np.vdot(analytic, direction))
     # The typical size of the projected error when every element errs by atol + rtol*|g|.
-    tol = atol * _norm(direction) + rtol * _norm(direction * analytic)
+    # (scaled: the squares of values near the float range overflow, and an infinite tolerance passes anything)
+    tol = atol * scaled_norm(direction) + rtol * scaled_norm(direction * analytic)
     with np.errstate(over="ignore", invalid="ignore"):
         err = abs(projected - numeric)
     finite = math.isfinite(projected) and math.isfinite(numeric)
@@ -204,16 +206,6 @@ def _fast(
         atol=atol,
         rtol=rtol,
     )
-
-
-def _norm(values: np.ndarray) -> float:
-    """The 2-norm of ``values``, scaled by their largest magnitude first: the squares of values
-    near the float range overflow (an infinite tolerance would pass anything)."""
-    with np.errstate(all="ignore"):
-        top = float(np.max(np.abs(values))) if values.size else 0.0
-        if not 0.0 < top < math.inf:
-            return top  # zeros, or non-finite (the finiteness test fails those)
-        return top * float(np.linalg.norm(values / top))
 
 
 def _check_arguments(h: float, atol: float, rtol: float, seed: int) -> tuple[float, float, float, int]:

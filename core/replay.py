@@ -19,7 +19,7 @@ from __future__ import annotations
 import linecache
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -320,10 +320,16 @@ class Replay:
         return function
 
     def __call__(self, *leaves: Any) -> Any:
+        return self.run(self.function, leaves)
+
+    def run(self, function: Callable[..., Any], leaves: Sequence[Any]) -> Any:
+        """``function`` (this program, or its profiled variant) on ``leaves``. The program calls ops'
+        own code, so ops they apply are not recorded (``Tape.inside``), as eagerly; an error is
+        named the way eager names it."""
         tape = self.graph.tape
-        tape.inside += 1  # (as in CapturedStep.__call__)
+        tape.inside += 1
         try:
-            return self.function(*leaves)
+            return function(*leaves)
         except Exception as exc:
             error = self.error(exc)
             if error is exc:

@@ -122,11 +122,7 @@ class OperationCase:
     def samples(self) -> list[Sample]:
         """Every sample the op yields (the case's own among them), drawn once per case."""
         if self._samples is None:
-            try:
-                drawn = _draw_samples(self.info.cls)
-            except OP_FAULTS:  # check_has_samples reports it
-                drawn = []
-            self._samples = [s for s in drawn[:MAX_SAMPLES] if isinstance(s, Sample)]
+            self._samples = [s for s in _usable_samples(self.info.cls) if isinstance(s, Sample)]
         return self._samples
 
     def verdict(self, check: Callable[[OperationCase], None]) -> BaseException | None:
@@ -237,6 +233,16 @@ def _guarded(case: OperationCase, check: str, func: Callable[[], Any], numeric: 
 def _draw_samples(cls: type[Operation]) -> list[Any]:
     """What ``cls.samples(rng)`` yields (seeded), at most ``MAX_SAMPLES + 1`` of them."""
     return list(itertools.islice(cls.samples(np.random.default_rng(SEED)), MAX_SAMPLES + 1))
+
+
+def _usable_samples(cls: type[Operation]) -> list[Any]:
+    """What ``cls.samples(rng)`` yields; nothing when it raises or yields more than ``MAX_SAMPLES``
+    (check_has_samples reports both)."""
+    try:
+        drawn = _draw_samples(cls)
+    except OP_FAULTS:
+        return []
+    return drawn if len(drawn) <= MAX_SAMPLES else []
 
 
 def _report_failures(case: OperationCase, check: str, report: GradcheckReport, kind: str) -> None:
@@ -986,12 +992,7 @@ def collect_cases(
     ``plugin``, which must be installed and loaded: else ``PluginUnavailableError``)."""
     pairs: list[tuple[OperationCase, Callable[[OperationCase], None]]] = []
     for info in _infos(names, plugin, registry):
-        try:
-            samples = _draw_samples(info.cls)
-        except OP_FAULTS:
-            samples = []
-        if len(samples) > MAX_SAMPLES:
-            samples = []  # check_has_samples fails the op
+        samples = _usable_samples(info.cls)
         valid = [s for s in samples if isinstance(s, Sample)]
         pairs.append((OperationCase(info, samples[0] if samples else None, 0, fast, _samples=valid), check_has_samples))
         checks = ALL_CHECKS + (LOSS_CHECKS if issubclass(info.cls, Loss) else ())

@@ -64,11 +64,11 @@ class Counted:
         return self.target(*args, **kwargs)
 
 
-def train_fn(net: Any, opt: Any) -> Any:
-    """The usual step: forward, loss, backward, the optimizer's step and zero_grad."""
+def train_fn(net: Any, opt: Any, prepare: Any = tg.Variable) -> Any:
+    """The usual step: forward of ``prepare(x)``, loss, backward, the optimizer's step and zero_grad."""
 
     def step(x: np.ndarray, y: np.ndarray) -> Any:
-        net.forward(tg.Variable(x))
+        net.forward(prepare(x))
         loss = net.loss(tg.Variable(y))
         net.graph.backward()
         opt.step()
@@ -1047,17 +1047,7 @@ def test_check_false_skips_the_verification():
 def test_a_python_slice_of_an_input_is_refused_while_recording(view, shape):
     x, y = np.random.default_rng(0).standard_normal(shape), np.array([0, 1, 2, 0])
     net = Net()
-    opt = SGD(net.graph.parameter, lr=0.3)
-
-    def fn(x: np.ndarray, y: np.ndarray) -> float:
-        net.forward(view(x))
-        loss = net.loss(y)
-        net.graph.backward()
-        opt.step()
-        opt.zero_grad()
-        return loss
-
-    step = net.graph.capture(fn)
+    step = net.graph.capture(train_fn(net, SGD(net.graph.parameter, lr=0.3), prepare=view))
     with pytest.raises(CaptureError) as info:
         step(x, y[:4])
     message = str(info.value)
@@ -1082,20 +1072,8 @@ def test_a_slice_of_a_target_is_refused_while_recording():
 def test_an_array_computed_by_python_from_an_input_is_caught_at_the_first_replay(compute):
     x, y = data(8)
     nets = [Net(), Net()]
-    opts = [SGD(n.graph.parameter, lr=0.3) for n in nets]
-
-    def make(net: Net, opt: Any) -> Any:
-        def fn(x: np.ndarray, y: np.ndarray) -> float:
-            net.forward(compute(x))
-            loss = net.loss(y)
-            net.graph.backward()
-            opt.step()
-            opt.zero_grad()
-            return loss
-
-        return fn
-
-    step, eager = nets[0].graph.capture(make(nets[0], opts[0])), make(nets[1], opts[1])
+    step, eager = (train_fn(net, SGD(net.graph.parameter, lr=0.3), prepare=compute) for net in nets)
+    step = nets[0].graph.capture(step)
     assert step(x[:4], y[:4]) == eager(x[:4], y[:4])
     with pytest.raises(CaptureError) as info:
         step(x[4:], y[4:])
