@@ -14,6 +14,7 @@ from .arguments import check_number
 from .broadcast import as_shape, broadcast_error, broadcast_shape, unbroadcast
 from .draw import draw
 from .errors import (
+    FLOAT_SIGNALS,
     AmbiguousOperationError,
     ArgumentError,
     BackwardError,
@@ -43,16 +44,18 @@ from .parameter import Parameter
 from .profile import profile
 from .registry import OperationInfo, PluginInfo, Registry, default_registry, register_operation
 from .tape import Context, Tape
-from .variable import Variable
+from .variable import Constant, Variable, constant
 
 __version__ = "0.2.0"  # the one copy: pyproject.toml reads this literal when building
 
 __all__ = [
+    "FLOAT_SIGNALS",
     "AmbiguousOperationError",
     "ArgumentError",
     "BackwardError",
     "CaptureError",
     "CaptureWarning",
+    "Constant",
     "Context",
     "GradcheckReport",
     "Graph",
@@ -86,6 +89,7 @@ __all__ = [
     "broadcast_error",
     "broadcast_shape",
     "check_number",
+    "constant",
     "default_registry",
     "draw",
     "gradcheck",

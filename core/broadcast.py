@@ -6,16 +6,25 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ShapeError
+from .errors import InputTypeError, ShapeError
 
 __all__ = ["as_shape", "broadcast_error", "broadcast_shape", "unbroadcast"]
 
 
-def as_shape(shape: Any) -> tuple[int, ...]:
-    """``3`` -> ``(3,)``, ``[2, 3]`` -> ``(2, 3)``."""
-    if isinstance(shape, (int, np.integer)):
-        return (int(shape),)
-    return tuple(int(s) for s in shape)
+def as_shape(shape: Any, where: str = "shape") -> tuple[int, ...]:
+    """``3`` -> ``(3,)``, ``[2, 3]`` -> ``(2, 3)``. Every dimension must be a whole number of at least 0
+    (``2.5`` or ``-1`` is an error naming ``where``, never a silently different shape)."""
+    dims = (shape,) if isinstance(shape, (int, np.integer)) else shape
+    try:
+        dims = tuple(dims)
+    except TypeError:
+        raise InputTypeError(f"{where}: expected a shape (a whole number or a sequence of them), got {shape!r}") from None
+    for dim in dims:
+        if isinstance(dim, (bool, np.bool_)) or not isinstance(dim, (int, np.integer)):
+            raise InputTypeError(f"{where}: every dimension must be a whole number, got {dim!r} in {shape!r}")
+        if dim < 0:
+            raise ShapeError(f"{where}: dimensions cannot be negative, got {shape!r}")
+    return tuple(int(d) for d in dims)
 
 
 def broadcast_error(op_label: str, *arrays: Any) -> ShapeError:

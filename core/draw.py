@@ -5,11 +5,10 @@ and parameter (name and shape; after ``backward``, the norm of its gradient), an
 computed, with edges along the data flow: input or parameter -> application -> application ...
 -> loss. Parameters are the op's ``parameters()``, drawn as inputs of each application of the op.
 
-The tape is cleared by ``backward``, so it keeps the pass it consumed until the next forward,
-and then, or when it is drawn, reduces it to a ``Pass``: a light summary (``summarize``) holding
-the ops, the leaf Variables (to read their gradients later) and the shapes of everything else,
-never the activations (see ``Tape``). A captured step draws its record (``from_recording``) the
-same way, so the two drawings of one step are the same.
+Drawings read plain data: the tape's pass in flight, or the ``Pass`` the latest backward left
+(``tape.py``: the ops, how they were connected, shapes, and weak references to the leaf Variables,
+never an activation); a captured step's record (``from_recording``) the same way, so the two
+drawings of one step are the same. Gradient norms are those of the Variables as they are when drawn.
 
 ``to_dot`` needs nothing; rendering to SVG or PNG uses the ``graphviz`` package (the ``draw``
 extra) and Graphviz's ``dot`` program.
@@ -18,27 +17,18 @@ extra) and Graphviz's ``dot`` program.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-from numpy import ndarray
 
 from .errors import ArgumentError, GraphError, InputTypeError, MissingDependencyError
+from .tape import Leaf, Pass
 from .variable import Variable
 
-if TYPE_CHECKING:
-    from .capture import CapturedStep
-    from .graph import Graph
-    from .operation import Operation
-    from .replay import Recording
-    from .tape import Context
-
-    # one application: (op, refs of its inputs, its output shapes, whether its outputs are a tuple)
-    App = tuple[Operation, Sequence[Any], tuple[tuple[int, ...], ...], bool]
-
-__all__ = ["Pass", "summarize", "from_recording", "to_dot", "draw", "FORMATS"]
+__all__ = ["FORMATS", "draw", "from_recording", "graph_dot", "scaled_norm", "step_dot", "to_dot"]
 
 #: What ``draw`` writes, by the path's extension: DOT text itself, or what ``dot`` renders.
 FORMATS = {"dot": None, "gv": None, "svg": "svg", "png": "png", "pdf": "pdf"}
@@ -49,123 +39,49 @@ INSTALL = (
 )
 
 
-class Array:
-    """A leaf that is an array, not a Variable: only its shape is kept (no gradient to show)."""
-
-    __slots__ = ("shape",)
-
-    def __init__(self, value: Any) -> None:
-        self.shape = value.shape if type(value) is ndarray else tuple(np.shape(value))
-
-
-# A reference to a value of a pass: an int is a leaf's index, a pair (i, k) output k of application i.
-Ref = Any
-
-
-class Pass:
-    """What one pass did, for drawing.
-
-    ``apps``: per application, (op, refs of its inputs, its output shapes, whether its outputs are
-    a tuple); ``leaves``: the Variables (kept, to read their gradients) and ``Array``s the pass
-    started from; ``losses``: per loss computed, (application, ref of its target); ``consumed``:
-    backward ran on it, so gradients are shown.
-    """
-
-    __slots__ = ("apps", "consumed", "leaves", "losses")
-
-    def __init__(
-        self,
-        apps: list[App],
-        leaves: list[Any],
-        losses: list[tuple[int, Ref]],
-        consumed: bool,
-    ) -> None:
-        self.apps = apps
-        self.leaves = leaves
-        self.losses = losses
-        self.consumed = consumed
-
-
-def summarize(entries: Sequence[Context], losses: Sequence[Context], targets: Sequence[Any], consumed: bool = True) -> Pass:
-    """The ``Pass`` of a tape's ``entries`` and computed ``losses`` (with their ``targets``):
-    intermediate outputs become references (their values go with the Contexts), leaf Variables
-    are kept and other leaves reduced to their shapes."""
-    where: dict[int, Ref] = {}  # id(value) -> its ref (every value is alive while the tape holds it)
-    leaves: list[Any] = []
-    apps: list[App] = []
-    for i, ctx in enumerate(entries):
-        refs = []
-        for x in ctx.inputs:
-            ref = where.get(id(x))
-            if ref is None:
-                ref = where[id(x)] = len(leaves)
-                leaves.append(x if isinstance(x, Variable) else Array(x))
-            refs.append(ref)
-        outputs = ctx.outputs
-        if type(outputs) is Variable:  # the common case first
-            where[id(outputs)] = (i, 0)
-            apps.append((ctx.op, refs, (outputs.value.shape,), False))
-        else:
-            for k, o in enumerate(outputs):
-                where[id(o)] = (i, k)
-            apps.append((ctx.op, refs, tuple(o.value.shape for o in outputs), True))
-    drawn = []
-    for ctx, target in zip(losses, targets):
-        ref = where.get(id(target))
-        if ref is None:
-            ref = where[id(target)] = len(leaves)
-            leaves.append(target if isinstance(target, Variable) else Array(target))
-        drawn.append((_index(entries, ctx), ref))
-    return Pass(apps, leaves, drawn, consumed)
-
-
-def _index(entries: Sequence[Any], ctx: Any) -> int:
-    for i in range(len(entries) - 1, -1, -1):  # (Contexts compare by identity; a loss is near the end)
-        if entries[i] is ctx:
-            return i
-    raise GraphError(f"{ctx.op.label}: a loss of an application that is not on the tape")
-
-
-def from_recording(recording: Recording, arguments: Sequence[Any] = ()) -> Pass:
+def from_recording(recording: Any, arguments: Sequence[Any] = ()) -> Pass:
     """The ``Pass`` of a captured step's record: every application it made, fed as recorded.
-    ``arguments`` (the array and Variable arguments of the latest call) show the gradients the
-    Variables passed in have now, rather than those of the call that made the record."""
-    leaves: list[Any] = []
+    ``arguments`` (per argument of the latest call: the Variable passed, while it lives, or None) show
+    the gradients those Variables have now."""
+    leaves: list[Leaf] = []
     keys: dict[Any, int] = {}
 
-    def ref(source: Any) -> Ref:
+    def ref(source: Any) -> Any:
         if source.kind == "output":
             return (source.app, source.index)
-        if source.kind == "input":
-            key: Any = ("input", source.index)
-            leaf = recording.leaves[source.index]
-            if len(arguments) == len(recording.leaves) and isinstance(arguments[source.index], Variable):
-                leaf = arguments[source.index]
-            if not source.live and isinstance(leaf, Variable):
-                leaf = Array(leaf.value)  # the argument's array, wrapped by a Variable made inside the step
-        else:  # a Variable read live, or a constant the record froze
-            key, leaf = ("object", id(source.obj)), source.obj
+        if source.kind == "argument":
+            key: Any = ("argument", source.index, source.live)
+            passed = arguments[source.index] if len(arguments) == len(recording.leaf_shapes) else None
+            made = Leaf(passed) if source.live and passed is not None else Leaf(tuple(recording.leaf_shapes[source.index]))
+        else:  # a Variable read live, a constant or a number the record keeps
+            key, made = ("object", id(source.obj)), Leaf(source.obj)
         if key not in keys:
             keys[key] = len(leaves)
-            leaves.append(leaf if isinstance(leaf, (Variable, Array)) else Array(leaf))
+            leaves.append(made)
         return keys[key]
 
-    apps: list[App] = []
+    apps = []
     for app in recording.apps:
-        refs = tuple(ref(s) for s in app.sources)
+        refs = [ref(s) for s in app.sources]
         apps.append((app.op, refs, tuple(tuple(s) for s in app.output_shapes), app.outputs is not None))
     losses, consumed = [], False
     for kind, event in recording.events:
         if kind == "loss":
-            app_index, source, _ = event
-            losses.append((app_index, ref(source)))
+            losses.append((event.app, ref(event.target)))
         consumed = consumed or kind == "backward"
     return Pass(apps, leaves, losses, consumed)
 
 
 # -- DOT text ------------------------------------------------------------------------------------
+_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")
+
+
 def _quote(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    """``text`` as a DOT string: any text, NUL, control characters and lone surrogates included, comes out as
+    text Graphviz accepts (those as visible escapes)."""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")  # lone surrogates as \udXXX
+    text = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return '"' + _CONTROL.sub(lambda m: f"\\\\x{ord(m.group()):02x}", text) + '"'
 
 
 def _shape(shape: Iterable[int]) -> str:
@@ -225,16 +141,19 @@ def to_dot(summary: Pass, title: str) -> str:
 
     def leaf(index: int) -> str:
         value = summary.leaves[index]
-        if id(value) not in nodes:
-            nodes[id(value)] = name = f"x{counts['x']}"
+        variable = value.variable() if value.variable is not None else None
+        key = id(variable) if variable is not None else id(value)
+        if key not in nodes:
+            nodes[key] = name = f"x{counts['x']}"
             counts["x"] += 1
             role = "target" if index in targets else "input"
-            if isinstance(value, Variable):
-                label = f"{value.name or role}\n{_shape(value.shape)}{_grad_line(value, summary.consumed)}"
+            if value.variable is not None:
+                grad = _grad_line(variable, summary.consumed) if variable is not None else ""
+                label = f"{value.name or role}\n{_shape(value.shape)}{grad}"
                 lines.append(_node(name, label, **STYLE["variable"]))
             else:
                 lines.append(_node(name, f"{role}\n{_shape(value.shape)}", **STYLE["array"]))
-        return nodes[id(value)]
+        return nodes[key]
 
     def parameter(variable: Variable, short: str) -> str:
         if id(variable) not in nodes:
@@ -244,7 +163,7 @@ def to_dot(summary: Pass, title: str) -> str:
             lines.append(_node(name, label, **STYLE["parameter"]))
         return nodes[id(variable)]
 
-    def source(ref: Ref) -> tuple[str, str]:
+    def source(ref: Any) -> tuple[str, str]:
         """(node, edge attributes) of where a value comes from."""
         if isinstance(ref, int):
             return leaf(ref), ""
@@ -254,7 +173,7 @@ def to_dot(summary: Pass, title: str) -> str:
     computed = {app: target for app, target in summary.losses}
     for i, (op, refs, shapes, _multi) in enumerate(summary.apps):
         edges = [source(ref) for ref in refs]
-        inputs = {id(summary.leaves[r]) for r in refs if isinstance(r, int)}
+        inputs = {id(summary.leaves[r].variable()) for r in refs if isinstance(r, int) and summary.leaves[r].variable}
         for short, variable in op.parameters().items():
             if id(variable) not in inputs:  # (a parameter passed as an input is drawn once, as an input)
                 edges.append((parameter(variable, short), ""))
@@ -272,13 +191,11 @@ def to_dot(summary: Pass, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def graph_dot(graph: Graph) -> str:
+def graph_dot(graph: Any) -> str:
     """``graph.to_dot()``: the pass on the tape, else the last one a backward consumed."""
     tape = graph.tape
-    tape.release_pass()  # (a consumed pass is drawn from its light summary)
     if tape.entries:
-        summary = summarize(tape.entries, tape.losses, tape.targets, consumed=False)
-        state = "in flight, before backward"
+        summary, state = tape.in_flight(), "in flight, before backward"
     elif tape.last_pass is not None:
         summary, state = tape.last_pass, "after backward"
     else:
@@ -289,7 +206,7 @@ def graph_dot(graph: Graph) -> str:
     return to_dot(summary, f"Graph {graph.name!r}: {len(summary.apps)} applications ({state})")
 
 
-def step_dot(step: CapturedStep) -> str:
+def step_dot(step: Any) -> str:
     """``step.to_dot()``: the record the step's latest call used."""
     record = step.last_record
     if record is None:
@@ -300,16 +217,13 @@ def step_dot(step: CapturedStep) -> str:
 
 
 def dot_text(what: Any) -> str:
-    """The DOT text of a Graph, a captured step, or a model with a ``.graph``."""
-    from .capture import CapturedStep
-    from .graph import Graph
-
-    if isinstance(what, CapturedStep):
-        return step_dot(what)
-    graph = what if isinstance(what, Graph) else getattr(what, "graph", None)
-    if isinstance(graph, Graph):
-        return graph_dot(graph)
-    raise InputTypeError(f"tapegrad.draw: expected a Graph, a captured step or a model with a .graph, got {type(what).__name__}")
+    """The DOT text of a Graph, a captured step, or a model with a ``.graph`` (each draws itself: ``to_dot``)."""
+    drawable = what if hasattr(what, "to_dot") else getattr(what, "graph", None)
+    if not callable(getattr(drawable, "to_dot", None)):
+        raise InputTypeError(
+            f"tapegrad.draw: expected a Graph, a captured step or a model with a .graph, got {type(what).__name__}"
+        )
+    return str(drawable.to_dot())
 
 
 def draw(what: Any, path: str | Path) -> Path:

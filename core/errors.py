@@ -34,7 +34,15 @@ __all__ = [
     "PluginUnavailableError",
     "ContractError",
     "ContractSkip",
+    "FLOAT_SIGNALS",
 ]
+
+#: What numpy raises for a floating-point signal (overflow, invalid) when its caller asked for that:
+#: ``np.errstate(over="raise")`` raises FloatingPointError (the Trainer trains so), and a warnings filter
+#: turns numpy's RuntimeWarning into an exception (pytest configured so). An op that can compute a
+#: representable result another way catches these and does; tapegrad re-raises the others as
+#: ``NonFiniteError`` naming the op (``BackwardError`` in backward).
+FLOAT_SIGNALS: tuple[type[BaseException], ...] = (FloatingPointError, RuntimeWarning)
 
 
 class TapegradError(Exception):

@@ -8,7 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import events
+from .arguments import check_number
 from .errors import GraphError, InputTypeError
+from .events import replayable
 from .operation import Operation, snake_name
 from .parameter import Init, Parameter
 from .tape import Context, Tape
@@ -38,9 +41,9 @@ class Graph:
         registry: Registry | None = None,
     ) -> None:
         self.name = name
-        self.dtype = np.dtype(dtype)
-        if self.dtype.kind != "f":
-            raise InputTypeError(f"Graph {name!r}: dtype must be a float type, got {self.dtype}")
+        self.dtype = _float_dtype(name, dtype)
+        if seed is not None:
+            seed = check_number(f"Graph {name!r}", "seed", seed, low=0, integer=True)
         self.seed = seed
         self.rng = np.random.default_rng(seed)
         self.parameter = Parameter(self.rng, self.dtype)
@@ -51,15 +54,22 @@ class Graph:
         self._type_counts: dict[str, int] = {}
 
     # -- state ---------------------------------------------------------------------------
+    @replayable
     def train(self) -> Graph:
         """Record forward passes for backward (the default)."""
         self.train_state = True
         return self
 
+    @replayable
     def eval(self) -> Graph:
         """Compute without recording: for validation and inference."""
         self.train_state = False
         return self
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if events.observer is not None:
+            events.observer.setting(self, name)
+        object.__setattr__(self, name, value)
 
     @property
     def forward_ops(self) -> list[Context]:
@@ -170,6 +180,19 @@ class Graph:
             f"Graph({self.name!r}, {mode}, {len(self.operations)} ops, "
             f"{len(self.parameter)} variables, tape={len(self.forward_ops)})"
         )
+
+
+def _float_dtype(name: str, dtype: Any) -> np.dtype:
+    """``dtype`` as a numpy float dtype, or an error saying what arrived."""
+    try:
+        found = np.dtype(dtype)
+    except (TypeError, ValueError):
+        raise InputTypeError(
+            f"Graph {name!r}: dtype must be a numpy float type (np.float64, np.float32, 'float32', ...), got {dtype!r}"
+        ) from None
+    if found.kind != "f":
+        raise InputTypeError(f"Graph {name!r}: dtype must be a float type, got {found}")
+    return found
 
 
 def _check_arguments(cls: type[Operation], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:

@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 from numpy import ndarray
 
-from . import tape as _tape
-from .errors import GraphError, InputTypeError, NonFiniteError, OperationError, TapegradError
+from . import events
+from .errors import FLOAT_SIGNALS, GraphError, InputTypeError, NonFiniteError, OperationError, TapegradError
 from .parameter import Init
-from .tape import AUTHOR_ERRORS, FLOAT_SIGNALS, Context
-from .variable import Variable, as_array
+from .tape import AUTHOR_ERRORS, Context
+from .variable import Constant, Variable, as_array
 
 if TYPE_CHECKING:
     from .graph import Graph
@@ -73,18 +73,28 @@ def _make_forward(impl: Callable[..., Any], low: int, high: float) -> Callable[.
         if inputs and isinstance(inputs[0], Context):
             return impl(self, *inputs)  # an author's subclass calling super().forward(ctx, ...)
         graph = self.graph or self.require_graph()
-        # unwrap (the fast path: one Variable in the graph's dtype, as most applications in a model are)
-        if one_input and len(inputs) == 1 and type(inputs[0]) is Variable and inputs[0].value.dtype == graph.dtype:
-            arrays: Sequence[np.ndarray] = (inputs[0].value,)
+        # unwrap (the fast path: one plain Variable holding a plain array of the graph's dtype, as most
+        # applications in a model are)
+        if (
+            one_input
+            and len(inputs) == 1
+            and type(x := inputs[0]) is Variable
+            and type(array := x.value) is ndarray
+            and array.dtype == graph.dtype
+        ):
+            arrays: Sequence[np.ndarray] = (array,)
             ctx = Context(self, inputs, (True,))
         else:
             arrays, wanted = self._input_arrays(inputs, low, high)
             ctx = Context(self, inputs, wanted)
-        # call (profiling hook: while _tape.PROFILER is None, this one test is all profiling costs)
+        # call (the hook: while nothing observes, this one test is all it costs)
         tape = graph.tape
         tape.inside += 1  # ops this code applies are part of this application (see Tape.record)
         try:
-            out = impl(self, ctx, *arrays) if _tape.PROFILER is None else _tape.PROFILER.forward(impl, self, ctx, arrays)
+            if events.observer is None:
+                out = impl(self, ctx, *arrays)
+            else:
+                out = events.observer.run("forward", impl, self, (self, ctx, *arrays), {})
         except TapegradError:
             raise
         except (*AUTHOR_ERRORS, *FLOAT_SIGNALS) as exc:
@@ -103,6 +113,21 @@ def _make_forward(impl: Callable[..., Any], low: int, high: float) -> Callable[.
     forward.__wrapped__ = impl  # type: ignore[attr-defined]
     forward._tapegrad_wrapper = True  # type: ignore[attr-defined]
     return forward
+
+
+def plain_array(op: Operation, array: np.ndarray, what: str) -> np.ndarray:
+    """An instance of an ndarray subclass (``np.matrix``, a masked array, ...) as the plain ndarray an
+    op computes on: a view of the same data. A masked array with masked entries is refused (its
+    masked values are not data), naming the op."""
+    if isinstance(array, np.ma.MaskedArray):
+        if np.ma.getmaskarray(array).any():
+            raise InputTypeError(
+                f"{op.label} {what}: a masked array with {int(np.ma.getmaskarray(array).sum())} masked entries; ops "
+                "compute on every value, so fill or drop the masked ones first (array.filled(value), "
+                "array.compressed())"
+            )
+        array = np.ma.getdata(array)
+    return array.view(ndarray)
 
 
 def nonfinite_loss(op: Operation, value: float) -> NonFiniteError:
@@ -125,17 +150,21 @@ def _make_loss(impl: Callable[..., Any]) -> Callable[..., float]:
     def loss(self: Operation, target: Any, *rest: Any) -> float:
         if isinstance(target, Context):
             return impl(self, target, *rest)  # type: ignore[no-any-return]  # a subclass calling super().loss(ctx, t)
-        tape = (self.graph or self.require_graph()).tape
-        ctx = tape.latest_application(self)
-        if type(target) is Variable:
+        graph = self.graph or self.require_graph()
+        tape = graph.tape
+        ctx = tape.latest_application(self, graph.train_state)
+        if type(target) is Variable and type(target.value) is ndarray:
             array = target.value
         elif type(target) is ndarray and target.dtype.kind in "fiub":
             array = target
         else:
-            array = as_array(target, f"{self.label} target")
+            array = plain_array(self, as_array(target, f"{self.label} target"), "target")
         tape.inside += 1  # (as in forward)
-        try:  # (profiling hook, as in forward)
-            value = float(impl(self, ctx, array) if _tape.PROFILER is None else _tape.PROFILER.loss(impl, self, ctx, array))
+        try:  # (the hook, as in forward)
+            if events.observer is None:
+                value = float(impl(self, ctx, array))
+            else:
+                value = float(events.observer.run("loss", impl, self, (self, ctx, array), {}))
         except TapegradError:
             raise
         except (*AUTHOR_ERRORS, *FLOAT_SIGNALS) as exc:
@@ -144,8 +173,7 @@ def _make_loss(impl: Callable[..., Any]) -> Callable[..., float]:
             tape.inside -= 1
         if not math.isfinite(value):
             raise nonfinite_loss(self, value)
-        tape.add_loss(ctx, target, array, value)
-        return value
+        return tape.add_loss(ctx, target, array, value)
 
     loss.__doc__ = impl.__doc__
     loss.__wrapped__ = impl  # type: ignore[attr-defined]
@@ -231,6 +259,11 @@ class Operation:
     def __call__(self, *inputs: Any) -> Any:
         return self.forward(*inputs)
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        if events.observer is not None:
+            events.observer.setting(self, name)
+        object.__setattr__(self, name, value)
+
     # -- what the framework and messages use -------------------------------------------------
     @property
     def label(self) -> str:
@@ -260,7 +293,7 @@ class Operation:
         dtype = self.require_graph().dtype
         arrays, wanted = [], []
         for index, x in enumerate(inputs):
-            wanted.append(isinstance(x, Variable) and x.value.dtype.kind == "f")
+            wanted.append(isinstance(x, Variable) and x.value.dtype.kind == "f" and not isinstance(x, Constant))
             if isinstance(x, Variable):
                 array = x.value
             elif isinstance(x, np.ndarray):
@@ -269,6 +302,8 @@ class Operation:
                 array = as_array(x, f"{self.label} input {index}")
                 if array.dtype.kind == "f":
                     array = array.astype(dtype, copy=False)
+            if type(array) is not ndarray:
+                array = plain_array(self, array, f"input {index}")
             kind = array.dtype.kind
             if kind not in "fiub":
                 raise InputTypeError(f"{self.label} input {index}: expected a real numeric array, got dtype {array.dtype}")

@@ -11,7 +11,7 @@ import numpy as np
 from .arguments import check_number
 from .errors import InputTypeError
 from .parameter import Parameter
-from .tape import replayable
+from .events import replayable
 from .variable import Variable, clear_grads, peek_grads
 
 __all__ = ["Optimizer", "SGD", "Adam"]

@@ -28,7 +28,7 @@ import numpy as np
 
 from .broadcast import as_shape
 from .errors import InputTypeError, ParameterLoadError, ShapeError
-from .tape import replayable
+from .events import replayable
 from .variable import Variable
 from .variable import clear_grads as clear_variable_grads
 
@@ -430,7 +430,7 @@ class Parameter:
         if not isinstance(name, str):
             raise InputTypeError(f"parameter name {name!r} is a {type(name).__name__}; expected a str")
         if shape is not None:
-            shape = as_shape(shape)
+            shape = as_shape(shape, f"parameter {name!r}")
         existing = self.variable_dict.get(name)
         if existing is not None:
             if shape is not None and shape != existing.shape:

@@ -2,16 +2,18 @@
 
 ``with tg.profile(graph) as prof:`` times, while the block runs, each op's own code (its
 ``forward``, ``loss`` and ``backward``), counts its applications, and times every replayable
-call (an optimizer's ``step`` and ``zero_grad``, ``Parameter.clear_grads``). It covers eager
-steps and captured ones: a captured step replays a timed variant of its program while a profiler
-runs. The block's wall time is the step total, shared by the ops' own code, the optimizer, the
+call (an optimizer's ``step`` and ``zero_grad``, ``Parameter.clear_grads``, clipping, schedulers).
+It observes the kernel's events (``tapegrad.events``), so it covers eager steps and captured ones
+alike: while an observer is subscribed, a captured step replays the variant of its program whose
+calls go through the hook. The block's wall time is the step total, shared by the ops' own code, the optimizer, the
 profiler's own timers (their cost per timed call is measured on entering the block) and the
 framework: the rest, its work around the ops (the wrappers, the tape, routing gradients, the
 replay's glue) together with the Python of the loop itself. ``prof.table()`` is the sorted
 table as text, ``prof.to_dict()`` the numbers.
 
 Times are exclusive: an op whose code applies another op is charged without that op's time. One
-profiler runs at a time; with profiling off, each hook costs a single test of ``tape.PROFILER``.
+profiler runs at a time; with profiling off, each event costs the kernel a single test of
+``events.observer``.
 """
 
 from __future__ import annotations
@@ -21,14 +23,12 @@ from collections.abc import Callable
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-from . import tape as _tape
+from . import events
 from .errors import ArgumentError, GraphError, InputTypeError
 
 if TYPE_CHECKING:
     from .graph import Graph
     from .operation import Operation
-    from .replay import Replay
-    from .tape import Context
 
 __all__ = ["Profile", "profile"]
 
@@ -58,7 +58,10 @@ def profile(graph: Any = None) -> Profile:
     return Profile(graph)
 
 
-class Profile:
+_running: list[Profile] = []  # the profiler running now, if any
+
+
+class Profile(events.Observer):
     """Timings collected while ``with`` blocks of this profiler run (see the module docstring).
 
     ``seconds`` is the blocks' wall time so far; ``ops`` maps each op instance (by identity) to its
@@ -77,27 +80,30 @@ class Profile:
         self.calls: dict[str, list[Any]] = {}
         self._child = 0.0  # seconds of timed code inside the one being timed now (exclusive times)
         self._start: float | None = None
-        self.replayed_timings = 0  # timed calls made by replay programs (the others went through hooks)
-        self.costs = (0.0, 0.0)  # seconds one timed call costs beyond what it charges: (hook, replay)
+        self.cost = 0.0  # seconds one timed call costs beyond what it charges
+        self.replayed_timings = 0  # timed calls a captured step's replay made
 
     def __enter__(self) -> Profile:
-        if _tape.PROFILER is not None:
+        if _running:
             raise GraphError("tapegrad.profile: another profiler is running; profile one block at a time")
-        self.costs = self.calibrate()
+        self.cost = self.calibrate()
         self._child = 0.0
         self._start = perf_counter()
-        _tape.PROFILER = self
+        _running.append(self)
+        events.subscribe(self)
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        _tape.PROFILER = None
+        events.unsubscribe(self)
+        if self in _running:
+            _running.remove(self)
         if self._start is not None:
             self.seconds += perf_counter() - self._start
         self._start = None
 
-    def calibrate(self, rounds: int = 3, calls: int = 200) -> tuple[float, float]:
-        """What one timed call costs beyond the time it charges, through a hook and in a replay
-        program (the least of ``rounds``, measured on a scratch profiler: under load it costs more)."""
+    def calibrate(self, rounds: int = 3, calls: int = 200) -> float:
+        """What one timed call costs beyond the time it charges (the least of ``rounds``, measured on a
+        scratch profiler: under load it costs more)."""
         scratch, dummy = Profile(self.graph), _Dummy(self.graph)
 
         def noop(op: Any, ctx: Any) -> None:
@@ -106,24 +112,17 @@ class Profile:
         def charged() -> float:
             return sum(s.seconds for s in scratch.ops.values())
 
-        hook = replay = math.inf
+        cost = math.inf
         for _ in range(rounds):
             before, start = charged(), perf_counter()
             for _ in range(calls):
                 noop(dummy, None)
             middle = perf_counter()
             for _ in range(calls):
-                scratch.forward(noop, dummy, None, ())  # type: ignore[arg-type]
+                scratch.run("forward", noop, dummy, (dummy, None), {})
             end = perf_counter()
-            hook = min(hook, (end - middle - (middle - start) - (charged() - before)) / calls)
-            before, start = charged(), perf_counter()
-            for _ in range(calls):  # what a replay program's timed line adds to its statement
-                c = scratch.begin()
-                t = perf_counter()
-                scratch.end(dummy, "forward", c, t, perf_counter(), True)  # type: ignore[arg-type]
-            end = perf_counter()
-            replay = min(replay, (end - start - (charged() - before)) / calls)
-        return max(hook, 0.0), max(replay, 0.0)
+            cost = min(cost, (end - middle - (middle - start) - (charged() - before)) / calls)
+        return max(cost, 0.0)
 
     # -- what the hooks call ---------------------------------------------------------------------
     # Each timed call reads the clock right around the code it times (what lies between the two
@@ -143,8 +142,7 @@ class Profile:
         """Charge ``now - start`` (less the timed calls inside it) to ``op``'s ``stage`` ("forward",
         "loss", "backward"); ``replayed`` when a replay program made the call."""
         own = self._own(child, start, now)
-        if replayed:
-            self.replayed_timings += 1
+        self.replayed_timings += replayed
         stats = self.ops.get(id(op))
         if stats is None:
             stats = self.ops[id(op)] = OpStats(op)
@@ -162,53 +160,20 @@ class Profile:
     def end_call(self, obj: Any, function: Callable[..., Any], child: float, start: float, now: float, replayed: bool = False) -> None:
         """Charge ``now - start`` (less the timed calls inside it) to ``type(obj).function``."""
         own = self._own(child, start, now)
-        if replayed:
-            self.replayed_timings += 1
-        entry = self.calls.setdefault(f"{type(obj).__name__}.{function.__name__}", [0, 0.0])
+        self.replayed_timings += replayed
+        owner = "clip" if isinstance(obj, (list, tuple)) else type(obj).__name__
+        entry = self.calls.setdefault(f"{owner}.{function.__name__}" if owner != "clip" else function.__name__, [0, 0.0])
         entry[0] += 1
         entry[1] += own
 
     def covers(self, op: Operation) -> bool:
         return self.graph is None or op.graph is self.graph
 
-    def forward(self, impl: Callable[..., Any], op: Operation, ctx: Context, arrays: Any) -> Any:
-        """The forward wrapper's hook: ``impl(op, ctx, *arrays)``, timed."""
-        if not self.covers(op):
-            return impl(op, ctx, *arrays)
-        child = self.begin()
-        start = perf_counter()
-        try:
-            return impl(op, ctx, *arrays)
-        finally:
-            self.end(op, "forward", child, start, perf_counter())
-
-    def loss(self, impl: Callable[..., Any], op: Operation, ctx: Context, target: Any) -> Any:
-        """The loss wrapper's hook: ``impl(op, ctx, target)``, timed."""
-        if not self.covers(op):
-            return impl(op, ctx, target)
-        child = self.begin()
-        start = perf_counter()
-        try:
-            return impl(op, ctx, target)
-        finally:
-            self.end(op, "loss", child, start, perf_counter())
-
-    def backward(self, op: Operation, ctx: Context, grad: Any) -> Any:
-        """``Tape.backward``'s hook: ``op.backward(ctx, grad)``, timed."""
-        if not self.covers(op):
-            return op.backward(ctx, grad)
-        child = self.begin()
-        start = perf_counter()
-        try:
-            return op.backward(ctx, grad)
-        finally:
-            self.end(op, "backward", child, start, perf_counter())
-
     def covers_call(self, obj: Any) -> bool:
         """Whether a replayable call on ``obj`` belongs to the profiled graph: everything does when
         no graph is named; else not another graph's parameter store, nor an optimizer none of whose
         Variables are the graph's."""
-        if self.graph is None or obj is self.graph.parameter:
+        if self.graph is None or obj is self.graph.parameter or obj is self.graph:
             return True
         from .parameter import Parameter
 
@@ -220,20 +185,24 @@ class Profile:
         ours = {id(v) for v in self.graph.parameter.variable_dict.values()}
         return any(id(v) in ours for v in variables)
 
-    def call(self, method: Callable[..., Any], obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """``replayable``'s hook: ``method(obj, *args, **kwargs)``, timed."""
-        if not self.covers_call(obj):
-            return method(obj, *args, **kwargs)
+    def run(
+        self, kind: str, function: Callable[..., Any], owner: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
+        replayed: bool = False,
+    ) -> Any:
+        """The hook's ``run`` event: an op's own code (``kind`` "forward", "loss", "backward") or a
+        replayable call (``kind`` "call"), timed when it belongs to the profiled graph."""
+        if not (self.covers_call(owner) if kind == "call" else self.covers(owner)) or kind == "call" and _is_graph(owner):
+            return function(*args, **kwargs)  # (another graph's; or graph.train()/eval(), not worth a timer)
         child = self.begin()
         start = perf_counter()
         try:
-            return method(obj, *args, **kwargs)
+            return function(*args, **kwargs)
         finally:
-            self.end_call(obj, method, child, start, perf_counter())
-
-    def replay_function(self, replay: Replay) -> Callable[..., Any]:
-        """A captured step's hook: the program to run, timed when its graph is profiled."""
-        return replay.profiled(self) if self.graph is None or replay.graph is self.graph else replay.function
+            now = perf_counter()
+            if kind == "call":
+                self.end_call(owner, function, child, start, now, replayed)
+            else:
+                self.end(owner, kind, child, start, now, replayed)
 
     # -- results ---------------------------------------------------------------------------------
     @property
@@ -266,7 +235,7 @@ class Profile:
         timings += sum(count for count, _ in self.calls.values())
         rest = total - forward - backward - optimizer
         # (an estimate, so it never takes more than the rest: the shares still add up to the step)
-        profiler = (timings - self.replayed_timings) * self.costs[0] + self.replayed_timings * self.costs[1]
+        profiler = timings * self.cost
         profiler = min(profiler, max(rest, 0.0))
         seconds = {"ops": forward + backward, "framework": rest - profiler, "optimizer": optimizer, "profiler": profiler}
 
@@ -343,6 +312,12 @@ class _Dummy:
 
     def __init__(self, graph: Graph | None) -> None:
         self.graph = graph
+
+
+def _is_graph(obj: Any) -> bool:
+    from .graph import Graph
+
+    return isinstance(obj, Graph)
 
 
 def _check_by(by: str) -> None:

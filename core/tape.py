@@ -3,8 +3,10 @@
 Every op application gets a ``Context`` (what its ``forward`` saved for ``backward``). The
 forward wrapper (``operation.py``) hands it to ``Tape.record`` with the op's outputs; in train
 mode the tape keeps it (``graph.forward_ops`` is the tape's list). A ``Loss`` application is also
-remembered as its op's latest, in either mode, so ``loss(target)`` can pair with it
-(``Tape.latest``); a computed loss is queued for seeding (``Tape.add_loss``).
+remembered as its op's latest in its mode, so ``loss(target)`` pairs with the latest application
+made in the mode the graph is in (``Tape.latest_application``): a prediction in eval mode during a
+pass in flight changes nothing of that pass. Eval mode leaves the tape alone. A computed loss is
+queued for seeding (``Tape.add_loss``).
 
 An op whose own code (its ``forward``, ``loss`` or ``backward``) applies other ops of its graph makes
 them part of its application: while one runs (``Tape.inside``), applications are computed but not
@@ -15,64 +17,36 @@ op's business. (Ops of another graph record on their own tape.)
 explicit gradient, then walks the tape in reverse: each application whose outputs received a
 gradient has its op's ``backward(ctx, grad)`` called, and the input gradients it returns are
 added into the input Variables with ``Variable.add_grad`` (the one accumulation rule). The tape
-is cleared afterwards, whatever happened.
+is cleared afterwards, whatever happened, and keeps what the pass did as plain data (``Pass``, for
+drawings): the ops, how they were connected, shapes, and weak references to the leaf Variables,
+never an activation or an intermediate gradient.
+
+The tape reports what happens to ``events.observer`` (applications, losses, backward walks and the
+running of each op's ``backward``) and knows nothing of who observes.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextvars import ContextVar
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy import ndarray
 
-from .draw import Pass, summarize
-from .errors import BackwardError, GraphError, InputTypeError, ShapeError, TapegradError, TapeWarning
+from . import events
+from .errors import FLOAT_SIGNALS, BackwardError, GraphError, InputTypeError, ShapeError, TapegradError, TapeWarning
 from .variable import Variable
 
 if TYPE_CHECKING:
     from .operation import Operation
 
-__all__ = ["Context", "Tape", "RECORDING", "PROFILER", "backward_error", "replayable"]
+__all__ = ["AUTHOR_ERRORS", "Context", "Leaf", "Pass", "Tape", "backward_error"]
 
-#: The recording in progress in this thread, if any (a captured step's first call): the tape,
-#: the loss wrapper and every ``replayable`` method report to it (see ``replay.Recording``).
-RECORDING: ContextVar[Any] = ContextVar("tapegrad_recording", default=None)
-
-#: The running profiler (``profile.Profile``), or None. Profiling hook: the forward and loss
-#: wrappers, ``Tape.backward``'s call of an op's backward, ``replayable`` and a captured step
-#: test this one global and do nothing else while it is None, so profiling off costs one test.
-PROFILER: Any = None
-
-
-def replayable(method: Callable[..., Any]) -> Callable[..., Any]:
-    """Mark a method that a captured step replays (``Optimizer.step``, ``Parameter.clear_grads``):
-    while a step records, each call is noted; a replay calls the undecorated method again."""
-
-    @functools.wraps(method)
-    def noted(self: Any, *args: Any, **kwargs: Any) -> Any:
-        recording = RECORDING.get()
-        if recording is None or recording.in_call:  # (a call made by a noted call is replayed by it)
-            return method(self, *args, **kwargs) if PROFILER is None else PROFILER.call(method, self, args, kwargs)
-        recording.called(self, method, args, kwargs)
-        recording.in_call = True
-        try:
-            return method(self, *args, **kwargs) if PROFILER is None else PROFILER.call(method, self, args, kwargs)
-        finally:
-            recording.in_call = False
-
-    return noted
-
-# Exceptions from an author's numpy code that are re-raised as framework errors naming the op.
+#: Exceptions from an author's numpy code that are re-raised as framework errors naming the op.
 AUTHOR_ERRORS = (ValueError, TypeError, IndexError, ArithmeticError)
-# numpy's floating-point signals, raised when the caller asked for them: np.errstate(over="raise")
-# raises FloatingPointError (the Trainer trains so), a warnings filter turns the RuntimeWarning into
-# an exception (pytest configured so). They become NonFiniteError (BackwardError in backward).
-FLOAT_SIGNALS = (FloatingPointError, RuntimeWarning)
 
 
 class Context:
@@ -82,12 +56,13 @@ class Context:
     two. Authors call ``ctx.save(*arrays)`` (or assign ``ctx.saved = (...)``) and read
     ``ctx.saved``; they may set attributes of their own (``ctx.mask = ...``).
     ``ctx.needs_input_grad`` says, per input, whether its gradient is wanted (an op may return
-    None for the others); ``ctx.training`` and ``ctx.rng`` give the graph's mode and generator.
-    ``ctx.inputs`` and ``ctx.outputs`` are the application's Variables (or constant arrays), for
-    the tape and for tools; ops must not rely on them.
+    None for the others, and must still accumulate its parameters' gradients); ``ctx.training`` and
+    ``ctx.rng`` give the graph's mode and generator. ``ctx.inputs`` and ``ctx.outputs`` are the
+    application's Variables (or constant arrays), for the tape and for tools; ops must not rely on
+    them (a captured step's replay leaves them empty).
     """
 
-    __slots__ = ("__dict__", "inputs", "needs_input_grad", "nested", "op", "outputs", "recorded", "saved")
+    __slots__ = ("__dict__", "inputs", "needs_input_grad", "op", "outputs", "recorded", "saved")
 
     op: Operation
     inputs: tuple[Any, ...]
@@ -114,6 +89,11 @@ class Context:
         """Keep ``arrays`` for ``backward`` (read back as ``ctx.saved``)."""
         self.saved = arrays
 
+    def release(self) -> None:
+        """Drop what the application's code kept (``saved`` and the author's own attributes)."""
+        self.saved = ()
+        self.__dict__.clear()
+
     @property
     def training(self) -> bool:
         """True when the graph is in train mode."""
@@ -129,17 +109,97 @@ class Context:
         return f"<Context of {self.op.label}>"
 
 
+# -- what a pass did, as plain data (drawings read it) ------------------------------------------
+class Leaf:
+    """A value a pass started from: a Variable (held weakly, so a drawing can show its gradient while
+    it lives) or an array (its shape only; a shape itself may be given)."""
+
+    __slots__ = ("name", "shape", "variable")
+
+    def __init__(self, value: Any) -> None:
+        if isinstance(value, tuple):  # a shape
+            self.variable, self.name, self.shape = None, None, value
+        elif isinstance(value, Variable):
+            self.variable: weakref.ref[Variable] | None = weakref.ref(value)
+            self.shape: tuple[int, ...] = value.value.shape
+            self.name: str | None = value.name
+        else:
+            self.variable, self.name = None, None
+            self.shape = value.shape if isinstance(value, ndarray) else tuple(np.shape(value))
+
+    def __getstate__(self) -> tuple[Any, ...]:  # (a copy or a pickle holds the Variable itself, if it lives)
+        return (None if self.variable is None else self.variable(), self.shape, self.name)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        variable, self.shape, self.name = state
+        self.variable = None if variable is None else weakref.ref(variable)
+
+
+# A reference to a value of a pass: an int is a leaf's index, a pair (i, k) output k of application i.
+Ref = Any
+
+
+class Pass:
+    """What one pass did, for drawing, holding no activation and no gradient.
+
+    ``apps``: per application, (op, refs of its inputs, its output shapes, whether its outputs are a
+    tuple); ``leaves``: the ``Leaf`` values the pass started from; ``losses``: per loss computed,
+    (application, ref of its target); ``consumed``: backward ran on it.
+    """
+
+    __slots__ = ("apps", "consumed", "leaves", "losses")
+
+    def __init__(self, apps: list[Any], leaves: list[Leaf], losses: list[tuple[int, Ref]], consumed: bool) -> None:
+        self.apps = apps
+        self.leaves = leaves
+        self.losses = losses
+        self.consumed = consumed
+
+    @classmethod
+    def of(cls, entries: Sequence[Context], losses: Sequence[Context], targets: Sequence[Any], consumed: bool) -> Pass:
+        """The pass of a tape's ``entries`` and computed ``losses`` (with their ``targets``)."""
+        where: dict[int, Ref] = {}  # id(value) -> its ref (every value is alive while the entries are)
+        leaves: list[Leaf] = []
+        apps = []
+        for i, ctx in enumerate(entries):
+            refs = []
+            for x in ctx.inputs:
+                ref = where.get(id(x))
+                if ref is None:
+                    ref = where[id(x)] = len(leaves)
+                    leaves.append(Leaf(x))
+                refs.append(ref)
+            outputs = ctx.outputs
+            if type(outputs) is tuple:
+                for k, o in enumerate(outputs):
+                    where[id(o)] = (i, k)
+                apps.append((ctx.op, refs, tuple(o.value.shape for o in outputs), True))
+            else:
+                where[id(outputs)] = (i, 0)
+                apps.append((ctx.op, refs, (outputs.value.shape,), False))
+        drawn = []
+        for ctx, target in zip(losses, targets):
+            ref = where.get(id(target))
+            if ref is None:
+                ref = where[id(target)] = len(leaves)
+                leaves.append(Leaf(target))
+            drawn.append((next(i for i in range(len(entries) - 1, -1, -1) if entries[i] is ctx), ref))
+        return cls(apps, leaves, drawn, consumed)
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        return (self.apps, self.leaves, self.losses, self.consumed)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        self.apps, self.leaves, self.losses, self.consumed = state
+
+
 class Tape:
     """The applications recorded since the last backward, and the losses queued for seeding.
 
     ``entries`` (a Graph's ``forward_ops``) lists the recorded Contexts in forward order;
     ``losses`` the Loss applications whose ``loss(target)`` was computed since (``targets``: what
-    each loss was computed against).
-
-    For drawing (``draw.py``), the pass the latest backward consumed is kept as it was
-    (``consumed``: its Contexts, so backward pays nothing for it) until the next forward. If that
-    one records, the new pass supersedes it; otherwise (eval mode), or when it is drawn, it is
-    reduced to a light summary (``last_pass``) that keeps no activations (``release_pass``).
+    each loss was computed against); ``latest``/``latest_eval``: each Loss op's latest application in
+    train/eval mode; ``last_pass``: what the latest backward consumed, as plain data (drawings).
     """
 
     #: Past this many entries without a backward, the tape warns once (see ``record``).
@@ -148,110 +208,114 @@ class Tape:
     def __init__(self) -> None:
         self.entries: list[Context] = []
         self.losses: list[Context] = []
-        self.latest: dict[Operation, Context] = {}  # each Loss op's most recent application
-        self.targets: list[Any] = []  # (drawing) per queued loss, its target
-        self.consumed: tuple[list[Context], list[Context], list[Any]] | None = None  # (drawing)
-        self.last_pass: Pass | None = None  # (drawing)
+        self.targets: list[Any] = []
+        # each Loss op's latest train-mode application on the tape; None once a backward consumed it
+        self.latest: dict[Operation, Context | None] = {}
+        self.latest_eval: dict[Operation, Context] = {}
+        self.last_pass: Pass | None = None
         self.inside = 0  # how many ops' own code is running (their applications are not recorded)
         self._warned = False
 
     # -- recording -----------------------------------------------------------------------------
-    def record(self, ctx: Context, arrays: Sequence[np.ndarray], outputs: Any, keep: bool) -> None:
+    def record(self, ctx: Context, arrays: Sequence[np.ndarray], outputs: Any, train: bool) -> None:
         """Note an application (its op received ``arrays`` and produced ``outputs``); keep it for
-        backward when ``keep`` (train mode). A growing tape that nobody differentiates warns once.
-        An application made by another op's code is part of that one: not recorded (see the module
-        docstring); a Loss's is still its latest, for its ``loss(target)``."""
+        backward in train mode. A growing tape that nobody differentiates warns once. An application
+        made by another op's code is part of that one: not recorded (see the module docstring); a
+        Loss's is still its latest, for its ``loss(target)``."""
         ctx.outputs = outputs
+        op = ctx.op
         if self.inside:
-            if ctx.op.is_loss:
-                ctx.nested = True  # (set here only: a top-level loss() on it is refused, see add_loss)
-                self.latest[ctx.op] = ctx
+            if op.is_loss:
+                ctx.nested = True  # (a top-level loss() on it is refused in train mode, see add_loss)
+                if train:
+                    self.latest[op] = ctx
+                else:
+                    self.latest_eval[op] = ctx
             return
-        if self.consumed is not None:  # (drawing) the first application after a backward
-            if keep:
-                self.consumed = self.last_pass = None  # the new pass supersedes the consumed one
-            else:
-                self.release_pass()
-        if ctx.op.is_loss:
-            self.latest[ctx.op] = ctx
-        if keep:
+        if train:
             ctx.recorded = True
+            if not self.entries:
+                self.last_pass = None  # a new pass begins: the last one is superseded
             self.entries.append(ctx)
-        recording = RECORDING.get()
-        if recording is not None:
-            recording.applied(ctx, arrays)
-        if keep and len(self.entries) == self.WARN_ENTRIES and not self._warned:
-            self._warned = True
-            graph = ctx.op.graph
-            warnings.warn(
-                f"Graph {graph.name if graph else '?'!r}: the tape holds {self.WARN_ENTRIES} applications "
-                "that no backward() has consumed, and keeps growing with every forward in train mode. "
-                "For inference call graph.eval() first; when training, call graph.backward() (or "
-                "graph.clear()) after each pass.",
-                TapeWarning,
-                stacklevel=4,
-            )
+            if op.is_loss:
+                self.latest[op] = ctx
+            if len(self.entries) == self.WARN_ENTRIES and not self._warned:
+                self._warn(ctx)
+        elif op.is_loss:
+            self.latest_eval[op] = ctx
+        if events.observer is not None:
+            events.observer.applied(ctx, arrays)
 
-    def latest_application(self, op: Operation) -> Context:
-        """The most recent application of the Loss ``op``, for ``loss(target)``."""
-        ctx = self.latest.get(op)
+    def _warn(self, ctx: Context) -> None:
+        self._warned = True
+        graph = ctx.op.graph
+        warnings.warn(
+            f"Graph {graph.name if graph else '?'!r}: the tape holds {self.WARN_ENTRIES} applications "
+            "that no backward() has consumed, and keeps growing with every forward in train mode. "
+            "For inference call graph.eval() first; when training, call graph.backward() (or "
+            "graph.clear()) after each pass.",
+            TapeWarning,
+            stacklevel=5,
+        )
+
+    def latest_application(self, op: Operation, train: bool | None = None) -> Context:
+        """The most recent application of the Loss ``op`` made in train (``train``) or eval mode (by
+        default: the mode its graph is in), for ``loss(target)``."""
+        if train is None:
+            train = bool(op.graph is not None and op.graph.train_state)
+        ctx = (self.latest if train else self.latest_eval).get(op)
         if ctx is None:
-            raise GraphError(f"{op.label}: loss() needs a forward() first")
+            mode = "train" if train else "eval"
+            if train and op in self.latest:
+                raise GraphError(
+                    f"{op.label}: loss() refers to a forward pass that backward() already consumed; run forward again"
+                )
+            raise GraphError(f"{op.label}: loss() needs a forward() in {mode} mode first (it pairs with the latest one)")
         return ctx
 
-    def add_loss(self, ctx: Context, target: Any, array: np.ndarray, value: float) -> None:
-        """Queue a computed loss for seeding by ``backward`` (recorded applications only).
-        ``target`` is what ``loss(target)`` received, ``array`` its array, ``value`` the loss."""
+    def add_loss(self, ctx: Context, target: Any, array: np.ndarray, value: float) -> float:
+        """Queue a computed loss for seeding by ``backward`` (train-mode applications only) and return
+        what ``loss()`` gives back. ``target`` is what ``loss(target)`` received, ``array`` its array,
+        ``value`` the loss."""
         if self.inside:
-            return  # computed by another op's code: part of that application, nothing to seed
-        graph = ctx.op.graph
-        if getattr(ctx, "nested", False) and graph is not None and graph.train_state:
+            return value  # computed by another op's code: part of that application, nothing to seed
+        if getattr(ctx, "nested", False) and ctx.training:
             raise GraphError(
-                f"{ctx.op.label}: loss() pairs with its latest forward, which another op's code applied "
-                "inside its own forward, loss or backward: that application is part of the other op and is "
-                "not recorded, so this loss could not be differentiated. Apply the forward outside the op, "
+                    f"{ctx.op.label}: loss() pairs with its latest forward, which another op's code applied "
+                    "inside its own forward, loss or backward: that application is part of the other op and is "
+                    "not recorded, so this loss could not be differentiated. Apply the forward outside the op, "
                 "or compute the loss inside it."
             )
-        if ctx.recorded and not any(entry is ctx for entry in reversed(self.entries)):
-            raise GraphError(
-                f"{ctx.op.label}: loss() refers to a forward pass that backward() already consumed "
-                "(or clear() dropped); run forward again"
-            )
-        recording = RECORDING.get()
-        if recording is not None:
-            recording.loss(ctx, target, array, value)
-        if not ctx.recorded:
-            return  # eval mode: a loss for reading, nothing to differentiate
-        if ctx not in self.losses:  # (Contexts compare by identity)
+        if ctx.recorded and not any(queued is ctx for queued in self.losses):
             self.losses.append(ctx)
             self.targets.append(target)  # (drawing: the loss node's input)
+        if events.observer is not None:
+            return events.observer.loss(ctx, target, array, value)
+        return value
 
-    def release_pass(self, summary: bool = True) -> None:
-        """Let go of the consumed pass's Contexts, and so of its activations: keep its light
-        summary for drawing (``summary``), or nothing (a new pass on the tape supersedes it)."""
-        consumed, self.consumed = self.consumed, None
-        if consumed is not None:
-            self.last_pass = summarize(*consumed) if summary else None
+    def clear(self) -> None:
+        """Drop the recorded applications and the queued losses."""
+        self.entries = []
+        self.losses = []
+        self.targets = []
+        self.latest = {}
+
+    def in_flight(self) -> Pass:
+        """The pass on the tape now (before backward), as plain data."""
+        return Pass.of(self.entries, self.losses, self.targets, consumed=False)
 
     def __getstate__(self) -> dict[str, Any]:
-        # (drawing) a copy or a pickle keeps the consumed pass as its light summary, not its activations
         state = self.__dict__.copy()
-        if self.consumed is not None:
-            state["consumed"], state["last_pass"] = None, summarize(*self.consumed)
-        # a loss pairs with a forward in flight after unpickling; an eval-mode one's arrays stay behind
-        state["latest"] = {op: ctx for op, ctx in self.latest.items() if any(e is ctx for e in self.entries)}
+        # a loss pairs with a forward in flight after unpickling; eval-mode applications stay behind
+        state["latest"] = {op: ctx for op, ctx in self.latest.items() if ctx is not None}
+        state["latest_eval"] = {}
         state["inside"] = 0  # (a copy made while an op's code runs is not inside it)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__()  # type: ignore[misc]  # (a tape pickled before drawings existed lacks their attributes)
+        self.__init__()  # type: ignore[misc]  # (a tape pickled by an older version lacks newer attributes)
+        state.pop("consumed", None)  # (older versions kept the consumed pass's Contexts)
         self.__dict__.update(state)
-
-    def clear(self) -> None:
-        """Drop the recorded applications and the queued losses."""
-        self.entries.clear()
-        self.losses.clear()
-        self.targets.clear()
 
     @contextlib.contextmanager
     def isolated(self) -> Iterator[None]:
@@ -260,61 +324,58 @@ class Tape:
         The contract suite and gradcheck differentiate on a graph without touching a pass
         the user has in flight.
         """
-        entries, losses, targets = list(self.entries), list(self.losses), list(self.targets)
-        latest = dict(self.latest)  # the user's losses pair with the user's forwards afterwards
-        drawn = self.consumed, self.last_pass  # (drawing: the user's last pass, not the checker's)
-        self.clear()
+        saved = (self.entries, self.losses, self.targets, self.latest, self.latest_eval, self.last_pass)
+        self.entries, self.losses, self.targets, self.latest, self.latest_eval = [], [], [], {}, {}
         try:
             yield
         finally:
-            self.clear()
-            self.entries.extend(entries)
-            self.losses.extend(losses)
-            self.targets.extend(targets)
-            self.latest = latest
-            self.consumed, self.last_pass = drawn
+            self.entries, self.losses, self.targets, self.latest, self.latest_eval, self.last_pass = saved
 
     # -- backward ------------------------------------------------------------------------------
-    def backward(self, grads: Mapping[Variable, Any] | None = None, loss_grad: float = 1.0, name: str = "graph") -> None:
+    def backward(self, grads: Mapping[Variable, Any] | None = None, loss_grad: Any = 1.0, name: str = "graph") -> None:
         """Differentiate the recorded pass, then clear the tape (see the module docstring).
 
         Bad arguments raise before anything changes; an error inside an op's backward names
         the op (and the tape is cleared: its gradients are partly accumulated).
         """
         seeds = self._seeds(grads, name)
-        if not self.losses and not seeds:
+        entries, losses = self.entries, self.losses
+        if not losses and not seeds:
             raise BackwardError(
                 f"Graph {name!r}: backward() needs a loss: call loss(target) on a Loss op after forward "
-                "(in train mode), or pass grads={output: gradient}" + ("" if self.entries else "; the tape is empty")
+                "(in train mode), or pass grads={output: gradient}" + ("" if entries else "; the tape is empty")
             )
-        recording = RECORDING.get()
-        if recording is not None:
-            recording.backward(self, seeds, loss_grad)
+        observer = events.observer
+        if observer is not None:
+            observer.backward(self, seeds, loss_grad)
         ctx: Context | None = None
         self.inside += 1  # ops an op's backward applies are part of it (see the module docstring)
         try:
             for variable, seed in seeds:
                 variable.add_grad(seed)
-            for ctx in reversed(self.entries):
+            for ctx in reversed(entries):
                 outputs = ctx.outputs
                 grad: Any
                 if ctx.op.is_loss:  # seeded if its loss was computed; its outputs are for reading
-                    grad = loss_grad if ctx in self.losses else None  # (Contexts compare by identity)
-                elif type(outputs) is Variable:
-                    grad = outputs.peek_grad()
-                else:
+                    grad = loss_grad if any(queued is ctx for queued in losses) else None
+                elif type(outputs) is tuple:
                     grad = _output_grads(outputs)
+                else:
+                    grad = outputs.peek_grad()
                 if grad is None:
                     continue  # nothing reached this application's outputs
-                # profiling hook (one global test): the op's own backward, timed
-                in_grads = ctx.op.backward(ctx, grad) if PROFILER is None else PROFILER.backward(ctx.op, ctx, grad)
+                op = ctx.op
+                if observer is None:
+                    in_grads = op.backward(ctx, grad)
+                else:
+                    in_grads = observer.run("backward", op.backward, op, (ctx, grad), {})
                 if type(in_grads) is ndarray and len(ctx.inputs) == 1:  # one input, one gradient
                     x = ctx.inputs[0]
                     if isinstance(x, Variable) and x.value.dtype.kind == "f":
                         try:
                             x.add_grad(in_grads)
                         except TapegradError as exc:
-                            raise _gradient_error(ctx.op, 0, in_grads, x, exc) from None
+                            raise _gradient_error(op, 0, in_grads, x, exc) from None
                 elif in_grads is not None:
                     self._route(ctx, in_grads)
         except BackwardError:
@@ -325,9 +386,10 @@ class Tape:
             raise backward_error(ctx.op, exc) from exc
         finally:
             self.inside -= 1
-            # cleared, whatever happened; the lists are kept as the consumed pass, for drawing (see the class docstring)
-            self.consumed, self.last_pass = (self.entries, self.losses, self.targets), None
+            # cleared, whatever happened; what the pass did stays as plain data, for drawings
+            self.last_pass = Pass.of(entries, losses, self.targets, consumed=True)
             self.entries, self.losses, self.targets = [], [], []
+            self.latest = dict.fromkeys(self.latest)
 
     def _seeds(self, grads: Mapping[Variable, Any] | None, name: str) -> list[tuple[Variable, np.ndarray]]:
         """``grads`` checked: float output Variables of recorded applications, and their gradients."""
@@ -418,7 +480,7 @@ def _float_array(grad: Any, like: Variable) -> np.ndarray:
     if isinstance(grad, Variable):
         grad = grad.value
     try:
-        array = np.asarray(grad)
+        array = grad if isinstance(grad, ndarray) else np.asarray(grad)  # (an array is kept: a recording traces it)
     except (TypeError, ValueError) as exc:
         raise InputTypeError(f"expected a numeric gradient, got {type(grad).__name__}: {exc}") from None
     if array.dtype.kind not in "fiub":

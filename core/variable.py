@@ -12,9 +12,10 @@ from typing import Any
 import numpy as np
 from numpy import ndarray
 
+from . import events
 from .errors import InputTypeError, ShapeError
 
-__all__ = ["Variable", "as_array", "clear_grads", "peek_grads"]
+__all__ = ["Constant", "Variable", "add_to", "as_array", "clear_grads", "constant", "peek_grads"]
 
 
 def as_array(value: Any, where: str = "Variable") -> np.ndarray:
@@ -49,7 +50,7 @@ class Variable:
     ``trainable`` tells optimizers whether they may update the value.
     """
 
-    __slots__ = ("_grad", "_grad_is_borrowed", "name", "trainable", "value")
+    __slots__ = ("__weakref__", "_grad", "_grad_is_borrowed", "name", "trainable", "value")
 
     value: np.ndarray
     name: str | None
@@ -65,6 +66,8 @@ class Variable:
         self._grad_is_borrowed = False
         self.name = name
         self.trainable = trainable
+        if events.observer is not None:
+            events.observer.created(self)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -102,11 +105,9 @@ class Variable:
         if current is None:
             self._grad = grad
             self._grad_is_borrowed = True
-        elif self._grad_is_borrowed:
-            self._grad = np.add(current, grad, out=np.empty_like(value))
-            self._grad_is_borrowed = False
         else:
-            np.add(current, grad, out=current)
+            self._grad = add_to(current, grad, owned=not self._grad_is_borrowed)
+            self._grad_is_borrowed = False
 
     def _checked(self, grad: Any) -> np.ndarray:
         """``grad`` as an array of this Variable's shape and dtype, or a clear error."""
@@ -189,6 +190,57 @@ class Variable:
         name = f"{self.name!r}, " if self.name else ""
         flag = "" if self.trainable else ", trainable=False"
         return f"Variable({name}shape={self.value.shape}, dtype={self.value.dtype}{flag})"
+
+
+def add_to(total: np.ndarray, grad: np.ndarray, owned: bool) -> np.ndarray:
+    """The accumulation rule's sum, for ``Variable.add_grad`` and a captured step's replay alike:
+    ``total + grad`` (both of one shape and dtype), added into ``total`` when this sum ``owned`` it,
+    else into a new array (``total`` may be shared: never written into). The same additions in the
+    same order give the same bits, which is why replayed gradients equal eager ones."""
+    if owned:
+        return np.add(total, grad, out=total)
+    return np.add(total, grad, out=np.empty_like(total))
+
+
+class Constant(Variable):
+    """A Variable holding data rather than a parameter: it receives no gradient (``grad`` is None,
+    gradients routed to it are dropped) and optimizers never update it. Made by ``constant``."""
+
+    __slots__ = ()
+
+    @property
+    def differentiable(self) -> bool:
+        return False
+
+    def add_grad(self, grad: Any) -> None:
+        """Nothing: a constant receives no gradient."""
+
+    @property
+    def grad(self) -> None:
+        return None
+
+    @grad.setter
+    def grad(self, value: Any) -> None:
+        if value is not None:
+            raise InputTypeError(f"{self._title()} is a constant: it has no gradient to set")
+
+    def __copy__(self) -> Constant:
+        return Constant(self.value, self.name)
+
+    def __repr__(self) -> str:
+        name = f"{self.name!r}, " if self.name else ""
+        return f"constant({name}shape={self.value.shape}, dtype={self.value.dtype})"
+
+
+def constant(value: Any, name: str | None = None) -> Constant:
+    """``value`` as a Variable that receives no gradient: data a model reads (an initial state of
+    zeros, a mask), never a parameter.
+
+    Inside a captured step, an array made by Python that reaches an op must be one of these (or an
+    argument of the step): the record keeps it, and every replay reads its value as it is then. Its
+    value must not change between calls unless you change it yourself, outside the step: a step that
+    makes a new constant on each call replays the first call's."""
+    return Constant(value, name, trainable=False)
 
 
 def peek_grads(variables: Iterable[Variable]) -> list[np.ndarray | None]:

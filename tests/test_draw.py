@@ -125,13 +125,16 @@ def lstm_unrolled():
     g = tg.Graph("lstm", seed=0)
     cell, loss = g.get_operation("LSTMCell", [3, 4]), g.get_operation("SquareLoss")
     rng = np.random.default_rng(0)
-    args = (rng.standard_normal((2, 3)), rng.standard_normal((2, 3)), tg.Variable(np.zeros((2, 4))), tg.Variable(np.zeros((2, 4))))
+    args = (
+        rng.standard_normal((2, 3)), rng.standard_normal((2, 3)), tg.Variable(np.zeros((2, 4))), tg.Variable(np.zeros((2, 4))),
+        np.ones((2, 4)),
+    )
 
-    def step(x1, x2, h0, c0):
+    def step(x1, x2, h0, c0, target):
         h1, c1 = cell(x1, h0, c0)
         h2, _ = cell(x2, h1, c1)
         loss(h2)
-        value = loss.loss(np.ones((2, 4)))
+        value = loss.loss(target)
         g.backward()
         return value
 
@@ -197,13 +200,13 @@ def norm(v):
 
 
 def test_gradient_norms_appear_on_inputs_and_parameters_after_backward():
-    g, step, (x1, x2, h0, c0), *_ = lstm_unrolled()
+    g, step, (x1, x2, h0, c0, target), *_ = lstm_unrolled()
     cell = g.operations["lstm_cell_0"]
     cell(x1, h0, c0)
     before = g.to_dot()
     assert "|grad|" not in before and "in flight" in before
     g.clear()
-    step(x1, x2, h0, c0)
+    step(x1, x2, h0, c0, target)
     after = g.to_dot()
     assert g.forward_ops == [] and "after backward" in after
     nodes, _ = parse_dot(after)
@@ -224,26 +227,24 @@ def test_any_gradient_norm_is_shown_without_warnings(grad, shown):
     assert nodes["x0"]["label"] == f"input\n(4,)\n{shown}"
 
 
-@pytest.mark.parametrize("release", ["drawing", "an eval forward"])
-def test_the_drawing_outlives_the_tape_but_keeps_no_activations(release):
+@pytest.mark.parametrize("then", ["nothing", "an eval forward"])
+def test_the_drawing_outlives_the_tape_but_keeps_no_activations(then):
     g, _, (x, y), *_ = seed_mlp()
     ops = [g.operations[n] for n in ("affine_0", "sigmoid_0", "affine_1", "softmax_loss_0")]
     ops[3](ops[2](ops[1](ops[0](x))))
     hidden = weakref.ref(g.forward_ops[1].outputs.value)  # the sigmoid's activation
     ops[3].loss(y)
     g.backward()
-    if release == "drawing":
-        drawn = g.to_dot()
-    else:
-        g.eval()
-        ops[0](x)  # records nothing: the consumed pass is reduced to its summary
-        g.train()
     gc.collect()
-    assert hidden() is None
+    assert hidden() is None  # gone as soon as backward returns: the pass is kept as plain data
+    drawn = g.to_dot()
+    if then == "an eval forward":
+        g.eval()
+        ops[0](x)  # records nothing, and leaves the tape alone
+        g.train()
     again = g.to_dot()
     assert "4 applications (after backward)" in again and "|grad|" in again
-    if release == "drawing":
-        assert again == drawn
+    assert again == drawn
 
 
 @pytest.mark.parametrize("clone", [copy.deepcopy, lambda g: pickle.loads(pickle.dumps(g))])
@@ -251,14 +252,14 @@ def test_a_copy_draws_the_same_pass_without_its_activations(clone):
     g, step, args, *_ = seed_mlp()
     step(*args)
     twin = clone(g)
-    assert twin.tape.consumed is None and g.tape.consumed is not None  # (the original keeps its own until drawn)
+    assert twin.tape.last_pass is not g.tape.last_pass
     assert twin.to_dot() == g.to_dot()
 
 
 def test_a_tape_pickled_before_drawings_existed_still_works():
     g, step, args, *_ = seed_mlp()
     state = g.tape.__getstate__()
-    for name in ("targets", "consumed", "last_pass"):
+    for name in ("targets", "last_pass", "latest_eval"):
         del state[name]
     g.tape = tg.Tape.__new__(tg.Tape)
     g.tape.__setstate__(state)

@@ -420,6 +420,7 @@ def test_a_loss_paired_with_an_application_another_ops_code_made_is_refused():
     with pytest.raises(tg.GraphError, match=r"SquareLoss \(square_loss_0\): loss\(\) pairs with .* another op's code"):
         op.penalty.loss(np.zeros(3))
     g.eval()
+    op(tg.Variable(np.ones((2, 3))))
     assert op.penalty.loss(np.zeros(3)) == 0.5  # in eval mode, a value to read (0.5 * 3 / 3 rows)
 
 

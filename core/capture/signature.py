@@ -1,0 +1,96 @@
+"""Signatures: which record a call of a captured step replays.
+
+A call's key holds the graph's train/eval mode, how many ops the graph has (a layer added since makes
+a new record), and per argument: for an array or a Variable, its shape and dtype (and its type, for an
+ndarray subclass); lists, tuples and dicts of them, item by item; any other argument by value (0.0 and
+-0.0 differ, NaN equals NaN). The arrays and Variables are the call's *leaves*, in order: what the
+replay program takes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy import ndarray
+
+from ..errors import CaptureError
+from ..variable import Variable
+
+if TYPE_CHECKING:
+    from ..graph import Graph
+
+__all__ = ["rebuild", "signature"]
+
+
+def signature(args: tuple[Any, ...], kwargs: Mapping[str, Any], graph: Graph) -> tuple[Any, list[Any]]:
+    """(key, leaves): the cache key of a call, and its array and Variable arguments in order."""
+    leaves: list[Any] = []
+    parts: list[Any] = [graph.train_state, len(graph.operations)]
+    plain = True
+    for index, a in enumerate(args):
+        if type(a) is ndarray:  # the common case first
+            leaves.append(a)
+            parts.append(a.shape)
+            parts.append(a.dtype)
+        else:
+            plain = False
+            parts.append(_spec(a, leaves, f"argument {index}"))
+    if kwargs:
+        plain = False
+        parts.append(tuple((k, _spec(v, leaves, f"argument {k!r}")) for k, v in kwargs.items()))
+    if not plain:
+        variables = [id(leaf) for leaf in leaves if isinstance(leaf, Variable)]
+        if len(set(variables)) < len(variables):
+            # one Variable passed twice: a record made so binds both uses to it, so it is keyed apart
+            first: dict[int, int] = {}
+            parts.append(("aliases", tuple(first.setdefault(id(leaf), i) for i, leaf in enumerate(leaves))))
+    return tuple(parts), leaves
+
+
+def _spec(obj: Any, leaves: list[Any], where: str) -> Any:
+    if isinstance(obj, ndarray):
+        leaves.append(obj)
+        return (type(obj), obj.shape, obj.dtype)
+    if isinstance(obj, Variable):
+        leaves.append(obj)
+        return (Variable, obj.value.shape, obj.value.dtype)
+    if isinstance(obj, (tuple, list)):
+        return (type(obj), tuple(_spec(o, leaves, f"{where}[{i}]") for i, o in enumerate(obj)))
+    if isinstance(obj, Mapping):
+        return (type(obj), tuple((k, _spec(v, leaves, f"{where}[{k!r}]")) for k, v in obj.items()))
+    if isinstance(obj, (float, np.floating)):  # by its bits: 0.0 and -0.0 differ, NaN equals NaN
+        return (type(obj), float(obj).hex())
+    try:
+        hash(obj)
+    except TypeError:
+        raise CaptureError(
+            f"the captured step's {where} is a {type(obj).__name__}, neither an array, a Variable nor "
+            "hashable: a record is kept per value of such arguments. Pass arrays or Variables (lists, "
+            "tuples and dicts of them are fine), or hashable values (numbers, strings, tuples)."
+        ) from None
+    return ("value", type(obj), obj)
+
+
+def rebuild(args: tuple[Any, ...], kwargs: Mapping[str, Any], replace: Callable[[int], Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """``args`` and ``kwargs`` with their k-th leaf (in ``signature``'s order) replaced by ``replace(k)``."""
+    count = [0]
+
+    def walk(obj: Any) -> Any:
+        if isinstance(obj, (ndarray, Variable)):
+            count[0] += 1
+            return replace(count[0] - 1)
+        if isinstance(obj, tuple):
+            items = [walk(o) for o in obj]
+            return type(obj)._make(items) if hasattr(obj, "_fields") else type(obj)(items)  # type: ignore[attr-defined]
+        if isinstance(obj, list):
+            return type(obj)(walk(o) for o in obj)
+        if isinstance(obj, Mapping):
+            made = obj.copy() if hasattr(obj, "copy") else dict(obj)
+            for k, v in obj.items():
+                made[k] = walk(v)
+            return made
+        return obj
+
+    return tuple(walk(a) for a in args), {k: walk(v) for k, v in kwargs.items()}
