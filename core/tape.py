@@ -159,15 +159,15 @@ class Pass:
     def of(cls, entries: Sequence[Context], losses: Sequence[Context], targets: Sequence[Any], consumed: bool) -> Pass:
         """The pass of a tape's ``entries`` and computed ``losses`` (with their ``targets``)."""
         where: dict[int, Ref] = {}  # id(value) -> its ref (every value is alive while the entries are)
-        leaves: list[Leaf] = []
+        found: list[Any] = []  # the leaf values, in the order the pass met them
         apps = []
         for i, ctx in enumerate(entries):
             refs = []
             for x in ctx.inputs:
                 ref = where.get(id(x))
                 if ref is None:
-                    ref = where[id(x)] = len(leaves)
-                    leaves.append(Leaf(x))
+                    ref = where[id(x)] = len(found)
+                    found.append(x)
                 refs.append(ref)
             outputs = ctx.outputs
             if type(outputs) is tuple:
@@ -181,9 +181,10 @@ class Pass:
         for ctx, target in zip(losses, targets):
             ref = where.get(id(target))
             if ref is None:
-                ref = where[id(target)] = len(leaves)
-                leaves.append(Leaf(target))
-            drawn.append((next(i for i in range(len(entries) - 1, -1, -1) if entries[i] is ctx), ref))
+                ref = where[id(target)] = len(found)
+                found.append(target)
+            drawn.append((entries.index(ctx), ref))  # (Contexts compare by identity)
+        leaves = [Leaf(x) for x in found]
         return cls(apps, leaves, drawn, consumed)
 
     def __getstate__(self) -> tuple[Any, ...]:
@@ -286,7 +287,7 @@ class Tape:
                     "not recorded, so this loss could not be differentiated. Apply the forward outside the op, "
                 "or compute the loss inside it."
             )
-        if ctx.recorded and not any(queued is ctx for queued in self.losses):
+        if ctx.recorded and ctx not in self.losses:  # (Contexts compare by identity)
             self.losses.append(ctx)
             self.targets.append(target)  # (drawing: the loss node's input)
         if events.observer is not None:
@@ -357,7 +358,7 @@ class Tape:
                 outputs = ctx.outputs
                 grad: Any
                 if ctx.op.is_loss:  # seeded if its loss was computed; its outputs are for reading
-                    grad = loss_grad if any(queued is ctx for queued in losses) else None
+                    grad = loss_grad if ctx in losses else None  # (Contexts compare by identity)
                 elif type(outputs) is tuple:
                     grad = _output_grads(outputs)
                 else:

@@ -248,7 +248,7 @@ class _Writer:
     def emit(self, line: str, depth: int = 2, app: int | None = None, stage: str = "") -> None:
         self.lines.append("    " * depth + line)
         if app is not None:
-            self.program.lines[len(self.lines) + 2] = (app, stage)  # (the def and try lines come first)
+            self.program.lines[len(self.lines) + 3] = (app, stage)  # (the def, inside and try lines come first)
 
     def call(self, kind: str, function: str, owner: str, args: list[str]) -> str:
         """A call of an op's code or of a replayable call: a marker standing for it plain or observed."""
@@ -279,7 +279,12 @@ class _Writer:
         self.emit(f"return {self.value(program.template)}")
         arguments = ", ".join(program.argument_names)
         body = "\n".join(self.lines)
-        source = f"def replay({arguments}):\n    try:\n{body}\n    finally:\n        release(released)\n"
+        tape = self.global_(program.graph.tape, "tape")
+        # (while it runs, ops an op's code applies are part of that op, as eagerly: see Tape.record)
+        source = (
+            f"def replay({arguments}):\n    {tape}.inside += 1\n    try:\n{body}\n"
+            f"    finally:\n        {tape}.inside -= 1\n        release(released)\n"
+        )
         parts = source.split("\x00")
         plain = "".join(self.calls[int(p)][0] if k % 2 else p for k, p in enumerate(parts))
         observed = "".join(self.calls[int(p)][1] if k % 2 else p for k, p in enumerate(parts))

@@ -111,7 +111,6 @@ class CapturedStep:
         if not record.verified:
             return self._check(record, leaves, args, kwargs)
         function = record.program.function if observer is None else record.observed()
-        tape.inside += 1  # op code a replayed op applies is part of it, as eagerly (see Tape.record)
         try:
             return function(*leaves)
         except Exception as exc:
@@ -119,8 +118,6 @@ class CapturedStep:
             if error is exc:
                 raise
             raise error from exc
-        finally:
-            tape.inside -= 1
 
     def __getstate__(self) -> dict[str, Any]:
         # A record's program is bound to this graph's objects: a copy (or an unpickled step)
@@ -192,14 +189,10 @@ class CapturedStep:
             cannot = f"{type(exc).__name__}: {exc}"
         replayed, failure = None, None
         if function is not None:
-            copied_tape = memo[id(self.graph)].tape
-            copied_tape.inside += 1
             try:
                 replayed = function(*copied_leaves)
             except Exception as exc:  # eager decides: it raises the same, or the replay was wrong
                 failure = record.program.error(exc)
-            finally:
-                copied_tape.inside -= 1
         recording, result = self._run_recorded(leaves, args, kwargs)
         recording.template(result)  # (refuses what cannot be returned, as the first call did)
         result = plain_result(result)
@@ -212,7 +205,11 @@ class CapturedStep:
             )
         problem = structure_difference(record.recording, recording)
         if problem is None and failure is not None:
-            problem = f"the replay raised {type(failure).__name__} ({failure}) where the eager run did not. {CAUSES}"
+            problem = (
+                f"the replay raised {type(failure).__name__} ({failure}) where the eager run did not. {CAUSES} An op "
+                "whose forward or backward reads ctx.inputs or ctx.outputs fails so too (a replay does not fill them; "
+                "`tapegrad check NAME` runs check_capture on an op)."
+            )
         if problem is None:
             problem = first_difference(replayed, result, "the returned value")
             seen: set[tuple[int, int]] = set()
