@@ -1,4 +1,9 @@
-"""The contract suite catches each kind of broken op by the check named for it."""
+"""tapegrad.testing: the contract catches each kind of broken op by the check named for it.
+
+Sections follow the package's modules: the package's public names; ``case`` (messages, checks that
+require another); ``checks`` (one application per graph); ``passes`` (several applications of one
+op); ``running`` (collecting, running, reporting, parametrize_operations).
+"""
 
 import sys
 
@@ -7,9 +12,14 @@ import pytest
 
 import tapegrad as tg
 from tapegrad import testing
-from tapegrad.testing import ContractError, check_operation, parametrize_operations
+from tapegrad.testing import ContractError, check_operation, parametrize_operations, passes, running
+
+FIRST_PARTY = ["math", "activations", "layers", "losses"]
+#: The contract over the acme fixture plugin: Softplus and Scale, one sample each.
+ACME_CHECKS = 2 * (1 + len(testing.ALL_CHECKS))
 
 
+# -- ops that break the contract, one fault each (used across the sections below) ----------------
 def _sample(cls, rng):
     yield tg.Sample(inputs=[rng.standard_normal((3, 2))], name="s")
 
@@ -116,6 +126,156 @@ class IntegerGradient(tg.Operation):
         yield tg.Sample(inputs=[rng.standard_normal(3), np.array([0, 2])])
 
 
+class TwoFaults(OverwritesParameterGrad):
+    def backward(self, ctx, grad):
+        (x,) = ctx.saved
+        self.w.grad = (grad * x).sum(axis=0)  # should be +=
+        return grad * 2.0 * self.w.value  # should be grad * w
+
+
+# -- tapegrad.testing, the package: its public names and where each check is defined -------------
+#: tapegrad.testing's public names before it became a package: each stays importable from it.
+NAMES_BEFORE_THE_SPLIT = [
+    "ContractError", "ContractSkip", "ContractReport", "ContractResult", "OperationCase", "Sample", "ALL_CHECKS",
+    "LOSS_CHECKS", "check_operation", "collect_cases", "parametrize_operations", "prerequisite", "requires",
+    "run_cases", "summary", "case_id", "check_has_samples", "check_forward_dtype_and_finite",
+    "check_forward_deterministic", "check_inputs_not_mutated", "check_gradient_inputs", "check_gradient_parameters",
+    "check_gradient_structure", "check_accumulates", "check_fan_out", "check_reuse_in_one_pass",
+    "check_linear_in_upstream_gradient", "check_eval_mode", "check_capture", "check_loss_scalar",
+]
+
+
+def test_every_public_name_of_the_old_module_is_importable_from_the_package():
+    import importlib
+
+    module = importlib.import_module("tapegrad.testing")
+    missing = [name for name in NAMES_BEFORE_THE_SPLIT if not hasattr(module, name)]
+    assert not missing
+    assert set(NAMES_BEFORE_THE_SPLIT) <= set(testing.__all__)
+    assert all(hasattr(testing, name) for name in testing.__all__)
+    assert testing.ContractError is tg.errors.ContractError and testing.Sample is tg.Sample
+
+
+def test_every_check_is_exported_and_defined_in_the_module_for_its_kind():
+    checks = (*running.ALL_CHECKS, *running.LOSS_CHECKS, testing.check_has_samples)
+    assert testing.ALL_CHECKS is running.ALL_CHECKS and testing.LOSS_CHECKS is running.LOSS_CHECKS
+    for check in checks:
+        assert getattr(testing, check.__name__) is check and check.__name__ in testing.__all__
+        assert check.__doc__ and check.__name__.startswith("check_")
+    where = {check.__name__: check.__module__ for check in checks}
+    assert {name for name, module in where.items() if module == "tapegrad.testing.passes"} == {
+        "check_fan_out", "check_reuse_in_one_pass", "check_capture",
+    }
+    assert set(where.values()) == {"tapegrad.testing.checks", "tapegrad.testing.passes"}
+
+
+def test_no_check_is_named_by_a_string_in_the_package():
+    """A check's name in every report is its function's name: no module spells one out (``__all__`` aside)."""
+    import ast
+    import pathlib
+
+    names = {check.__name__ for check in (*running.ALL_CHECKS, *running.LOSS_CHECKS, testing.check_has_samples)}
+    modules = sorted(pathlib.Path(testing.__file__).parent.glob("*.py"))
+    assert [m.name for m in modules] == ["__init__.py", "case.py", "checks.py", "passes.py", "running.py"]
+    for path in modules:
+        tree = ast.parse(path.read_text())
+        exported = {
+            id(element)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in node.targets)
+            for element in node.value.elts
+        }
+        strings = {
+            node.value for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in exported
+        }
+        assert not strings & names, (path.name, strings & names)
+
+
+def test_each_failure_is_reported_under_the_name_of_the_function_that_raised_it():
+    report = check_operation(TwoFaults, raise_on_failure=False)
+    for result in report.results:
+        assert result.id.endswith(f"-{result.check}")
+        if not result.ok:
+            assert f"] {result.check} failed:" in result.message
+
+
+# -- tapegrad.testing.case: failure messages; a check that requires another -----------------------
+def test_failure_message_names_plugin_sample_and_worst_element():
+    registry = tg.Registry(entry_points=False)
+    registry.register_operation(WrongDerivative, plugin="broken")
+    report = check_operation(WrongDerivative, registry=registry, raise_on_failure=False, checks=["check_gradient_inputs"])
+    message = report.failures[0].message
+    assert "WrongDerivative (plugin 'broken')" in message and "[sample 's']" in message
+    assert "tapegrad check WrongDerivative --plugin broken" in message
+
+
+DEPENDENT = {
+    "check_forward_dtype_and_finite", "check_inputs_not_mutated", "check_gradient_inputs",
+    "check_gradient_parameters", "check_accumulates", "check_fan_out", "check_reuse_in_one_pass",
+    "check_linear_in_upstream_gradient", "check_capture",
+}
+
+
+@pytest.mark.parametrize("cls", [WrongGradShape, IntegerGradient])
+def test_a_structural_fault_fails_once_and_skips_the_checks_that_cannot_run(cls):
+    report = check_operation(cls, raise_on_failure=False)
+    assert not report.passed
+    assert [r.check for r in report.failures] == ["check_gradient_structure"]
+    skipped = {r.check: r.message for r in report.results if r.outcome == "skipped"}
+    assert set(skipped) == DEPENDENT and report.skipped and all(r.ok for r in report.skipped)
+    assert all("cannot run because check_gradient_structure failed" in m for m in skipped.values())
+    passed = {r.check for r in report.results if r.outcome == "passed"}
+    assert {"check_forward_deterministic", "check_eval_mode"} <= passed
+    assert "SKIPPED" in str(report) and f"1 failed, {len(DEPENDENT)} skipped" in str(report)
+    with pytest.raises(ContractError) as err:
+        check_operation(cls)
+    assert str(err.value).count("failed:") == 1
+
+
+def test_the_skip_reason_names_the_structural_fault():
+    report = check_operation(WrongGradShape, raise_on_failure=False)
+    reason = next(r.message for r in report.results if r.check == "check_fan_out")
+    assert reason == (
+        "WrongGradShape[s]: check_fan_out cannot run because check_gradient_structure failed "
+        "(gradient of input 0 has shape (2,), the input has shape (3, 2))"
+    )
+
+
+def test_non_finite_values_are_not_a_structural_fault():
+    report = check_operation(NonFiniteForward, raise_on_failure=False)
+    assert "check_gradient_structure" not in {r.check for r in report.failures}
+    assert "check_forward_dtype_and_finite" in {r.check for r in report.failures}
+
+
+def test_the_structure_check_runs_once_per_case_in_any_order():
+    calls = []
+
+    class Counted(WrongGradShape):
+        def backward(self, ctx, grad):
+            calls.append(1)
+            return super().backward(ctx, grad)
+
+    pairs = list(reversed(testing.collect_cases(Counted)))
+    results = {r.check: r.outcome for r in testing.run_cases(pairs)}
+    assert results["check_gradient_structure"] == "failed" and results["check_fan_out"] == "skipped"
+    assert len(calls) == 1
+
+
+def test_a_new_check_can_require_the_structure_check(monkeypatch):
+    @testing.requires(testing.check_gradient_structure)
+    def check_a_later_idea(case):
+        """A check added later that runs backward."""
+        raise AssertionError("must not run after a structural fault")
+
+    assert check_a_later_idea.__name__ == "check_a_later_idea"
+    assert check_a_later_idea.requires == (testing.check_gradient_structure,)
+    monkeypatch.setattr(running, "ALL_CHECKS", (*running.ALL_CHECKS, check_a_later_idea))
+    report = check_operation(WrongGradShape, raise_on_failure=False)
+    assert next(r.outcome for r in report.results if r.check == "check_a_later_idea") == "skipped"
+
+
+# -- tapegrad.testing.checks: each broken op is caught by the check named for it ------------------
 @pytest.mark.parametrize(
     "cls, check",
     [
@@ -139,15 +299,6 @@ def test_each_broken_op_is_caught_by_the_check_named_for_it(cls, check):
     assert not report.passed and cls.__name__ in str(report)
 
 
-
-
-class TwoFaults(OverwritesParameterGrad):
-    def backward(self, ctx, grad):
-        (x,) = ctx.saved
-        self.w.grad = (grad * x).sum(axis=0)  # should be +=
-        return grad * 2.0 * self.w.value  # should be grad * w
-
-
 def test_contract_error_lists_every_failure_and_is_an_assertion_error():
     with pytest.raises(ContractError) as err:
         check_operation(TwoFaults)
@@ -162,113 +313,25 @@ def test_a_wrong_derivative_is_reported_by_the_gradient_check_alone():
     assert {r.check for r in report.failures} == {"check_gradient_inputs"}
 
 
-def test_failure_message_names_plugin_sample_and_worst_element():
-    registry = tg.Registry(entry_points=False)
-    registry.register_operation(WrongDerivative, plugin="broken")
-    report = check_operation(WrongDerivative, registry=registry, raise_on_failure=False, checks=["check_gradient_inputs"])
-    message = report.failures[0].message
-    assert "WrongDerivative (plugin 'broken')" in message and "[sample 's']" in message
-    assert "tapegrad check WrongDerivative --plugin broken" in message
+def test_endless_samples_fail_check_has_samples_quickly():
+    class Endless(tg.Operation):
+        def forward(self, ctx, x):
+            return x * 1.0
 
+        def backward(self, ctx, grad):
+            return grad
 
-def test_checks_and_expected_failures():
-    report = check_operation("Sigmoid", checks=[testing.check_gradient_inputs])
-    assert {r.check for r in report.results} == {"check_gradient_inputs"}
-    report = check_operation(WrongDerivative, expected_failures={"check_gradient_inputs": "known"},
-                             checks=["check_gradient_inputs"], raise_on_failure=False)
-    assert report.passed and report.results[0].outcome == "xfailed"
-    strict = check_operation("Sigmoid", expected_failures={"check_eval_mode": "wrongly expected"},
-                             checks=["check_eval_mode"], raise_on_failure=False)
-    assert not strict.passed and strict.results[0].outcome == "xpassed"
-    with pytest.raises(ValueError, match="reason"):
-        check_operation(WrongDerivative, expected_failures={"check_gradient_inputs": ""})
-
-
-def test_parametrize_operations_ids_read_like_sentences():
-    mark = parametrize_operations("Affine")
-    ids = [p.id for p in mark.args[1]]
-    assert "Affine-check_has_samples" in ids
-    assert "Affine[batch1]-check_gradient_parameters" in ids
-    with pytest.raises(tg.PluginUnavailableError, match="'no-such-plugin' is not installed"):
-        parametrize_operations(plugin="no-such-plugin")
-
-
-def test_installed_third_party_plugin_passes_through_every_route(pytester):
-    # tapegrad-acme-ops is pip-installed into the test environment (see tox.ini)
-    report = check_operation("acme:Softplus")
-    assert report.passed and len(report.results) > 10
-    assert check_operation("Scale").passed
-
-    pytester.makepyfile(
-        """
-        from tapegrad.testing import parametrize_operations
-
-        @parametrize_operations(plugin="acme")
-        def test_contract(operation, check):
-            check(operation)
-        """
-    )
-    result = pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider")
-    result.assert_outcomes(passed=26)
-
-    cli = pytester.run(sys.executable, "-m", "tapegrad.cli", "check", "--plugin", "acme")
-    assert cli.ret == 0 and "Softplus" in cli.stdout.str() and "0 failed" in cli.stdout.str()
-
-
-def test_pytest_option_generates_the_contract_without_test_files(pytester):
-    result = pytester.runpytest_subprocess("--tapegrad-contract=acme", "-q", "-p", "no:cacheprovider")
-    result.assert_outcomes(passed=26)
-    result = pytester.runpytest_subprocess("--tapegrad-contract=acm", "-q", "-p", "no:cacheprovider")
-    assert result.ret != 0
-    assert "no registered operation matched" in result.stderr.str()
-
-
-def test_pytest_option_reports_a_broken_plugin_op_as_failed(pytester):
-    pytester.makepyfile(
-        conftest="""
-        import numpy as np, tapegrad as tg
-
-        @tg.register_operation(plugin="brokenpack")
-        class Wrong(tg.Operation):
-            def forward(self, ctx, x):
-                ctx.save(x)
-                return x ** 2
-            def backward(self, ctx, grad):
-                return grad * ctx.saved[0]
-            @classmethod
-            def samples(cls, rng):
+        @classmethod
+        def samples(cls, rng):
+            while True:
                 yield tg.Sample(inputs=[rng.standard_normal((2, 2))])
-        """
-    )
-    result = pytester.runpytest_subprocess("--tapegrad-contract=brokenpack", "-q", "-p", "no:cacheprovider")
-    assert result.ret == 1
-    out = result.stdout.str()
-    assert "Wrong[sample0]-check_gradient_inputs" in out and "analytic" in out
+
+    report = check_operation(Endless, raise_on_failure=False)
+    assert [r.check for r in report.failures] == ["check_has_samples"]
+    assert "more than 100 samples" in report.failures[0].message
 
 
-def test_parametrize_operations_marks_expected_failures_as_strict_xfails():
-    registry = tg.Registry(entry_points=False)
-    registry.register_operation(WrongDerivative, plugin="broken")
-    mark = parametrize_operations(plugin="broken", registry=registry,
-                                  expected_failures={"check_gradient_inputs": "derivative off by 2x, tracked"})
-    marked = {p.id: p.marks for p in mark.args[1]}
-    xfail = marked["WrongDerivative[s]-check_gradient_inputs"][0]
-    assert xfail.name == "xfail" and xfail.kwargs["strict"] is True and "tracked" in xfail.kwargs["reason"]
-    assert not marked["WrongDerivative[s]-check_eval_mode"]
-
-
-def test_a_broken_plugin_warns_without_breaking_pytest_summary(pytester, tmp_path, monkeypatch):
-    from conftest import make_dist
-
-    site = make_dist(tmp_path / "site", "tgtest-kaputt", "0.1", {"tgtest_kaputt": "tgtest_kaputt"},
-                     {"tgtest_kaputt": "raise ImportError('kaputt')"})
-    monkeypatch.setenv("PYTHONPATH", str(site))
-    result = pytester.runpytest_subprocess("--tapegrad-contract=acme", "-q", "-p", "no:cacheprovider")
-    result.assert_outcomes(passed=26, warnings=1)
-    assert "tgtest_kaputt" in result.stdout.str()
-
-
-# -- item 20: check_fan_out feeds the same inputs to three applications ---------------------------
+# -- tapegrad.testing.passes: the same inputs fed to three applications (check_fan_out) -----------
 class Square(tg.Operation):
     """x * x on a shape-() sample."""
 
@@ -407,7 +470,7 @@ def test_fan_out_catches_a_lost_third_contribution_that_two_applications_miss(mo
     message = report.failures[0].message
     assert f"{name} fed to 3 applications" in message and "contribution (arriving 3rd) was lost" in message
     assert "at []" in message  # the shape-() element, by its index
-    monkeypatch.setattr(testing, "FAN_OUT", 2)  # the old check's two applications
+    monkeypatch.setattr(passes, "FAN_OUT", 2)  # the old check's two applications
     assert check_operation(cls, checks=["check_fan_out"], raise_on_failure=False).passed
 
 
@@ -435,7 +498,7 @@ def test_fan_out_names_an_overwritten_contribution():
     assert "application 1's contribution (arriving 3rd) was the only one kept (the others were overwritten)" in message
 
 
-# -- item 21: check_reuse_in_one_pass applies the op to independent inputs -----------------------
+# -- tapegrad.testing.passes: independent inputs in one pass (check_reuse_in_one_pass) ------------
 def _one(shape):
     def samples(cls, rng):
         yield tg.Sample(inputs=[rng.standard_normal(shape)], name="s")
@@ -665,116 +728,7 @@ def test_reuse_with_values_only_catches_a_mask_on_self():
     assert "when application 1 runs alone" in message
 
 
-# -- item 22: one structural fault, one failure; what cannot run after it is skipped --------------
-DEPENDENT = {
-    "check_forward_dtype_and_finite", "check_inputs_not_mutated", "check_gradient_inputs",
-    "check_gradient_parameters", "check_accumulates", "check_fan_out", "check_reuse_in_one_pass",
-    "check_linear_in_upstream_gradient", "check_capture",
-}
-
-
-@pytest.mark.parametrize("cls", [WrongGradShape, IntegerGradient])
-def test_a_structural_fault_fails_once_and_skips_the_checks_that_cannot_run(cls):
-    report = check_operation(cls, raise_on_failure=False)
-    assert not report.passed
-    assert [r.check for r in report.failures] == ["check_gradient_structure"]
-    skipped = {r.check: r.message for r in report.results if r.outcome == "skipped"}
-    assert set(skipped) == DEPENDENT and report.skipped and all(r.ok for r in report.skipped)
-    assert all("cannot run because check_gradient_structure failed" in m for m in skipped.values())
-    passed = {r.check for r in report.results if r.outcome == "passed"}
-    assert {"check_forward_deterministic", "check_eval_mode"} <= passed
-    assert "SKIPPED" in str(report) and "1 failed, 9 skipped" in str(report)
-    with pytest.raises(ContractError) as err:
-        check_operation(cls)
-    assert str(err.value).count("failed:") == 1
-
-
-def test_the_skip_reason_names_the_structural_fault():
-    report = check_operation(WrongGradShape, raise_on_failure=False)
-    reason = next(r.message for r in report.results if r.check == "check_fan_out")
-    assert reason == (
-        "WrongGradShape[s]: check_fan_out cannot run because check_gradient_structure failed "
-        "(gradient of input 0 has shape (2,), the input has shape (3, 2))"
-    )
-
-
-def test_non_finite_values_are_not_a_structural_fault():
-    report = check_operation(NonFiniteForward, raise_on_failure=False)
-    assert "check_gradient_structure" not in {r.check for r in report.failures}
-    assert "check_forward_dtype_and_finite" in {r.check for r in report.failures}
-
-
-def test_the_structure_check_runs_once_per_case_in_any_order():
-    calls = []
-
-    class Counted(WrongGradShape):
-        def backward(self, ctx, grad):
-            calls.append(1)
-            return super().backward(ctx, grad)
-
-    pairs = list(reversed(testing.collect_cases(Counted)))
-    results = {r.check: r.outcome for r in testing.run_cases(pairs)}
-    assert results["check_gradient_structure"] == "failed" and results["check_fan_out"] == "skipped"
-    assert len(calls) == 1
-
-
-def test_a_check_whose_prerequisite_is_not_in_the_run_fails_with_its_message():
-    report = check_operation(WrongGradShape, checks=["check_gradient_inputs"], raise_on_failure=False)
-    (result,) = report.results
-    assert result.outcome == "failed" and not report.passed
-    assert "check_gradient_structure (not part of this run) failed" in result.message
-    assert "gradient of input 0 has shape (2,)" in result.message
-
-
-def test_a_new_check_can_require_the_structure_check(monkeypatch):
-    @testing.requires(testing.check_gradient_structure)
-    def check_capture(case):
-        """A later check that runs backward."""
-        raise AssertionError("must not run after a structural fault")
-
-    assert check_capture.__name__ == "check_capture" and check_capture.requires == (testing.check_gradient_structure,)
-    monkeypatch.setattr(testing, "ALL_CHECKS", (*testing.ALL_CHECKS, check_capture))
-    report = check_operation(WrongGradShape, raise_on_failure=False)
-    assert next(r.outcome for r in report.results if r.check == "check_capture") == "skipped"
-
-
-def test_parametrize_operations_skips_what_a_structural_fault_blocks(pytester):
-    from conftest import REGISTERED_WRONG_SHAPE
-
-    pytester.makeconftest(REGISTERED_WRONG_SHAPE)
-    pytester.makepyfile(
-        """
-        from tapegrad.testing import parametrize_operations
-
-        @parametrize_operations(plugin="shapes")
-        def test_contract(operation, check):
-            check(operation)
-        """
-    )
-    result = pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider", "-rs")
-    result.assert_outcomes(passed=3, failed=1, skipped=9)
-    out = result.stdout.str()
-    assert "cannot run because check_gradient_structure failed (gradient of input 0 has shape (2,)" in out
-
-
-# -- registry: named plugins must be available ----------------------------------------------------
-def test_collect_and_parametrize_fail_for_a_named_plugin_that_is_missing_or_failed(plugin_dir):
-    from conftest import make_dist
-
-    make_dist(plugin_dir, "tgtest-kaputt", "0.1", {"tgtest_kaputt": "tgtest_kaputt"},
-              {"tgtest_kaputt": "raise ImportError('kaputt')"})
-    with pytest.warns(tg.PluginWarning), pytest.raises(tg.PluginUnavailableError, match="'tgtest_kaputt' .*ImportError: kaputt"):
-        parametrize_operations(plugin=["acme", "tgtest_kaputt"])
-    with pytest.raises(tg.PluginUnavailableError, match="'brokenops' is not installed"):
-        parametrize_operations(plugin=["acme", "brokenops"])
-    with pytest.raises(tg.PluginUnavailableError, match="'brokenops'"):
-        testing.collect_cases(plugin="brokenops")
-    with pytest.raises(tg.PluginUnavailableError, match="'brokenops'"):
-        testing.collect_cases("Softplus", plugin=["acme", "brokenops"])
-    assert {case.info.plugin for case, _ in testing.collect_cases(plugin=["acme"])} == {"acme"}
-    assert {case.info.plugin for case, _ in testing.collect_cases(plugin="tapegrad-acme-ops")} == {"acme"}
-
-
+# -- tapegrad.testing.passes: a captured step recorded and replayed (check_capture) ---------------
 class ReadsCtxInputs(tg.Operation):
     """x * x, whose backward reads the input back from ctx.inputs instead of saving it."""
 
@@ -808,16 +762,118 @@ def test_check_capture_catches_an_op_that_reads_ctx_inputs_and_passes_a_correct_
     assert check_operation(SavesWhatItWasGiven, checks=["check_capture"]).passed
 
 
-def test_check_capture_runs_for_every_case_and_shows_in_the_cli_table(capsys):
-    from tapegrad.cli import main
+# -- tapegrad.testing.running: collecting, choosing checks, expected failures, parametrize -------
+def test_every_check_is_collected_for_every_sample_and_the_loss_checks_for_losses():
+    checks: dict[str, list] = {}
+    for case, check in testing.collect_cases("Sigmoid", "SoftmaxLoss"):
+        checks.setdefault(case.name if check is testing.check_has_samples else case.id, []).append(check)
+    assert checks.pop("Sigmoid") == checks.pop("SoftmaxLoss") == [testing.check_has_samples]
+    assert sum(key.startswith("Sigmoid[") for key in checks) >= 2 and sum(key.startswith("SoftmaxLoss[") for key in checks) >= 2
+    for key, collected in checks.items():
+        expected = testing.ALL_CHECKS + (testing.LOSS_CHECKS if key.startswith("SoftmaxLoss") else ())
+        assert tuple(collected) == expected, key
+    assert testing.check_capture in testing.ALL_CHECKS
 
-    assert main(["check", "Sigmoid", "--plugin", "activations"]) == 0
-    assert "capture" in capsys.readouterr().out
-    names = {check.__name__ for case, check in testing.collect_cases("Sigmoid")}
-    assert "check_capture" in names
+
+def test_checks_and_expected_failures():
+    report = check_operation("Sigmoid", checks=[testing.check_gradient_inputs])
+    assert {r.check for r in report.results} == {"check_gradient_inputs"}
+    report = check_operation(WrongDerivative, expected_failures={"check_gradient_inputs": "known"},
+                             checks=["check_gradient_inputs"], raise_on_failure=False)
+    assert report.passed and report.results[0].outcome == "xfailed"
+    strict = check_operation("Sigmoid", expected_failures={"check_eval_mode": "wrongly expected"},
+                             checks=["check_eval_mode"], raise_on_failure=False)
+    assert not strict.passed and strict.results[0].outcome == "xpassed"
+    with pytest.raises(ValueError, match="reason"):
+        check_operation(WrongDerivative, expected_failures={"check_gradient_inputs": ""})
 
 
-# -- ops whose own code ends the process or never stops -----------------------------------------------
+def test_a_check_whose_prerequisite_is_not_in_the_run_fails_with_its_message():
+    report = check_operation(WrongGradShape, checks=["check_gradient_inputs"], raise_on_failure=False)
+    (result,) = report.results
+    assert result.outcome == "failed" and not report.passed
+    assert "check_gradient_structure (not part of this run) failed" in result.message
+    assert "gradient of input 0 has shape (2,)" in result.message
+
+
+def test_parametrize_operations_ids_read_like_sentences():
+    mark = parametrize_operations("Affine")
+    ids = [p.id for p in mark.args[1]]
+    assert "Affine-check_has_samples" in ids
+    assert "Affine[batch1]-check_gradient_parameters" in ids
+    with pytest.raises(tg.PluginUnavailableError, match="'no-such-plugin' is not installed"):
+        parametrize_operations(plugin="no-such-plugin")
+
+
+def test_parametrize_operations_marks_expected_failures_as_strict_xfails():
+    registry = tg.Registry(entry_points=False)
+    registry.register_operation(WrongDerivative, plugin="broken")
+    mark = parametrize_operations(plugin="broken", registry=registry,
+                                  expected_failures={"check_gradient_inputs": "derivative off by 2x, tracked"})
+    marked = {p.id: p.marks for p in mark.args[1]}
+    xfail = marked["WrongDerivative[s]-check_gradient_inputs"][0]
+    assert xfail.name == "xfail" and xfail.kwargs["strict"] is True and "tracked" in xfail.kwargs["reason"]
+    assert not marked["WrongDerivative[s]-check_eval_mode"]
+
+
+def test_parametrize_operations_skips_what_a_structural_fault_blocks(pytester):
+    from conftest import REGISTERED_WRONG_SHAPE
+
+    pytester.makeconftest(REGISTERED_WRONG_SHAPE)
+    pytester.makepyfile(
+        """
+        from tapegrad.testing import parametrize_operations
+
+        @parametrize_operations(plugin="shapes")
+        def test_contract(operation, check):
+            check(operation)
+        """
+    )
+    result = pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider", "-rs")
+    result.assert_outcomes(passed=3, failed=1, skipped=len(DEPENDENT))
+    out = result.stdout.str()
+    assert "cannot run because check_gradient_structure failed (gradient of input 0 has shape (2,)" in out
+
+
+def test_installed_third_party_plugin_passes_through_every_route(pytester):
+    # tapegrad-acme-ops is pip-installed into the test environment (see tox.ini)
+    report = check_operation("acme:Softplus")
+    assert report.passed and len(report.results) == ACME_CHECKS // 2
+    assert check_operation("Scale").passed
+
+    pytester.makepyfile(
+        """
+        from tapegrad.testing import parametrize_operations
+
+        @parametrize_operations(plugin="acme")
+        def test_contract(operation, check):
+            check(operation)
+        """
+    )
+    result = pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=ACME_CHECKS)
+
+    cli = pytester.run(sys.executable, "-m", "tapegrad.cli", "check", "--plugin", "acme")
+    assert cli.ret == 0 and "Softplus" in cli.stdout.str() and "0 failed" in cli.stdout.str()
+
+
+def test_collect_and_parametrize_fail_for_a_named_plugin_that_is_missing_or_failed(plugin_dir):
+    from conftest import make_dist
+
+    make_dist(plugin_dir, "tgtest-kaputt", "0.1", {"tgtest_kaputt": "tgtest_kaputt"},
+              {"tgtest_kaputt": "raise ImportError('kaputt')"})
+    with pytest.warns(tg.PluginWarning), pytest.raises(tg.PluginUnavailableError, match="'tgtest_kaputt' .*ImportError: kaputt"):
+        parametrize_operations(plugin=["acme", "tgtest_kaputt"])
+    with pytest.raises(tg.PluginUnavailableError, match="'brokenops' is not installed"):
+        parametrize_operations(plugin=["acme", "brokenops"])
+    with pytest.raises(tg.PluginUnavailableError, match="'brokenops'"):
+        testing.collect_cases(plugin="brokenops")
+    with pytest.raises(tg.PluginUnavailableError, match="'brokenops'"):
+        testing.collect_cases("Softplus", plugin=["acme", "brokenops"])
+    assert {case.info.plugin for case, _ in testing.collect_cases(plugin=["acme"])} == {"acme"}
+    assert {case.info.plugin for case, _ in testing.collect_cases(plugin="tapegrad-acme-ops")} == {"acme"}
+
+
 class _Exits(tg.Operation):
     """A correct op, but its code calls sys.exit where ``where`` says."""
 
@@ -858,21 +914,3 @@ def test_an_op_calling_sys_exit_fails_the_contract_instead_of_ending_the_run(whe
     code = main(["check", cls.__name__])
     out = capsys.readouterr().out
     assert code == 1 and cls.__name__ in out and "SystemExit" in out and " 0 failed" not in out
-
-
-def test_endless_samples_fail_check_has_samples_quickly():
-    class Endless(tg.Operation):
-        def forward(self, ctx, x):
-            return x * 1.0
-
-        def backward(self, ctx, grad):
-            return grad
-
-        @classmethod
-        def samples(cls, rng):
-            while True:
-                yield tg.Sample(inputs=[rng.standard_normal((2, 2))])
-
-    report = check_operation(Endless, raise_on_failure=False)
-    assert [r.check for r in report.failures] == ["check_has_samples"]
-    assert "more than 100 samples" in report.failures[0].message

@@ -1,0 +1,299 @@
+"""The single-application checks: each builds the op afresh and applies it once per graph.
+
+Every check is a named function of an ``OperationCase``; its name (``check.__name__``) names it
+in every report. Those that run ``backward`` require ``check_gradient_structure`` (``@requires``),
+so a malformed gradient is reported once, by the check named for it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from ..gradcheck import GradcheckReport
+from ..operation import Loss, Operation, Sample
+from ..variable import Variable
+from .case import (
+    MAX_SAMPLES,
+    OP_FAULTS,
+    SEED,
+    OperationCase,
+    close,
+    draw_samples,
+    float_outputs,
+    gradients,
+    guarded,
+    outputs_of,
+    prerequisite,
+    requires,
+    run_pass,
+    upstream_gradients,
+)
+
+__all__ = [
+    "check_accumulates",
+    "check_eval_mode",
+    "check_forward_deterministic",
+    "check_forward_dtype_and_finite",
+    "check_gradient_inputs",
+    "check_gradient_parameters",
+    "check_gradient_structure",
+    "check_has_samples",
+    "check_inputs_not_mutated",
+    "check_linear_in_upstream_gradient",
+    "check_loss_scalar",
+]
+
+
+def check_has_samples(case: OperationCase) -> None:
+    """The op yields at least one ``tg.Sample`` from ``samples(cls, rng)``, and no more than
+    ``MAX_SAMPLES``; a Loss's samples have targets."""
+    check = check_has_samples
+    cls = case.info.cls
+    try:
+        samples = draw_samples(cls)
+    except OP_FAULTS as exc:
+        raise case.fail(check, f"samples() raised {type(exc).__name__}: {exc}") from exc
+    if len(samples) > MAX_SAMPLES:
+        raise case.fail(check, f"samples() yielded more than {MAX_SAMPLES} samples (an endless generator?); yield a few")
+    if not samples:
+        raise case.fail(
+            check,
+            f"{cls.__name__} has no samples, so nothing can be checked. Add\n"
+            "      @classmethod\n"
+            "      def samples(cls, rng):\n"
+            "          yield tg.Sample(args=[...constructor args...], inputs=[rng.standard_normal((4, 3))])",
+        )
+    bad = [s for s in samples if not isinstance(s, Sample)]
+    if bad:
+        raise case.fail(check, f"samples() must yield tg.Sample objects, got {bad[0]!r}")
+    if issubclass(cls, Loss) and any(s.target is None for s in samples):
+        raise case.fail(check, "a Loss needs a target in every sample (Sample(target=...))")
+
+
+@prerequisite
+def check_gradient_structure(case: OperationCase) -> None:
+    """``backward`` returns one gradient per input, each of its input's shape and float dtype,
+    and None for integer inputs. Checked first: the checks that run backward require it, and
+    are skipped when it fails (the values are other checks' business: NaN passes here)."""
+    check = check_gradient_structure
+    graph, op = case.build()
+    inputs = case.inputs()
+    result = guarded(case, check, lambda: op.forward(*inputs), numeric=False)
+    ctx = next(c for c in reversed(graph.forward_ops) if c.op is op)
+    if case.is_loss:
+        guarded(case, check, lambda: op.loss(case.target()), numeric=False)  # type: ignore[attr-defined]
+        upstream: Any = 1.0
+    else:
+        outs = outputs_of(result)
+        seeds = upstream_gradients(outs)
+        upstream = seeds[outs[0]] if len(outs) == 1 else tuple(seeds[o] for o in outs)
+    raw = guarded(case, check, lambda: op.backward(ctx, upstream), numeric=False)
+    graph.clear()
+    grads = raw if isinstance(raw, tuple) else (raw,)
+    if len(grads) != len(inputs):
+        raise case.fail(check, f"backward returned {len(grads)} gradient(s) for {len(inputs)} input(s)")
+    for i, (g, x) in enumerate(zip(grads, inputs)):
+        if x.value.dtype.kind != "f":
+            if g is not None:
+                raise case.fail(check, f"input {i} is an integer array (dtype {x.value.dtype}); its gradient must be None")
+            continue
+        if g is None:
+            continue
+        shape = np.shape(g)
+        if shape != x.shape:
+            raise case.fail(check, f"gradient of input {i} has shape {shape}, the input has shape {x.shape}")
+        if np.asarray(g).dtype.kind != "f":
+            raise case.fail(check, f"gradient of input {i} has dtype {np.asarray(g).dtype}, expected a float dtype")
+
+
+@requires(check_gradient_structure)
+def check_forward_dtype_and_finite(case: OperationCase) -> None:
+    """float64 in gives float64 out; in a float32 graph, float32 in gives float32 outputs and
+    gradients; finite inputs give finite outputs, losses and gradients, with no overflow."""
+    check = check_forward_dtype_and_finite
+    for dtype in (np.float64, np.float32):
+        graph, op = case.build(dtype)
+        inputs = case.inputs(dtype)
+        result = guarded(case, check, lambda: run_pass(case, graph, op, inputs))  # noqa: B023 - called at once
+        for i, out in enumerate(outputs_of(result)):
+            if not isinstance(out, Variable):
+                raise case.fail(check, f"output {i} is {type(out).__name__}, expected a Variable")
+            if out.value.dtype.kind == "f" and out.value.dtype != np.dtype(dtype):
+                raise case.fail(check, f"output {i} has dtype {out.value.dtype} for {np.dtype(dtype)} inputs in a {np.dtype(dtype)} graph")
+            if out.value.dtype.kind in "fc" and not np.isfinite(out.value).all():
+                bad = np.argwhere(~np.isfinite(out.value))[0]
+                raise case.fail(check, f"output {i} is {out.value[tuple(bad)]} at {bad.tolist()} for finite inputs ({np.dtype(dtype)})")
+        for name, grad in gradients(op, inputs).items():
+            if grad is None:
+                continue
+            if grad.dtype != np.dtype(dtype):
+                raise case.fail(check, f"gradient of {name} has dtype {grad.dtype} in a {np.dtype(dtype)} graph")
+            if not np.isfinite(grad).all():
+                raise case.fail(check, f"gradient of {name} is not finite ({np.dtype(dtype)})")
+
+
+def check_forward_deterministic(case: OperationCase) -> None:
+    """Two forward passes on graphs with the same seed give identical outputs (and losses)."""
+    check = check_forward_deterministic
+    results = []
+    for _ in range(2):
+        graph, op = case.build()
+
+        def forward(op: Operation = op) -> Any:
+            out = op.forward(*case.inputs())
+            loss = op.loss(case.target()) if case.is_loss else None  # type: ignore[attr-defined]
+            return [o.value for o in outputs_of(out)], loss
+
+        results.append(guarded(case, check, forward))
+    (first, loss1), (second, loss2) = results
+    for i, (a, b) in enumerate(zip(first, second)):
+        if not np.array_equal(a, b, equal_nan=True):
+            raise case.fail(check, f"output {i} differs between two runs with the same seed")
+    if loss1 != loss2 and not (loss1 != loss1 and loss2 != loss2):
+        raise case.fail(check, f"loss differs between two runs with the same seed: {loss1} vs {loss2}")
+
+
+@requires(check_gradient_structure)
+def check_inputs_not_mutated(case: OperationCase) -> None:
+    """Neither forward nor backward writes into the input arrays or the upstream gradient."""
+    check = check_inputs_not_mutated
+    graph, op = case.build()
+    inputs = case.inputs()
+    before = [v.value.copy() for v in inputs]
+    result = guarded(case, check, lambda: op.forward(*inputs))
+    for i, (v, b) in enumerate(zip(inputs, before)):
+        if not np.array_equal(v.value, b, equal_nan=True):
+            raise case.fail(check, f"forward changed input {i}")
+    if case.is_loss:
+
+        def loss_backward() -> None:
+            op.loss(case.target())  # type: ignore[attr-defined]
+            graph.backward()
+
+        guarded(case, check, loss_backward)
+    else:
+        seeds = upstream_gradients(float_outputs(result))
+        seed_copies = {k: s.copy() for k, s in seeds.items()}
+        guarded(case, check, lambda: graph.backward(grads=seeds))
+        for k, s in seeds.items():
+            if not np.array_equal(s, seed_copies[k]):
+                raise case.fail(check, "backward wrote into the upstream gradient array")
+    for i, (v, b) in enumerate(zip(inputs, before)):
+        if not np.array_equal(v.value, b, equal_nan=True):
+            raise case.fail(check, f"backward changed input {i}")
+
+
+def _report_failures(case: OperationCase, check: Any, report: GradcheckReport, kind: str) -> None:
+    bad = [e for e in report.failures if e.kind == kind]
+    if bad:
+        raise case.fail(check, "\n  ".join(e.describe() for e in bad))
+
+
+@requires(check_gradient_structure)
+def check_gradient_inputs(case: OperationCase) -> None:
+    """Every float input's gradient matches central differences (float64, atol 1e-5, rtol 1e-3)."""
+    report = guarded(case, check_gradient_inputs, case.gradcheck_report)
+    _report_failures(case, check_gradient_inputs, report, "input")
+
+
+@requires(check_gradient_structure)
+def check_gradient_parameters(case: OperationCase) -> None:
+    """Every parameter's gradient matches central differences (float64, atol 1e-5, rtol 1e-3)."""
+    report = guarded(case, check_gradient_parameters, case.gradcheck_report)
+    _report_failures(case, check_gradient_parameters, report, "parameter")
+
+
+@requires(check_gradient_structure)
+def check_accumulates(case: OperationCase) -> None:
+    """Gradients already in inputs and parameters are added to, never overwritten."""
+    check = check_accumulates
+    clean_graph, clean_op = case.build()
+    clean_inputs = case.inputs()
+    guarded(case, check, lambda: run_pass(case, clean_graph, clean_op, clean_inputs))
+    expected_only = gradients(clean_op, clean_inputs)
+
+    graph, op = case.build()
+    inputs = case.inputs()
+    rng = np.random.default_rng(SEED + 2)
+    prefilled: dict[str, np.ndarray] = {}
+    variables = {v.name or "": v for v in inputs}
+    variables.update({f"{op.name}.{k}": p for k, p in op.parameters().items()})
+    for name, v in variables.items():
+        if v.value.dtype.kind == "f":
+            prefilled[name] = rng.standard_normal(v.shape)
+            v.grad = prefilled[name]
+    guarded(case, check, lambda: run_pass(case, graph, op, inputs))
+    got = gradients(op, inputs)
+    for name, start in prefilled.items():
+        only = expected_only.get(name)
+        expected = start if only is None else start + only
+        ok, detail = close(got[name], expected)
+        if not ok:
+            overwritten = only is not None and close(got[name], only)[0]
+            why = " (the pre-filled gradient was overwritten, not added to)" if overwritten else ""
+            raise case.fail(check, f"{name}: gradient {detail}{why}")
+
+
+@requires(check_gradient_structure)
+def check_linear_in_upstream_gradient(case: OperationCase) -> None:
+    """A zero upstream gradient gives zero gradients; doubling it doubles every gradient."""
+    check = check_linear_in_upstream_gradient
+    runs = {}
+    for scale in (0.0, 1.0, 2.0):
+        graph, op = case.build()
+        inputs = case.inputs()
+        guarded(case, check, lambda: run_pass(case, graph, op, inputs, scale))  # noqa: B023 - called at once
+        runs[scale] = gradients(op, inputs)
+    for name, zero in runs[0.0].items():
+        if zero is not None and np.any(zero != 0):
+            raise case.fail(check, f"{name}: a zero upstream gradient gave a non-zero gradient (max |g| {np.abs(zero).max():.3g})")
+        one, two = runs[1.0][name], runs[2.0][name]
+        if one is None:
+            continue
+        ok, detail = close(two, 2.0 * one)
+        if not ok:
+            raise case.fail(check, f"{name}: doubling the upstream gradient did not double the gradient: {detail}")
+
+
+def check_eval_mode(case: OperationCase) -> None:
+    """In eval mode nothing is recorded on the tape, backward has nothing to run, and the
+    output (and loss) equals train mode unless the op declares ``differs_in_eval``."""
+    check = check_eval_mode
+    train_graph, train_op = case.build()
+    train_out = guarded(case, check, lambda: train_op.forward(*case.inputs()))
+    train_loss = guarded(case, check, lambda: train_op.loss(case.target())) if case.is_loss else None  # type: ignore[attr-defined]
+    graph, op = case.build()
+    graph.eval()
+    out = guarded(case, check, lambda: op.forward(*case.inputs()))
+    loss = guarded(case, check, lambda: op.loss(case.target())) if case.is_loss else None  # type: ignore[attr-defined]
+    if graph.forward_ops:
+        raise case.fail(check, f"eval mode recorded {len(graph.forward_ops)} tape entries")
+    if graph.tape.losses:
+        raise case.fail(check, "a loss computed in eval mode was queued for backward")
+    if case.info.cls.differs_in_eval:
+        return
+    for i, (a, b) in enumerate(zip(outputs_of(out), outputs_of(train_out))):
+        if not np.array_equal(a.value, b.value, equal_nan=True):
+            raise case.fail(check, f"output {i} differs between eval and train mode (set differs_in_eval = True if intended)")
+    if case.is_loss and not _same_loss(loss, train_loss):
+        raise case.fail(check, f"loss differs between eval ({loss}) and train ({train_loss}) mode")
+
+
+def _same_loss(a: Any, b: Any) -> bool:
+    return bool(a == b or (math.isnan(a) and math.isnan(b)))
+
+
+@requires(check_gradient_structure)
+def check_loss_scalar(case: OperationCase) -> None:
+    """A loss returns a finite Python float, and its gradient with respect to every float
+    input matches central differences."""
+    check = check_loss_scalar
+    graph, op = case.build()
+    value = guarded(case, check, lambda: (op.forward(*case.inputs()), op.loss(case.target()))[1])  # type: ignore[attr-defined]
+    if not isinstance(value, float) or not math.isfinite(value):
+        raise case.fail(check, f"loss returned {value!r}, expected a finite float")
+    report = guarded(case, check, case.gradcheck_report)
+    _report_failures(case, check, report, "input")
