@@ -213,7 +213,7 @@ def test_failure_message_names_plugin_sample_and_worst_element():
 DEPENDENT = {
     "check_forward_dtype_and_finite", "check_inputs_not_mutated", "check_gradient_inputs",
     "check_gradient_parameters", "check_accumulates", "check_fan_out", "check_reuse_in_one_pass",
-    "check_linear_in_upstream_gradient", "check_capture",
+    "check_linear_in_upstream_gradient", "check_capture", "check_gradient_with_plain_inputs",
 }
 
 
@@ -329,6 +329,133 @@ def test_endless_samples_fail_check_has_samples_quickly():
     report = check_operation(Endless, raise_on_failure=False)
     assert [r.check for r in report.failures] == ["check_has_samples"]
     assert "more than 100 samples" in report.failures[0].message
+
+
+# -- tapegrad.testing.checks: plain-array inputs (check_gradient_with_plain_inputs) ----------------
+class SkipsParameterGradForPlainInput(tg.Operation):
+    """x @ W whose backward returns early when its input needs no gradient, skipping W's (issue 22)."""
+
+    def __init__(self):
+        self.W = self.parameter("W", (3, 2))
+
+    def forward(self, ctx, x):
+        ctx.save(x)
+        return x @ self.W.value
+
+    def backward(self, ctx, grad):
+        if not ctx.needs_input_grad[0]:
+            return None
+        (x,) = ctx.saved
+        self.W.add_grad(x.T @ grad)
+        return grad @ self.W.value.T
+
+    @classmethod
+    def samples(cls, rng):
+        yield tg.Sample(inputs=[rng.standard_normal((4, 3))], name="batch4")
+
+
+class SavesOnlyWhenNeeded(tg.Operation):
+    """x * w whose forward saves x only when x's gradient is wanted: backward fails on plain data."""
+
+    def __init__(self):
+        self.w = self.parameter("w", (2,), init="ones")
+
+    def forward(self, ctx, x):
+        if ctx.needs_input_grad[0]:
+            ctx.save(x)
+        return x * self.w.value
+
+    def backward(self, ctx, grad):
+        (x,) = ctx.saved
+        self.w.add_grad((grad * x).sum(axis=0))
+        return grad * self.w.value
+
+    samples = classmethod(_sample)
+
+
+class ProductSkipsUnlessBothNeedGrad(tg.Operation):
+    """x * y whose backward gives no gradient at all unless both inputs want one."""
+
+    def forward(self, ctx, x, y):
+        ctx.save(x, y)
+        return x * y
+
+    def backward(self, ctx, grad):
+        if not all(ctx.needs_input_grad):
+            return None, None
+        x, y = ctx.saved
+        return grad * y, grad * x
+
+    @classmethod
+    def samples(cls, rng):
+        yield tg.Sample(inputs=[rng.standard_normal((3, 2)), rng.standard_normal((3, 2))], name="pair")
+
+
+class GradOfParameterInsideAnInputsBranch(tg.Operation):
+    """x * w * g, whose backward adds w's gradient inside the branch for g's gradient."""
+
+    def __init__(self):
+        self.w = self.parameter("w", (2,), init="ones")
+
+    def forward(self, ctx, x, g):
+        ctx.save(x, g)
+        return x * self.w.value * g
+
+    def backward(self, ctx, grad):
+        x, g = ctx.saved
+        gx = grad * self.w.value * g if ctx.needs_input_grad[0] else None
+        gg = None
+        if ctx.needs_input_grad[1]:
+            gg = grad * x * self.w.value
+            self.w.add_grad((grad * x * g).sum(axis=0))  # belongs outside the branch
+        return gx, gg
+
+    @classmethod
+    def samples(cls, rng):
+        yield tg.Sample(inputs=[rng.standard_normal((3, 2)), rng.standard_normal((3, 2))], name="gated")
+
+
+def test_plain_inputs_catch_a_parameter_gradient_skipped_when_the_input_needs_none():
+    report = check_operation(SkipsParameterGradForPlainInput, raise_on_failure=False)
+    failed = {r.check: r.message for r in report.failures}
+    assert set(failed) == {"check_gradient_with_plain_inputs"}, str(report)  # every other check passes it
+    message = failed["check_gradient_with_plain_inputs"]
+    assert "SkipsParameterGradForPlainInput (plugin 'unregistered') [sample 'batch4']" in message
+    assert "check_gradient_with_plain_inputs failed" in message
+    assert "with every input a plain array (ctx.needs_input_grad (False,))" in message
+    assert "skips_parameter_grad_for_plain_input_0.W[" in message and "analytic 0 vs numeric" in message
+
+
+def test_plain_inputs_catch_a_backward_that_fails_when_no_input_needs_a_gradient():
+    report = check_operation(SavesOnlyWhenNeeded, raise_on_failure=False)
+    failed = {r.check: r.message for r in report.failures}
+    assert set(failed) == {"check_gradient_with_plain_inputs"}, str(report)
+    message = failed["check_gradient_with_plain_inputs"]
+    assert "SavesOnlyWhenNeeded" in message and "[sample 's']" in message and "raised BackwardError" in message
+
+
+def test_plain_inputs_pass_each_float_input_alone_as_a_variable():
+    report = check_operation(ProductSkipsUnlessBothNeedGrad, raise_on_failure=False)
+    failed = {r.check: r.message for r in report.failures}
+    assert set(failed) == {"check_gradient_with_plain_inputs"}, str(report)
+    message = failed["check_gradient_with_plain_inputs"]
+    assert "with input 0 a Variable, the others plain arrays (ctx.needs_input_grad (True, False))" in message
+    assert "input 0[" in message and "analytic 0 vs numeric" in message
+
+
+def test_plain_inputs_catch_a_parameter_gradient_computed_in_an_inputs_branch():
+    report = check_operation(GradOfParameterInsideAnInputsBranch, raise_on_failure=False)
+    failed = {r.check: r.message for r in report.failures}
+    assert set(failed) == {"check_gradient_with_plain_inputs"}, str(report)
+    message = failed["check_gradient_with_plain_inputs"]
+    assert "grad_of_parameter_inside_an_inputs_branch_0.w[" in message and "(False, False)" in message
+
+
+@pytest.mark.parametrize("name", ["Affine", "Embedding", "LayerNorm", "Multiply", "SoftmaxLoss"])
+def test_plain_inputs_pass_correct_ops_that_skip_unwanted_input_gradients(name):
+    # Affine returns no input gradient for plain data; Embedding's only input is integer ids
+    report = check_operation(name, checks=[testing.check_gradient_with_plain_inputs])
+    assert report.passed and len(report.results) >= 2
 
 
 # -- tapegrad.testing.passes: the same inputs fed to three applications (check_fan_out) -----------

@@ -17,8 +17,8 @@ The package, in the order to read it:
 - ``case``: ``OperationCase`` (one op on one sample) and the building blocks of every check;
   ``requires`` and ``prerequisite``;
 - ``checks``: the checks that apply the op once per graph (gradient structure, dtypes,
-  determinism, inputs left alone, gradients against central differences, accumulation,
-  linearity, eval mode, losses);
+  determinism, inputs left alone, gradients against central differences, with Variables and
+  with plain arrays, accumulation, linearity, eval mode, losses);
 - ``passes``: the checks that apply one op several times (fan-out and reuse in one pass, a
   captured step replayed);
 - ``running``: ``ALL_CHECKS``, collecting cases, running them, reports.
@@ -37,6 +37,7 @@ from .checks import (
     check_gradient_inputs,
     check_gradient_parameters,
     check_gradient_structure,
+    check_gradient_with_plain_inputs,
     check_has_samples,
     check_inputs_not_mutated,
     check_linear_in_upstream_gradient,
@@ -79,6 +80,7 @@ __all__ = [
     "check_inputs_not_mutated",
     "check_gradient_inputs",
     "check_gradient_parameters",
+    "check_gradient_with_plain_inputs",
     "check_gradient_structure",
     "check_accumulates",
     "check_fan_out",

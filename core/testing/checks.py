@@ -7,17 +7,21 @@ so a malformed gradient is reported once, by the check named for it.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from ..gradcheck import GradcheckReport
+from ..gradcheck import GradcheckReport, gradcheck
 from ..operation import Loss, Operation, Sample
 from ..variable import Variable
 from .case import (
+    ATOL,
     MAX_SAMPLES,
     OP_FAULTS,
+    RTOL,
     SEED,
     OperationCase,
     close,
@@ -29,6 +33,7 @@ from .case import (
     prerequisite,
     requires,
     run_pass,
+    sample_arrays,
     upstream_gradients,
 )
 
@@ -40,6 +45,7 @@ __all__ = [
     "check_gradient_inputs",
     "check_gradient_parameters",
     "check_gradient_structure",
+    "check_gradient_with_plain_inputs",
     "check_has_samples",
     "check_inputs_not_mutated",
     "check_linear_in_upstream_gradient",
@@ -204,6 +210,53 @@ def check_gradient_parameters(case: OperationCase) -> None:
     """Every parameter's gradient matches central differences (float64, atol 1e-5, rtol 1e-3)."""
     report = guarded(case, check_gradient_parameters, case.gradcheck_report)
     _report_failures(case, check_gradient_parameters, report, "parameter")
+
+
+def _gradcheck_with_plain_inputs(case: OperationCase, arrays: Sequence[np.ndarray], variable: int | None) -> GradcheckReport:
+    """Central differences for every parameter of a fresh op (and for input ``variable``, the
+    one input passed as a Variable), every other input passed as a plain array."""
+    graph, op = case.build()
+    parameters = {f"{op.name}.{name}": p for name, p in op.parameters().items()}
+
+    def apply(*given: Variable) -> Any:
+        inputs = [given[0] if i == variable else a for i, a in enumerate(arrays)]
+        result = op.forward(*inputs)
+        return op.loss(case.target()) if case.is_loss else result  # type: ignore[attr-defined]
+
+    chosen = [] if variable is None else [arrays[variable]]
+    report = gradcheck(
+        apply, chosen, graph=graph, parameters=parameters, atol=ATOL, rtol=RTOL, mode="fast" if case.fast else "auto"
+    )
+    if variable is not None:  # gradcheck numbers the inputs it was given: this one is input `variable`
+        report.entries = [
+            dataclasses.replace(e, name=f"input {variable}") if e.kind == "input" else e for e in report.entries
+        ]
+    return report
+
+
+@requires(check_gradient_structure)
+def check_gradient_with_plain_inputs(case: OperationCase) -> None:
+    """Applied to plain arrays (not Variables, so ``ctx.needs_input_grad`` is all False, as when
+    a Trainer feeds data), the op's backward runs and every parameter's gradient matches central
+    differences; with several float inputs, each one alone passed as a Variable (the others
+    plain) gets its gradient, and every parameter its own, as well."""
+    check = check_gradient_with_plain_inputs
+    arrays = sample_arrays(case.require_sample())
+    floats = [i for i, a in enumerate(arrays) if a.dtype.kind == "f"]
+    # (with one float input, that input as a Variable is what check_gradient_inputs checks)
+    for variable in [None, *(floats if len(floats) > 1 else [])]:
+        copies = [a.copy() for a in arrays]
+        report = guarded(case, check, lambda: _gradcheck_with_plain_inputs(case, copies, variable))  # noqa: B023
+        if report.failures:
+            needs = tuple(i == variable for i in range(len(arrays)))
+            how = "every input a plain array" if variable is None else f"input {variable} a Variable, the others plain arrays"
+            lines = "\n  ".join(e.describe() for e in report.failures)
+            raise case.fail(
+                check,
+                f"with {how} (ctx.needs_input_grad {needs}):\n  {lines}\n"
+                "  backward must give every parameter its gradient, and each input that needs one its own, "
+                "whatever ctx.needs_input_grad says of the others (it only says which input gradients may be None)",
+            )
 
 
 @requires(check_gradient_structure)
