@@ -5,6 +5,7 @@ require another); ``checks`` (one application per graph); ``passes`` (several ap
 op); ``running`` (collecting, running, reporting, parametrize_operations).
 """
 
+import re
 import sys
 
 import numpy as np
@@ -214,6 +215,7 @@ DEPENDENT = {
     "check_forward_dtype_and_finite", "check_inputs_not_mutated", "check_gradient_inputs",
     "check_gradient_parameters", "check_accumulates", "check_fan_out", "check_reuse_in_one_pass",
     "check_linear_in_upstream_gradient", "check_capture", "check_gradient_with_plain_inputs",
+    "check_float32_matches_float64",
 }
 
 
@@ -456,6 +458,206 @@ def test_plain_inputs_pass_correct_ops_that_skip_unwanted_input_gradients(name):
     # Affine returns no input gradient for plain data; Embedding's only input is integer ids
     report = check_operation(name, checks=[testing.check_gradient_with_plain_inputs])
     assert report.passed and len(report.results) >= 2
+
+
+# -- tapegrad.testing.checks: float32 (check_inputs_not_mutated, check_float32_matches_float64) -----
+class TanhInPlaceForFloat32(tg.Operation):
+    """tanh, computed into its input array when that is float32 (issue 22)."""
+
+    def forward(self, ctx, x):
+        y = np.tanh(x, out=x) if x.dtype == np.float32 else np.tanh(x)
+        ctx.save(y)
+        return y
+
+    def backward(self, ctx, grad):
+        (y,) = ctx.saved
+        return grad * (1.0 - y * y)
+
+    samples = classmethod(_sample)
+
+
+class BackwardWritesIntoFloat32Input(tg.Operation):
+    """x * x whose float32 backward computes its gradient in the saved input's array."""
+
+    def forward(self, ctx, x):
+        ctx.save(x)
+        return x * x
+
+    def backward(self, ctx, grad):
+        (x,) = ctx.saved
+        if x.dtype == np.float32:
+            return np.multiply(x, 2.0 * grad, out=x)
+        return 2.0 * grad * x
+
+    samples = classmethod(_sample)
+
+
+class BackwardWritesIntoFloat32Upstream(tg.Operation):
+    """x * x whose float32 backward multiplies the upstream gradient in place."""
+
+    def forward(self, ctx, x):
+        ctx.save(x)
+        return x * x
+
+    def backward(self, ctx, grad):
+        (x,) = ctx.saved
+        if grad.dtype == np.float32:
+            grad *= 2.0 * x
+            return grad
+        return 2.0 * grad * x
+
+    samples = classmethod(_sample)
+
+
+class SignFlipsForFloat32(tg.Operation):
+    """x * x whose backward flips its sign for float32 (issue 22)."""
+
+    def forward(self, ctx, x):
+        ctx.save(x)
+        return x * x
+
+    def backward(self, ctx, grad):
+        (x,) = ctx.saved
+        g = 2.0 * grad * x
+        return -g if g.dtype == np.float32 else g
+
+    samples = classmethod(_sample)
+
+
+class HalfPrecisionForwardForFloat32(tg.Operation):
+    """exp, computed in float16 for float32 inputs: right dtype, wrong digits."""
+
+    def forward(self, ctx, x):
+        y = np.exp(x.astype(np.float16)).astype(x.dtype) if x.dtype == np.float32 else np.exp(x)
+        ctx.save(y)
+        return y
+
+    def backward(self, ctx, grad):
+        (y,) = ctx.saved
+        return grad * y
+
+    samples = classmethod(_sample)
+
+
+class ParameterGradOffForFloat32(tg.Operation):
+    """x * w whose float32 backward forgets to sum w's gradient over half the batch."""
+
+    def __init__(self):
+        self.w = self.parameter("w", (2,), init="ones")
+
+    def forward(self, ctx, x):
+        ctx.save(x)
+        return x * self.w.value
+
+    def backward(self, ctx, grad):
+        (x,) = ctx.saved
+        rows = slice(0, 2) if x.dtype == np.float32 else slice(None)
+        self.w.add_grad((grad * x)[rows].sum(axis=0))
+        return grad * self.w.value
+
+    samples = classmethod(_sample)
+
+
+class LossOffForFloat32(tg.Loss):
+    """Half the squared error, whose float32 loss value drops the half."""
+
+    def forward(self, ctx, x):
+        ctx.save(x)
+        return x.copy()
+
+    def loss(self, ctx, target):
+        (x,) = ctx.saved
+        ctx.diff = x - target
+        half = 1.0 if x.dtype == np.float32 else 0.5
+        return half * float(np.sum(ctx.diff**2))
+
+    def backward(self, ctx, grad):
+        return grad * ctx.diff
+
+    @classmethod
+    def samples(cls, rng):
+        yield tg.Sample(inputs=[rng.standard_normal((3, 2))], target=rng.standard_normal((3, 2)), name="s")
+
+
+class NoiseInItsDtype(tg.Operation):
+    """x + noise drawn in the input's dtype (so float32 and float64 draw different numbers): correct."""
+
+    differs_in_eval = True
+
+    def forward(self, ctx, x):
+        if not ctx.training:
+            return x.copy()
+        return x + 0.1 * ctx.rng.standard_normal(x.shape, dtype=x.dtype)
+
+    def backward(self, ctx, grad):
+        return grad
+
+    samples = classmethod(_sample)
+
+
+@pytest.mark.parametrize(
+    "cls, detail",
+    [
+        (TanhInPlaceForFloat32, "forward changed input 0 (float32 graph, float32 inputs) at [0, 0]: "),
+        (BackwardWritesIntoFloat32Input, "backward changed input 0 (float32 graph, float32 inputs) at [0, 0]: "),
+        (BackwardWritesIntoFloat32Upstream, "backward wrote into the upstream gradient array (float32 graph, float32 inputs) at [0, 0]: "),
+    ],
+)
+def test_inputs_left_unmodified_is_checked_in_float32_too(cls, detail):
+    report = check_operation(cls, checks=[testing.check_inputs_not_mutated], raise_on_failure=False)
+    (result,) = report.failures
+    assert f"{cls.__name__} (plugin 'unregistered') [sample 's'] check_inputs_not_mutated failed" in result.message
+    assert detail in result.message and "(was " in result.message
+
+
+def test_an_input_written_into_in_float32_reaches_the_callers_array():
+    graph = tg.Graph(dtype=np.float32)
+    op = graph.get_operation(TanhInPlaceForFloat32)
+    x = np.full((2, 2), 0.5, dtype=np.float32)
+    op.forward(x)
+    assert x[0, 0] != np.float32(0.5)  # what the check protects callers from
+
+
+@pytest.mark.parametrize(
+    "cls, name",
+    [
+        (SignFlipsForFloat32, "the gradient of input 0 at "),
+        (HalfPrecisionForwardForFloat32, "output 0 at "),
+        (ParameterGradOffForFloat32, "the gradient of parameter_grad_off_for_float32_0.w at "),
+        (LossOffForFloat32, "the loss at []: "),
+    ],
+)
+def test_float32_results_are_checked_against_float64_on_the_same_values(cls, name):
+    report = check_operation(cls, raise_on_failure=False)
+    failed = {r.check: r.message for r in report.failures}
+    assert "check_float32_matches_float64" in failed, str(report)
+    message = failed["check_float32_matches_float64"]
+    assert f"{cls.__name__} (plugin 'unregistered') [sample " in message and name in message
+    assert " in float32 vs " in message and " in float64 on the same values, in train mode" in message
+    assert "tolerance" in message
+    assert set(failed) == {"check_float32_matches_float64"}, str(report)  # only the float32 computation is wrong
+
+
+def test_float32_sign_flip_names_both_values():
+    report = check_operation(SignFlipsForFloat32, checks=[testing.check_float32_matches_float64], raise_on_failure=False)
+    message = report.failures[0].message
+    got, expected = (float(v) for v in re.findall(r": (-?[\d.]+) in float32 vs (-?[\d.]+) in float64", message)[0])
+    assert got == pytest.approx(-expected, rel=1e-6) and expected != 0
+
+
+class NoiseInItsDtypeScaledInFloat32Eval(NoiseInItsDtype):
+    def forward(self, ctx, x):
+        if not ctx.training and x.dtype == np.float32:
+            return x * 2.0
+        return super().forward(ctx, x)
+
+
+def test_an_op_drawing_random_numbers_in_its_dtype_is_compared_in_eval_mode():
+    assert check_operation(NoiseInItsDtype).passed
+    report = check_operation(NoiseInItsDtypeScaledInFloat32Eval, raise_on_failure=False)
+    assert [r.check for r in report.failures] == ["check_float32_matches_float64"], str(report)
+    assert "output 0 at [" in report.failures[0].message
+    assert "in eval mode only (its random draws depend on the dtype)" in report.failures[0].message
 
 
 # -- tapegrad.testing.passes: the same inputs fed to three applications (check_fan_out) -----------

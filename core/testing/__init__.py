@@ -18,7 +18,7 @@ The package, in the order to read it:
   ``requires`` and ``prerequisite``;
 - ``checks``: the checks that apply the op once per graph (gradient structure, dtypes,
   determinism, inputs left alone, gradients against central differences, with Variables and
-  with plain arrays, accumulation, linearity, eval mode, losses);
+  with plain arrays, float32 against float64, accumulation, linearity, eval mode, losses);
 - ``passes``: the checks that apply one op several times (fan-out and reuse in one pass, a
   captured step replayed);
 - ``running``: ``ALL_CHECKS``, collecting cases, running them, reports.
@@ -32,6 +32,7 @@ from .case import OperationCase, prerequisite, requires
 from .checks import (
     check_accumulates,
     check_eval_mode,
+    check_float32_matches_float64,
     check_forward_deterministic,
     check_forward_dtype_and_finite,
     check_gradient_inputs,
@@ -81,6 +82,7 @@ __all__ = [
     "check_gradient_inputs",
     "check_gradient_parameters",
     "check_gradient_with_plain_inputs",
+    "check_float32_matches_float64",
     "check_gradient_structure",
     "check_accumulates",
     "check_fan_out",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import itertools
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +40,7 @@ __all__ = [
     "gradients",
     "guarded",
     "outputs_of",
+    "pass_results",
     "prerequisite",
     "requires",
     "run_pass",
@@ -211,6 +212,26 @@ def run_pass(case: OperationCase, graph: Graph, op: Operation, inputs: list[Any]
     else:
         graph.backward(grads=upstream_gradients(float_outputs(result), scale))
     return result
+
+
+def pass_results(
+    case: OperationCase, graph: Graph, op: Operation, inputs: list[Variable], seeds: Sequence[np.ndarray] | None = None
+) -> tuple[dict[str, Any], list[np.ndarray]]:
+    """Forward, (loss), backward of ``op`` on ``inputs``: every output, the loss and every input's and
+    parameter's gradient, by name (``output 0``, ``the loss``, ``the gradient of input 0``); and the
+    upstream gradients used, ``seeds`` (cast to each float output's dtype) or drawn when None."""
+    out = op.forward(*inputs)
+    found: dict[str, Any] = {f"output {i}": o.value for i, o in enumerate(outputs_of(out))}
+    used: list[np.ndarray] = []
+    if case.is_loss:
+        found["the loss"] = op.loss(case.target())  # type: ignore[attr-defined]
+        graph.backward()
+    else:
+        outputs = float_outputs(out)
+        used = list(upstream_gradients(outputs).values()) if seeds is None else list(seeds)
+        graph.backward(grads={o: np.asarray(s, dtype=o.dtype) for o, s in zip(outputs, used)})
+    found.update((f"the gradient of {name}", g) for name, g in gradients(op, inputs).items() if g is not None)
+    return found, used
 
 
 def gradients(op: Operation, inputs: list[Variable]) -> dict[str, np.ndarray | None]:

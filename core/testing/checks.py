@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..gradcheck import GradcheckReport, gradcheck
+from ..graph import Graph
 from ..operation import Loss, Operation, Sample
 from ..variable import Variable
 from .case import (
@@ -30,6 +31,7 @@ from .case import (
     gradients,
     guarded,
     outputs_of,
+    pass_results,
     prerequisite,
     requires,
     run_pass,
@@ -38,8 +40,12 @@ from .case import (
 )
 
 __all__ = [
+    "DTYPES",
+    "FLOAT32_ATOL",
+    "FLOAT32_RTOL",
     "check_accumulates",
     "check_eval_mode",
+    "check_float32_matches_float64",
     "check_forward_deterministic",
     "check_forward_dtype_and_finite",
     "check_gradient_inputs",
@@ -51,6 +57,13 @@ __all__ = [
     "check_linear_in_upstream_gradient",
     "check_loss_scalar",
 ]
+
+#: Every dtype the contract applies ops in: a float64 graph and a float32 graph.
+DTYPES = (np.float64, np.float32)
+#: float32 results against float64 ones: |a32 - a64| <= FLOAT32_ATOL + FLOAT32_RTOL (|a64| + max |a64|).
+#: The first-party and contrib ops' rounding stays below 7e-7 of that scale (about 6 float32 ulps); float16
+#: arithmetic (5e-4) or a wrong float32 path is far above it.
+FLOAT32_ATOL, FLOAT32_RTOL = 1e-6, 1e-5
 
 
 def check_has_samples(case: OperationCase) -> None:
@@ -120,7 +133,7 @@ def check_forward_dtype_and_finite(case: OperationCase) -> None:
     """float64 in gives float64 out; in a float32 graph, float32 in gives float32 outputs and
     gradients; finite inputs give finite outputs, losses and gradients, with no overflow."""
     check = check_forward_dtype_and_finite
-    for dtype in (np.float64, np.float32):
+    for dtype in DTYPES:
         graph, op = case.build(dtype)
         inputs = case.inputs(dtype)
         result = guarded(case, check, lambda: run_pass(case, graph, op, inputs))  # noqa: B023 - called at once
@@ -162,34 +175,50 @@ def check_forward_deterministic(case: OperationCase) -> None:
         raise case.fail(check, f"loss differs between two runs with the same seed: {loss1} vs {loss2}")
 
 
+def _changed(before: np.ndarray, after: np.ndarray) -> str:
+    """Where ``after`` first differs from ``before``, with both values."""
+    same = before == after
+    if before.dtype.kind in "fc":
+        same |= np.isnan(before) & np.isnan(after)
+    differs = ~same
+    index = tuple(int(i) for i in np.argwhere(differs)[0]) if before.ndim else ()
+    if before.dtype.kind in "fc":
+        return f"at {list(index)}: {after[index]:.7g} (was {before[index]:.7g})"
+    return f"at {list(index)}: {after[index]} (was {before[index]})"
+
+
 @requires(check_gradient_structure)
 def check_inputs_not_mutated(case: OperationCase) -> None:
-    """Neither forward nor backward writes into the input arrays or the upstream gradient."""
+    """In every dtype checked (float64, float32), neither forward nor backward writes into the
+    input arrays or the upstream gradient (in a float32 graph a float32 input reaches forward
+    as the caller's own array: no conversion copies it first)."""
     check = check_inputs_not_mutated
-    graph, op = case.build()
-    inputs = case.inputs()
-    before = [v.value.copy() for v in inputs]
-    result = guarded(case, check, lambda: op.forward(*inputs))
-    for i, (v, b) in enumerate(zip(inputs, before)):
-        if not np.array_equal(v.value, b, equal_nan=True):
-            raise case.fail(check, f"forward changed input {i}")
-    if case.is_loss:
+    for dtype in DTYPES:
+        graph, op = case.build(dtype)
+        inputs = case.inputs(dtype)
+        before = [v.value.copy() for v in inputs]
+        what = f"({np.dtype(dtype)} graph, {np.dtype(dtype)} inputs)"
+        result = guarded(case, check, lambda: op.forward(*inputs))  # noqa: B023 - called at once
+        for i, (v, b) in enumerate(zip(inputs, before)):
+            if not np.array_equal(v.value, b, equal_nan=True):
+                raise case.fail(check, f"forward changed input {i} {what} {_changed(b, v.value)}")
+        if case.is_loss:
 
-        def loss_backward() -> None:
-            op.loss(case.target())  # type: ignore[attr-defined]
-            graph.backward()
+            def loss_backward(op: Operation = op, graph: Graph = graph) -> None:
+                op.loss(case.target())  # type: ignore[attr-defined]
+                graph.backward()
 
-        guarded(case, check, loss_backward)
-    else:
-        seeds = upstream_gradients(float_outputs(result))
-        seed_copies = {k: s.copy() for k, s in seeds.items()}
-        guarded(case, check, lambda: graph.backward(grads=seeds))
-        for k, s in seeds.items():
-            if not np.array_equal(s, seed_copies[k]):
-                raise case.fail(check, "backward wrote into the upstream gradient array")
-    for i, (v, b) in enumerate(zip(inputs, before)):
-        if not np.array_equal(v.value, b, equal_nan=True):
-            raise case.fail(check, f"backward changed input {i}")
+            guarded(case, check, loss_backward)
+        else:
+            seeds = upstream_gradients(float_outputs(result))
+            seed_copies = {k: s.copy() for k, s in seeds.items()}
+            guarded(case, check, lambda: graph.backward(grads=seeds))  # noqa: B023 - called at once
+            for k, s in seeds.items():
+                if not np.array_equal(s, seed_copies[k]):
+                    raise case.fail(check, f"backward wrote into the upstream gradient array {what} {_changed(seed_copies[k], s)}")
+        for i, (v, b) in enumerate(zip(inputs, before)):
+            if not np.array_equal(v.value, b, equal_nan=True):
+                raise case.fail(check, f"backward changed input {i} {what} {_changed(b, v.value)}")
 
 
 def _report_failures(case: OperationCase, check: Any, report: GradcheckReport, kind: str) -> None:
@@ -256,6 +285,66 @@ def check_gradient_with_plain_inputs(case: OperationCase) -> None:
                 f"with {how} (ctx.needs_input_grad {needs}):\n  {lines}\n"
                 "  backward must give every parameter its gradient, and each input that needs one its own, "
                 "whatever ctx.needs_input_grad says of the others (it only says which input gradients may be None)",
+            )
+
+
+def _float32_and_float64(case: OperationCase) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """The op applied in a float32 graph, and in a float64 graph on the same values (the float32
+    inputs, parameters and upstream gradients, widened): outputs, loss and gradients, by name; and
+    how they were computed. An op whose random draws depend on the dtype (its generator ends apart)
+    cannot be compared so: then only its eval-mode outputs (and loss) are."""
+    narrow_graph, narrow_op = case.build(np.float32)
+    wide_graph, wide_op = case.build(np.float64)
+    narrow_inputs = case.inputs(np.float32)
+    wide_inputs = [Variable(v.value.astype(np.float64) if v.dtype.kind == "f" else v.value.copy(), name=v.name) for v in narrow_inputs]
+    wide_parameters = wide_op.parameters()
+    for name, p in narrow_op.parameters().items():
+        wide_parameters[name].value[...] = p.value
+    wide_graph.rng.bit_generator.state = narrow_graph.rng.bit_generator.state
+    narrow, seeds = pass_results(case, narrow_graph, narrow_op, narrow_inputs)
+    wide, _ = pass_results(case, wide_graph, wide_op, wide_inputs, seeds)
+    if narrow_graph.rng.bit_generator.state == wide_graph.rng.bit_generator.state:
+        return narrow, wide, "in train mode, with gradients"
+    found = []
+    for graph, op, inputs in ((narrow_graph, narrow_op, narrow_inputs), (wide_graph, wide_op, wide_inputs)):
+        graph.eval()
+        out = op.forward(*inputs)
+        values: dict[str, Any] = {f"output {i}": o.value for i, o in enumerate(outputs_of(out))}
+        if case.is_loss:
+            values["the loss"] = op.loss(case.target())  # type: ignore[attr-defined]
+        found.append(values)
+    return found[0], found[1], "in eval mode only (its random draws depend on the dtype)"
+
+
+@requires(check_gradient_structure)
+def check_float32_matches_float64(case: OperationCase) -> None:
+    """In a float32 graph the outputs, the loss and every input's and parameter's gradient match
+    those of a float64 graph on the same values (the float32 inputs and parameters, widened) to
+    float32's precision: ``|a32 - a64| <= 1e-6 + 1e-5 (|a64| + max |a64|)`` (the max allows for
+    elements computed by cancellation, which carry the rounding of the larger terms). An op whose
+    random draws depend on the dtype is compared on its eval-mode outputs only."""
+    check = check_float32_matches_float64
+    narrow, wide, how = guarded(case, check, lambda: _float32_and_float64(case))
+    for name, expected in wide.items():
+        got = narrow.get(name)
+        if got is None:
+            raise case.fail(check, f"{name} is None in float32 but not in float64")
+        got, expected = np.asarray(got, dtype=np.float64), np.asarray(expected, dtype=np.float64)
+        if got.shape != expected.shape:
+            raise case.fail(check, f"{name} has shape {got.shape} in float32 and {expected.shape} in float64")
+        if expected.size == 0:
+            continue
+        scale = float(np.max(np.abs(expected)))
+        tol = FLOAT32_ATOL + FLOAT32_RTOL * (np.abs(expected) + scale)
+        err = np.abs(got - expected)
+        if not (err <= tol).all():
+            index = tuple(int(i) for i in np.unravel_index(int(np.argmax(err - tol)), got.shape))
+            raise case.fail(
+                check,
+                f"{name} at {list(index)}: {got[index]:.7g} in float32 vs {expected[index]:.7g} in float64 on the same "
+                f"values, {how} (error {err[index]:.3g}; tolerance {tol[index]:.3g} = {FLOAT32_ATOL:g} + "
+                f"{FLOAT32_RTOL:g} (|float64| + max |float64| {scale:.3g})): the float32 computation is wrong, "
+                "not merely rounded",
             )
 
 

@@ -19,6 +19,7 @@ from .case import OperationCase, usable_samples
 from .checks import (
     check_accumulates,
     check_eval_mode,
+    check_float32_matches_float64,
     check_forward_deterministic,
     check_forward_dtype_and_finite,
     check_gradient_inputs,
@@ -55,6 +56,7 @@ ALL_CHECKS: tuple[Callable[[OperationCase], None], ...] = (
     check_gradient_inputs,
     check_gradient_parameters,
     check_gradient_with_plain_inputs,
+    check_float32_matches_float64,
     check_accumulates,
     check_fan_out,
     check_reuse_in_one_pass,
