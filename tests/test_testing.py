@@ -13,6 +13,7 @@ import pytest
 
 import tapegrad as tg
 from tapegrad import testing
+from tapegrad.optim import SGD
 from tapegrad.testing import ContractError, check_operation, parametrize_operations, passes, running
 
 FIRST_PARTY = ["math", "activations", "layers", "losses"]
@@ -165,7 +166,7 @@ def test_every_check_is_exported_and_defined_in_the_module_for_its_kind():
         assert check.__doc__ and check.__name__.startswith("check_")
     where = {check.__name__: check.__module__ for check in checks}
     assert {name for name, module in where.items() if module == "tapegrad.testing.passes"} == {
-        "check_fan_out", "check_reuse_in_one_pass", "check_capture",
+        "check_fan_out", "check_reuse_in_one_pass", "check_after_parameters_change", "check_capture",
     }
     assert set(where.values()) == {"tapegrad.testing.checks", "tapegrad.testing.passes"}
 
@@ -215,7 +216,7 @@ DEPENDENT = {
     "check_forward_dtype_and_finite", "check_inputs_not_mutated", "check_gradient_inputs",
     "check_gradient_parameters", "check_accumulates", "check_fan_out", "check_reuse_in_one_pass",
     "check_linear_in_upstream_gradient", "check_capture", "check_gradient_with_plain_inputs",
-    "check_float32_matches_float64",
+    "check_float32_matches_float64", "check_after_parameters_change",
 }
 
 
@@ -1057,6 +1058,188 @@ def test_reuse_with_values_only_catches_a_mask_on_self():
     assert "when application 1 runs alone" in message
 
 
+# -- tapegrad.testing.passes: after the parameters change (check_after_parameters_change) ----------
+class CachesTransposedWeight(tg.Operation):
+    """x @ W whose backward caches W's transpose on first use (issue 22)."""
+
+    _WT = None
+
+    def __init__(self):
+        self.W = self.parameter("W", (3, 2))
+
+    def forward(self, ctx, x):
+        ctx.save(x)
+        return x @ self.W.value
+
+    def backward(self, ctx, grad):
+        if self._WT is None:
+            self._WT = self.W.value.T.copy()
+        (x,) = ctx.saved
+        self.W.add_grad(x.T @ grad)
+        return grad @ self._WT
+
+    @classmethod
+    def samples(cls, rng):
+        yield tg.Sample(inputs=[rng.standard_normal((4, 3))], name="batch4")
+
+
+class CachesTransposedView(CachesTransposedWeight):
+    """The same, caching a view: right after an update in place, stale after an assignment."""
+
+    def backward(self, ctx, grad):
+        if self._WT is None:
+            self._WT = self.W.value.T
+        (x,) = ctx.saved
+        self.W.add_grad(x.T @ grad)
+        return grad @ self._WT
+
+
+class CachesScaleInForward(tg.Operation):
+    """x * exp(s) whose forward computes exp(s) once."""
+
+    _scale = None
+
+    def __init__(self):
+        self.s = self.parameter("s", (2,), init="zeros")
+
+    def forward(self, ctx, x):
+        if self._scale is None:
+            self._scale = np.exp(self.s.value)
+        ctx.save(x, self._scale)
+        return x * self._scale
+
+    def backward(self, ctx, grad):
+        x, scale = ctx.saved
+        self.s.add_grad((grad * x * scale).sum(axis=0))
+        return grad * scale
+
+    samples = classmethod(_sample)
+
+
+class CachesParameterFactor(tg.Operation):
+    """x * w**2 whose backward keeps 2w from its first call for w's own gradient."""
+
+    _twice = None
+
+    def __init__(self):
+        self.w = self.parameter("w", (2,), init="ones")
+
+    def forward(self, ctx, x):
+        ctx.save(x)
+        return x * self.w.value**2
+
+    def backward(self, ctx, grad):
+        (x,) = ctx.saved
+        if self._twice is None:
+            self._twice = 2.0 * self.w.value
+        self.w.add_grad((grad * x).sum(axis=0) * self._twice)
+        return grad * self.w.value**2
+
+    samples = classmethod(_sample)
+
+
+class PositiveScale(tg.Operation):
+    """x * log(w), defined for w > 0 only (it refuses the rest): correct."""
+
+    refused = 0
+
+    def __init__(self):
+        self.w = self.parameter("w", (2, 3), init=lambda shape, rng: np.full(shape, 0.02))
+
+    def forward(self, ctx, x):
+        if (self.w.value <= 0).any():
+            type(self).refused += 1
+            raise tg.OperationError(f"{self.label}: w must be positive")
+        ctx.save(x)
+        return x * np.log(self.w.value)
+
+    def backward(self, ctx, grad):
+        (x,) = ctx.saved
+        self.w.add_grad((grad * x).sum(axis=0) / self.w.value)
+        return grad * np.log(self.w.value)
+
+    @classmethod
+    def samples(cls, rng):
+        yield tg.Sample(inputs=[rng.standard_normal((4, 2, 3))], name="s")
+
+
+class FixedWeightsOnly(tg.Operation):
+    """x * w that refuses any w but its initial ones: nothing can be checked after a change."""
+
+    def __init__(self):
+        self.w = self.parameter("w", (2,), init="ones")
+
+    def forward(self, ctx, x):
+        if not (self.w.value == 1.0).all():
+            raise tg.OperationError(f"{self.label}: w must stay 1")
+        return x * self.w.value
+
+    def backward(self, ctx, grad):
+        self.w.add_grad(np.zeros(2))
+        return grad * self.w.value
+
+    samples = classmethod(_sample)
+
+
+def test_after_parameters_change_catches_a_transposed_weight_cached_on_first_use():
+    report = check_operation(CachesTransposedWeight, raise_on_failure=False)
+    failed = {r.check: r.message for r in report.failures}
+    assert set(failed) == {"check_after_parameters_change"}, str(report)  # every other check passes it
+    message = failed["check_after_parameters_change"]
+    assert "CachesTransposedWeight (plugin 'unregistered') [sample 'batch4']" in message
+    assert "check_after_parameters_change failed" in message
+    assert "after its parameters (caches_transposed_weight_0.W) changed in place (as an optimizer's step" in message
+    assert "the gradient of input 0 differs from a fresh op's holding the new values, at [" in message
+    assert re.search(r": -?[\d.]+ vs expected -?[\d.]+ \(atol", message)
+
+
+@pytest.mark.parametrize(
+    "cls, how, what, also",
+    [
+        (CachesTransposedView, "by assigning new arrays (variable.value = ...)", "the gradient of input 0", set()),
+        (CachesParameterFactor, "in place", "the gradient of caches_parameter_factor_0.w", set()),
+        # (central differences move the parameter too, and see the forward's stale value)
+        (CachesScaleInForward, "in place", "output 0", {"check_gradient_parameters", "check_gradient_with_plain_inputs"}),
+    ],
+)
+def test_after_parameters_change_catches_other_values_kept_from_an_earlier_application(cls, how, what, also):
+    report = check_operation(cls, raise_on_failure=False)
+    failed = {r.check: r.message for r in report.failures}
+    assert set(failed) == {"check_after_parameters_change", *also}, str(report)
+    message = failed["check_after_parameters_change"]
+    assert f"changed {how}" in message and f", {what} differs from a fresh op's holding the new values" in message
+
+
+def test_after_parameters_change_matches_what_training_does():
+    """The issue's numbers: after SGD steps, the cached transpose gives a stale input gradient."""
+    graph = tg.Graph(seed=0)
+    op = graph.get_operation(CachesTransposedWeight)
+    optimizer = SGD(graph.parameter, lr=0.5)
+    x = np.random.default_rng(1).standard_normal((4, 3))
+    for _ in range(3):
+        inputs = tg.Variable(x)
+        graph.backward(grads={op.forward(inputs): np.ones((4, 2))})
+        optimizer.step()
+        optimizer.zero_grad()
+    inputs = tg.Variable(x)
+    graph.backward(grads={op.forward(inputs): np.ones((4, 2))})
+    assert not np.allclose(inputs.grad, np.ones((4, 2)) @ op.W.value.T)
+
+
+def test_after_parameters_change_uses_values_a_parameter_with_a_domain_accepts():
+    PositiveScale.refused = 0
+    report = check_operation(PositiveScale)
+    assert report.passed
+    assert PositiveScale.refused > 0  # the first values tried included w <= 0, and others were used
+
+
+def test_after_parameters_change_says_so_when_no_changed_values_run():
+    report = check_operation(FixedWeightsOnly, checks=[testing.check_after_parameters_change], raise_on_failure=False)
+    (result,) = report.failures
+    assert "no changed parameter values gave a fresh op finite results" in result.message
+    assert "w must stay 1" in result.message
+
+
 # -- tapegrad.testing.passes: a captured step recorded and replayed (check_capture) ---------------
 class ReadsCtxInputs(tg.Operation):
     """x * x, whose backward reads the input back from ctx.inputs instead of saving it."""
@@ -1101,7 +1284,7 @@ def test_every_check_is_collected_for_every_sample_and_the_loss_checks_for_losse
     for key, collected in checks.items():
         expected = testing.ALL_CHECKS + (testing.LOSS_CHECKS if key.startswith("SoftmaxLoss") else ())
         assert tuple(collected) == expected, key
-    assert testing.check_capture in testing.ALL_CHECKS
+    assert testing.check_capture in testing.ALL_CHECKS and testing.check_after_parameters_change in testing.ALL_CHECKS
 
 
 def test_checks_and_expected_failures():

@@ -19,8 +19,8 @@ The package, in the order to read it:
 - ``checks``: the checks that apply the op once per graph (gradient structure, dtypes,
   determinism, inputs left alone, gradients against central differences, with Variables and
   with plain arrays, float32 against float64, accumulation, linearity, eval mode, losses);
-- ``passes``: the checks that apply one op several times (fan-out and reuse in one pass, a
-  captured step replayed);
+- ``passes``: the checks that apply one op several times (fan-out and reuse in one pass, again
+  after its parameters change, a captured step replayed);
 - ``running``: ``ALL_CHECKS``, collecting cases, running them, reports.
 """
 
@@ -44,7 +44,7 @@ from .checks import (
     check_linear_in_upstream_gradient,
     check_loss_scalar,
 )
-from .passes import check_capture, check_fan_out, check_reuse_in_one_pass
+from .passes import check_after_parameters_change, check_capture, check_fan_out, check_reuse_in_one_pass
 from .running import (
     ALL_CHECKS,
     LOSS_CHECKS,
@@ -87,6 +87,7 @@ __all__ = [
     "check_accumulates",
     "check_fan_out",
     "check_reuse_in_one_pass",
+    "check_after_parameters_change",
     "check_linear_in_upstream_gradient",
     "check_eval_mode",
     "check_capture",

@@ -2,7 +2,9 @@
 
 In one pass (``check_fan_out``: the same inputs fed to three applications; ``check_reuse_in_one_pass``:
 three independent inputs), each application's gradients must equal that application run alone.
-Across passes: ``check_capture`` records a captured step and replays it on other values. Together they catch state kept on ``self``
+Across passes: ``check_after_parameters_change`` applies the op again after its parameters
+change and compares it with a fresh op holding the new values; ``check_capture`` records a
+captured step and replays it on other values. Together they catch state kept on ``self``
 instead of ``ctx``, and anything computed once and reused when it should not be.
 """
 
@@ -24,9 +26,12 @@ from .case import (
     SEED,
     Check,
     OperationCase,
+    close,
+    detail_of,
     float_outputs,
     guarded,
     outputs_of,
+    pass_results,
     requires,
     sample_arrays,
     upstream_gradients,
@@ -36,6 +41,7 @@ from .checks import check_gradient_structure
 __all__ = [
     "FAN_OUT",
     "STATE_HINT",
+    "check_after_parameters_change",
     "check_capture",
     "check_fan_out",
     "check_reuse_in_one_pass",
@@ -341,6 +347,86 @@ def check_reuse_in_one_pass(case: OperationCase) -> None:
     raise case.fail(check, f"{detail}. {STATE_HINT}")
 
 
+
+
+# -- across passes: after the parameters change (check_after_parameters_change) ------------------
+#: How check_after_parameters_change changes the parameters, by how a user changes them.
+PARAMETER_CHANGES = (
+    ("in place", "in place (as an optimizer's step and Parameter.load do)"),
+    ("assigned", "by assigning new arrays (variable.value = ...)"),
+)
+
+
+def _new_values(parameters: Mapping[str, Variable], rng: np.random.Generator) -> Iterator[dict[str, np.ndarray]]:
+    """Other values for every parameter, as training might leave them: every element moved by a
+    random fraction of its size (at least 0.03); then, for parameters that must keep their signs,
+    all of them scaled by 1.5, and by 0.5."""
+    values = {name: p.value.copy() for name, p in parameters.items()}
+    yield {name: v + rng.standard_normal(v.shape) * 0.3 * (np.abs(v) + 0.1) for name, v in values.items()}
+    yield {name: v * 1.5 for name, v in values.items()}
+    yield {name: v * 0.5 for name, v in values.items()}
+
+
+def _fresh_pass(case: OperationCase, values: Mapping[str, np.ndarray], rng_state: Mapping[str, Any]) -> dict[str, Any]:
+    """One pass of a fresh op holding ``values`` as its parameters, the generator at ``rng_state``;
+    a ContractError unless everything it computes is finite."""
+    graph, op = case.build()
+    parameters = op.parameters()
+    for name, value in values.items():
+        parameters[name].value[...] = value
+    graph.rng.bit_generator.state = rng_state
+    found, _ = pass_results(case, graph, op, case.inputs())
+    bad = next((name for name, v in found.items() if np.asarray(v).dtype.kind == "f" and not np.isfinite(v).all()), None)
+    if bad is not None:
+        raise case.fail(check_after_parameters_change, f"{bad} is not finite")
+    return found
+
+
+@requires(check_gradient_structure)
+def check_after_parameters_change(case: OperationCase) -> None:
+    """Applied again after its parameters change, the op gives the outputs, loss and gradients
+    (every input's and parameter's) of a fresh op holding the new values: first after an update
+    in place (as an optimizer's step makes), then after new arrays are assigned. Nothing computed
+    from a parameter may be kept from an earlier application (a transposed weight cached on first
+    use). An op without float parameters passes."""
+    check = check_after_parameters_change
+    graph, op = case.build()
+    parameters = {name: p for name, p in op.parameters().items() if p.value.dtype.kind == "f"}
+    if not parameters:
+        return
+    guarded(case, check, lambda: pass_results(case, graph, op, case.inputs()))  # the first application
+    rng = np.random.default_rng(SEED + 3)
+    for how, said in PARAMETER_CHANGES:
+        state = graph.rng.bit_generator.state  # (the fresh op draws what this application draws: Dropout's masks)
+        tried: list[str] = []
+        for values in _new_values(parameters, rng):
+            try:
+                expected = guarded(case, check, lambda: _fresh_pass(case, values, state))  # noqa: B023 - called at once
+                break
+            except ContractError as exc:
+                tried.append(detail_of(exc))
+        else:
+            raise case.fail(check, f"no changed parameter values gave a fresh op finite results: {'; '.join(tried)}")
+        for name, p in parameters.items():
+            if how == "in place":
+                p.value[...] = values[name]
+            else:
+                p.value = values[name].copy()
+            p.clear_grad()
+        try:
+            got = guarded(case, check, lambda: pass_results(case, graph, op, case.inputs())[0])
+        except ContractError as exc:
+            raise case.fail(check, f"after its parameters changed {said}, applying it again {detail_of(exc)}") from exc
+        for name, want in expected.items():
+            ok, detail = close(got.get(name), want)
+            if not ok:
+                changed = ", ".join(f"{op.name}.{p}" for p in parameters)
+                raise case.fail(
+                    check,
+                    f"after its parameters ({changed}) changed {said}, {name} differs from a fresh op's holding the "
+                    f"new values, {detail}. The op keeps something computed from a parameter's earlier value: "
+                    "compute it from the parameter's value on every call",
+                )
 
 
 # -- across passes: a captured step recorded, then replayed (check_capture) ----------------------

@@ -31,7 +31,7 @@ from .checks import (
     check_linear_in_upstream_gradient,
     check_loss_scalar,
 )
-from .passes import check_capture, check_fan_out, check_reuse_in_one_pass
+from .passes import check_after_parameters_change, check_capture, check_fan_out, check_reuse_in_one_pass
 
 __all__ = [
     "ALL_CHECKS",
@@ -60,6 +60,7 @@ ALL_CHECKS: tuple[Callable[[OperationCase], None], ...] = (
     check_accumulates,
     check_fan_out,
     check_reuse_in_one_pass,
+    check_after_parameters_change,
     check_linear_in_upstream_gradient,
     check_eval_mode,
     check_capture,
