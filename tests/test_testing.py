@@ -1274,6 +1274,29 @@ def test_check_capture_catches_an_op_that_reads_ctx_inputs_and_passes_a_correct_
     assert check_operation(SavesWhatItWasGiven, checks=["check_capture"]).passed
 
 
+def test_check_capture_passes_every_array_its_ops_read_as_an_argument_of_the_step(monkeypatch):
+    """The step takes the inputs, the loss target and the upstream gradients as arguments: its
+    records freeze no array the step made itself (a stricter capture may refuse those)."""
+    steps = []
+    capture = tg.Graph.capture
+
+    def spy(self, fn=None, **options):
+        step = capture(self, fn, **options)
+        steps.append(step)
+        return step
+
+    monkeypatch.setattr(tg.Graph, "capture", spy)
+    pairs = [(case, check) for case, check in testing.collect_cases(plugin=FIRST_PARTY) if check is testing.check_capture]
+    results = list(testing.run_cases(pairs))
+    assert results and all(r.outcome == "passed" for r in results)
+    records = [record for step in steps for record in step.records.values()]
+    assert len(records) == len(pairs)
+    frozen = [(where, array.shape) for record in records for where, array in record.recording.constants]
+    assert frozen == []
+    losses = [record for record in records if any(a.op.is_loss for a in record.recording.apps)]
+    assert losses and all(len(record.shapes) >= 2 for record in losses)  # inputs and the target
+
+
 # -- tapegrad.testing.running: collecting, choosing checks, expected failures, parametrize -------
 def test_every_check_is_collected_for_every_sample_and_the_loss_checks_for_losses():
     checks: dict[str, list] = {}

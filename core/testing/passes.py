@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import ContractError
 from ..graph import Graph
 from ..operation import Operation, Sample
-from ..variable import Variable
+from ..variable import Variable, as_array
 from .case import (
     OP_FAULTS,
     SEED,
@@ -431,21 +431,35 @@ def check_after_parameters_change(case: OperationCase) -> None:
 
 # -- across passes: a captured step recorded, then replayed (check_capture) ----------------------
 def _captured_step(case: OperationCase) -> tuple[Graph, Operation, Callable[..., Any]]:
-    """A fresh op and the step ``check_capture`` captures: clear the gradients, forward, the
-    loss or fixed output gradients, backward; it returns the outputs (and the loss)."""
+    """A fresh op and the step ``check_capture`` captures: clear the gradients, forward, the loss
+    against ``target`` (a Loss) or the upstream gradients ``seeds``, backward; it returns the outputs
+    (and the loss). Every array its ops receive is an argument: the step makes none itself."""
     graph, op = case.build()
 
-    def step(*variables: Variable) -> Any:
+    def step(inputs: list[Variable], target: Any, seeds: list[np.ndarray]) -> Any:
         graph.parameter.clear_grads()
-        result = op.forward(*variables)
+        result = op.forward(*inputs)
         if case.is_loss:
-            value = op.loss(case.target())  # type: ignore[attr-defined]
+            value = op.loss(target)  # type: ignore[attr-defined]
             graph.backward()
             return (*outputs_of(result), value)
-        graph.backward(grads=upstream_gradients(float_outputs(result)))
+        graph.backward(grads=dict(zip(float_outputs(result), seeds)))
         return outputs_of(result)
 
     return graph, op, step
+
+
+def _step_arguments(case: OperationCase, arrays: list[np.ndarray], seed: int) -> tuple[Any, list[np.ndarray]]:
+    """The target (as the loss would read it: an array) and upstream gradients (one per float
+    output, drawn from ``seed``) for a step on ``arrays``; the outputs' shapes come from a fresh op
+    applied in eval mode (it records nothing)."""
+    if case.is_loss:
+        target = case.target()
+        return (target if isinstance(target, (np.ndarray, Variable)) else as_array(target, f"{case.name} target")), []
+    graph, op = case.build()
+    graph.eval()
+    outputs = float_outputs(op.forward(*[Variable(a) for a in arrays]))
+    return None, list(upstream_gradients(outputs, seed=seed).values())
 
 
 def _bitwise(a: Any, b: Any) -> bool:
@@ -462,8 +476,9 @@ def _bitwise(a: Any, b: Any) -> bool:
 @requires(check_gradient_structure)
 def check_capture(case: OperationCase) -> None:
     """A captured step of the op (forward, loss, backward), recorded on the sample and replayed
-    on a second input of the same shapes with other values, equals eager bit for bit: outputs,
-    loss, and every input's and parameter's gradient. An op is safe to replay when its backward
+    on a second input of the same shapes with other values (and other upstream gradients), equals
+    eager bit for bit: outputs, loss, and every input's and parameter's gradient. The step takes
+    its inputs, target and upstream gradients as arguments. An op is safe to replay when its backward
     depends on nothing but ``ctx`` (what forward saved, ``needs_input_grad``) and its parameters,
     and forward keeps nothing on ``self`` (``ctx.inputs`` is empty during a replay)."""
     check = check_capture
@@ -473,18 +488,20 @@ def check_capture(case: OperationCase) -> None:
     second = next((v for v in seconds if _usable(case, _Application(v, slots, case.target(), "second input"))), first)
 
     def run() -> str | None:
+        target, first_seeds = _step_arguments(case, first, SEED + 1)
+        _, second_seeds = _step_arguments(case, second, SEED + 2)
         captured_graph, captured_op, captured = _captured_step(case)
         step = captured_graph.capture(captured, check=False)
-        step(*[Variable(a) for a in first])  # records (eager)
+        step([Variable(a) for a in first], target, first_seeds)  # records (eager)
         got_inputs = [Variable(a) for a in second]
         try:
-            got = step(*got_inputs)  # replays
+            got = step(got_inputs, target, second_seeds)  # replays
         except OP_FAULTS as exc:
             return f"the replay raised {type(exc).__name__}: {exc}"
         eager_graph, eager_op, eager = _captured_step(case)
-        eager(*[Variable(a) for a in first])
+        eager([Variable(a) for a in first], target, first_seeds)
         want_inputs = [Variable(a) for a in second]
-        want = eager(*want_inputs)
+        want = eager(want_inputs, target, second_seeds)
         for i, (g, w) in enumerate(zip(got, want)):
             if not _bitwise(g, w):
                 return f"output {i} of the replay differs from eager" if i < len(got) - case.is_loss else "the loss differs"
