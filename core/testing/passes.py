@@ -449,17 +449,18 @@ def _captured_step(case: OperationCase) -> tuple[Graph, Operation, Callable[...,
     return graph, op, step
 
 
-def _step_arguments(case: OperationCase, arrays: list[np.ndarray], seed: int) -> tuple[Any, list[np.ndarray]]:
-    """The target (as the loss would read it: an array) and upstream gradients (one per float
-    output, drawn from ``seed``) for a step on ``arrays``; the outputs' shapes come from a fresh op
-    applied in eval mode (it records nothing)."""
+def _step_arguments(case: OperationCase, arrays: list[np.ndarray]) -> tuple[Any, list[np.ndarray], list[np.ndarray]]:
+    """What the step receives besides its inputs: the target (as the loss reads it: an array), and
+    two sets of upstream gradients (one per float output), for the recorded call and the replayed
+    one. The outputs' shapes come from a fresh op applied to ``arrays`` in eval mode (nothing recorded)."""
     if case.is_loss:
         target = case.target()
-        return (target if isinstance(target, (np.ndarray, Variable)) else as_array(target, f"{case.name} target")), []
+        return (target if isinstance(target, (np.ndarray, Variable)) else as_array(target, f"{case.name} target")), [], []
     graph, op = case.build()
     graph.eval()
     outputs = float_outputs(op.forward(*[Variable(a) for a in arrays]))
-    return None, list(upstream_gradients(outputs, seed=seed).values())
+    recorded, replayed = (list(upstream_gradients(outputs, seed=seed).values()) for seed in (SEED + 1, SEED + 2))
+    return None, recorded, replayed
 
 
 def _bitwise(a: Any, b: Any) -> bool:
@@ -488,8 +489,7 @@ def check_capture(case: OperationCase) -> None:
     second = next((v for v in seconds if _usable(case, _Application(v, slots, case.target(), "second input"))), first)
 
     def run() -> str | None:
-        target, first_seeds = _step_arguments(case, first, SEED + 1)
-        _, second_seeds = _step_arguments(case, second, SEED + 2)
+        target, first_seeds, second_seeds = _step_arguments(case, first)  # (the second input has the same shapes)
         captured_graph, captured_op, captured = _captured_step(case)
         step = captured_graph.capture(captured, check=False)
         step([Variable(a) for a in first], target, first_seeds)  # records (eager)
