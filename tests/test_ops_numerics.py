@@ -42,6 +42,9 @@ CASES = {
     "Reshape": dict(args=[(4, 1)]),
     "Transpose": dict(),
     "Concat": dict(n=2),
+    "Index": dict(args=[(0, slice(None))]),
+    "Stack": dict(n=2),
+    "Unstack": dict(),
     "Exp": dict(),
     "Log": dict(),
     "Sigmoid": dict(),
@@ -57,6 +60,10 @@ CASES = {
     "SquareLoss": dict(target=np.zeros((1, 4))),
     "SigmoidCrossEntropyLoss": dict(target=np.array([[0.0, 1.0, 0.5, 1.0]])),
 }
+
+
+def outputs(out):
+    return out if isinstance(out, tuple) else (out,)
 
 
 def run_case(name, row):
@@ -87,7 +94,7 @@ def test_finite_inputs_give_finite_results_or_an_error_naming_the_op(name, row):
         assert str(exc).startswith(name), str(exc)
         assert "NaN" not in str(exc)  # a finite input is never blamed for NaN
         return
-    values = [out] if isinstance(out, float) else [out.value]
+    values = [out] if isinstance(out, float) else [o.value for o in outputs(out)]
     values += [v.grad for v in variables] + [p.grad for p in op.parameters().values()]
     assert all(np.isfinite(v).all() for v in values)
 
@@ -217,12 +224,12 @@ ELEMENTWISE = ["Exp", "Log", "Sigmoid", "Tanh", "Relu", "LeakyRelu", "Sum", "Mea
 def test_nan_in_gives_nan_out_never_a_finite_value(name):
     row = [np.nan, 1.0, 2.0, 0.5]
     op, out, variables = run_case(name, row)
-    value = out.value.ravel()
+    value = np.concatenate([o.value.ravel() for o in outputs(out)])
     if name in ("Softmax", "LogSoftmax", "LayerNorm", "Sum", "Mean", "Matmul"):
         assert np.isnan(value).all()  # the NaN's row
     elif name == "Affine":
         assert np.isnan(value).all() and np.isnan(op.W.grad[0]).all()
-    elif name == "Concat":
+    elif name in ("Concat", "Stack"):
         assert np.array_equal(np.isnan(value), [True, False, False, False] * 2)
     else:
         assert np.isnan(value[0]) and np.isfinite(value[1:]).all()
@@ -433,7 +440,7 @@ def test_valid_constructor_arguments_still_work():
     assert g.get_operation("LayerNorm", [4], eps=1e-300).eps == 1e-300
 
 
-@pytest.mark.parametrize("name", ["Add", "Concat"])
+@pytest.mark.parametrize("name", ["Add", "Concat", "Stack"])
 def test_ops_of_any_number_of_inputs_need_one(name):
     op = tg.Graph().get_operation(name)
     with pytest.raises(tg.InputTypeError, match=rf"{name} \(\w+\): expected at least 1 input"):
