@@ -23,7 +23,7 @@ from tapegrad import (
     unbroadcast,
 )
 
-from ._util import axes, check_axis, check_flag, need_rank, scaled_mean
+from ._util import axes, check_axis, check_flag, need_rank, scaled_mean, scaled_sum
 
 
 def _binary_samples(rng: np.random.Generator, positive_b: bool = False) -> Iterator[tg.Sample]:
@@ -40,7 +40,8 @@ def _binary_samples(rng: np.random.Generator, positive_b: bool = False) -> Itera
 
 
 class Add(tg.Operation):
-    """Sum of one or more inputs, broadcasting. Saves only the input shapes."""
+    """Sum of one or more inputs, broadcasting; with three or more, a partial sum that overflows on
+    the way to a representable sum (or to NaN) signals nothing (as Sum). Saves only the input shapes."""
 
     def forward(self, ctx: tg.Context, first: np.ndarray, *rest: np.ndarray) -> np.ndarray:
         xs = (first, *rest)
@@ -56,7 +57,12 @@ class Add(tg.Operation):
         if len(set(shapes)) > 1:
             broadcast_shape(self.label, *xs)
         ctx.saved = tuple(shapes)
-        return reduce(np.add, xs[1:], np.array(xs[0], copy=True))
+        with np.errstate(over="raise", invalid="ignore"):
+            try:
+                return reduce(np.add, xs[1:], np.array(xs[0], copy=True))
+            except FloatingPointError:  # a partial sum overflowed: the whole may fit, or be NaN
+                pass
+        return scaled_sum(np.stack(np.broadcast_arrays(*xs)), (0,))
 
     def backward(self, ctx: tg.Context, grad: np.ndarray) -> tuple[np.ndarray, ...]:
         shape = grad.shape
@@ -170,8 +176,9 @@ class Matmul(tg.Operation):
 
 
 class Sum(tg.Operation):
-    """Sum over ``axis`` (None: all), optionally keeping reduced dims; a sum beyond the float
-    range raises OperationError. Saves the input shape."""
+    """Sum over ``axis`` (None: all), optionally keeping reduced dims. A sum beyond the float range
+    is inf with numpy's overflow signal (NonFiniteError where numpy is asked to raise); a partial
+    sum that overflows on the way to a representable sum or to NaN signals nothing. Saves the input shape."""
 
     def __init__(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> None:
         self.axis = check_axis(self.label, "axis", axis, allow_none=True, allow_tuple=True)
@@ -180,7 +187,7 @@ class Sum(tg.Operation):
     def forward(self, ctx: tg.Context, x: np.ndarray) -> np.ndarray:
         ax = axes(self, self.axis, x.ndim)
         ctx.saved = (x.shape, ax)
-        return np.asarray(x.sum(axis=ax, keepdims=self.keepdims))
+        return scaled_sum(x, ax, self.keepdims)
 
     def backward(self, ctx: tg.Context, grad: np.ndarray) -> np.ndarray:
         shape, ax = ctx.saved
