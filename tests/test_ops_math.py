@@ -290,3 +290,34 @@ def test_an_unrolled_step_captured_with_ops_made_up_front_equals_eager_bit_for_b
         x, h0, y = rng.standard_normal((5, 6, 3)), rng.standard_normal((5, 4)), rng.integers(0, 2, 5)
         assert captured(x, h0, y) == eager(x, h0, y)
     assert len(captured.records) == 1
+
+
+def test_ids_unstacked_in_a_captured_step_stay_integers_and_replay_bit_for_bit(rng):
+    """Token ids (N, T) split by one Unstack made before the step feed an Embedding per step."""
+    from tapegrad.optim import SGD
+
+    def model():
+        g = tg.Graph("ids", seed=0)
+        split, emb = g.get_operation("Unstack", axis=1), g.get_operation("Embedding", [7, 3])
+        add, tanh, head, loss = g.get_operation("Add"), g.get_operation("Tanh"), g.get_operation("Affine", [3, 7]), g.get_operation("SoftmaxLoss")
+        optimizer = SGD(g.parameter, lr=0.5)
+
+        def step(ids, y):
+            h = np.zeros((ids.shape[0], 3))
+            for ids_t in split(ids):
+                h = tanh(add(emb(ids_t), h))
+            loss(head(h))
+            value = loss.loss(y)
+            g.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            return value
+
+        return g, step, emb
+
+    (graph, step, emb), (_, eager, emb_eager) = model(), model()
+    captured = graph.capture(step)
+    for _ in range(4):
+        ids, y = rng.integers(0, 7, (4, 5)), rng.integers(0, 7, 4)
+        assert captured(ids, y) == eager(ids, y)
+    assert np.array_equal(emb.W.value, emb_eager.W.value) and len(captured.records) == 1
