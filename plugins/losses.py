@@ -21,8 +21,8 @@ from ._util import integer_labels, loss_not_finite, need_examples, need_float
 
 
 class SoftmaxLoss(tg.Loss):
-    """Softmax over the last axis plus mean cross-entropy (natural log) with integer labels:
-    ``torch.nn.functional.cross_entropy`` with the classes moved last.
+    """Softmax over the last axis plus mean cross-entropy with integer labels (torch's cross_entropy).
+    As ``torch.nn.functional.cross_entropy`` with the classes moved last; natural log.
     forward: logits (..., C) -> probabilities (..., C), stable for any finite logits;
     loss: labels (...) -> the mean over the positions whose label is not ``ignore_index``;
     backward: (p - onehot) / count at those positions, 0 at ignored ones. A loss with every

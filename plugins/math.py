@@ -380,11 +380,12 @@ def _show_index(index: tuple[Any, ...]) -> str:
 
 
 class Index(tg.Operation):
-    """``x[index]`` with numpy basic indexing: ints, slices, None and Ellipsis, or a tuple of them
-    (``Index((slice(None), 2))`` is ``x[:, 2]``), checked when the op is made; arrays, lists and
-    booleans (advanced indexing) are refused. An index that does not fit the input's shape raises
-    ShapeError in forward. Integer inputs stay integers (ids). The output is a view of the input;
-    the gradient is zeros with the upstream gradient at the selected places. Saves the input shape."""
+    """``x[index]``, numpy basic indexing: an int, slice, None or Ellipsis, or a tuple of them.
+    ``Index((slice(None), 2))`` is ``x[:, 2]``. The index is checked when the op is made: arrays,
+    lists and booleans (advanced indexing) are refused; one that does not fit the input's shape
+    raises ShapeError in forward. Integer inputs stay integers (ids). The output is a view of the
+    input; the gradient is zeros with the upstream gradient at the selected places. Saves the
+    input shape."""
 
     integer_inputs = (0,)
 
@@ -415,9 +416,9 @@ class Index(tg.Operation):
 
 
 class Stack(tg.Operation):
-    """Join one or more inputs of the same shape along a new axis ``axis`` (-(rank+1)..rank of
-    the inputs), like ``numpy.stack``: n inputs of shape S give (..., n, ...). The gradient of
-    each input is its slice of the upstream gradient. Saves the normalised axis."""
+    """Join one or more inputs of the same shape along a new axis, as ``numpy.stack``.
+    ``axis`` lies in -(rank+1)..rank of the inputs; n inputs give a new axis of length n there. The
+    gradient of each input is its slice of the upstream gradient. Saves the normalised axis."""
 
     def __init__(self, axis: int = 0) -> None:
         self.axis = check_axis(self.label, "axis", axis)
@@ -450,8 +451,9 @@ class Stack(tg.Operation):
 
 
 class Unstack(tg.Operation):
-    """One input to a tuple of outputs, one per index along ``axis`` (the axis removed), like
-    ``torch.unbind``: (N, T, D) with axis=1 gives T outputs of shape (N, D). Integer inputs stay
+    """Split one input into a tuple of outputs along ``axis``, as ``torch.unbind``.
+    One output per index along the axis, which is removed: (N, T, D) with axis=1 gives T outputs
+    of shape (N, D). Integer inputs stay
     integers (ids). An axis of length 0 raises ShapeError. Outputs are views of the input; the
     gradient stacks the outputs' gradients (zeros for unused outputs). Saves the normalised axis."""
 

@@ -115,9 +115,9 @@ def _lstm_parameters(op: tg.Operation, input_size: int, hidden_size: int) -> tup
 
 
 class LSTMCell(tg.Operation):
-    """One LSTM step: (x (N, D), h_prev (N, H), c_prev (N, H)) -> (h, c), both (N, H), with
-    z = x W_ih + h_prev W_hh + b split into gates (i, f, g, o) as in ``torch.nn.LSTMCell`` (whose
-    weights load as LSTM's do; see there). Saves the inputs and the gate activations."""
+    """One LSTM step, gates (i, f, g, o) as in ``torch.nn.LSTMCell``.
+    (x (N, D), h_prev (N, H), c_prev (N, H)) -> (h, c), both (N, H), with z = x W_ih + h_prev W_hh
+    + b split into the gates (torch.nn.LSTMCell's weights load as LSTM's do; see there). Saves the inputs and the gate activations."""
 
     def __init__(self, input_size: int, hidden_size: int) -> None:
         self.input_size, self.hidden_size = _sizes(self, input_size, hidden_size)
@@ -152,8 +152,8 @@ class LSTMCell(tg.Operation):
 
 
 class LSTM(tg.Operation):
-    """A whole sequence in one op, as ``torch.nn.LSTM(input_size, hidden_size, batch_first=True)``
-    (one layer): x (N, T, D), and optionally the initial states h0 and c0 (N, H) (zeros when
+    """A whole sequence in one op, as one layer of ``torch.nn.LSTM`` with ``batch_first=True``.
+    x (N, T, D), and optionally the initial states h0 and c0 (N, H) (zeros when
     absent) -> the hidden states (N, T, H); with ``return_state=True``, the tuple (hidden states,
     h_T, c_T), gradients flowing from all three into x, h0, c0 and the parameters (backpropagation
     through time). Gates (i, f, g, o) in the 4H columns of W_ih (D, 4H), W_hh (H, 4H) and b (4H,);
