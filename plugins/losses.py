@@ -43,9 +43,9 @@ class SoftmaxLoss(tg.Loss):
         # the float range, so no shift by the row max is needed. Others (and NaN) are shifted.
         peak = np.maximum.reduce(np.abs(logits), axis=None, initial=0.0)
         z = logits if peak <= _unshifted_limit(logits.dtype, logits.shape[-1]) else _shifted(logits)
-        e = np.exp(z)
-        total = e.sum(axis=-1, keepdims=True)
-        probs = e / total
+        probs = np.exp(z)
+        total = np.add.reduce(probs, axis=-1, keepdims=True)
+        probs /= total  # (in place: the exponentials are not kept)
         ctx.saved = (probs, z, total, logits)
         return probs
 
@@ -66,7 +66,7 @@ class SoftmaxLoss(tg.Loss):
             if not 0 <= label < classes:
                 integer_labels(self, target, classes)  # raises, naming the offending label
             ctx.picked = (0, label)
-            value = math.log(total[0, 0]) - float(z[0, label])
+            value = math.log(total.item()) - z.item(label)
         else:
             # Too large a label fails the indexing below; a negative one would wrap around.
             if np.minimum.reduce(target) < 0:
