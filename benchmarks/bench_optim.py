@@ -6,6 +6,7 @@
 1. ``SGD.step`` and ``Adam.step`` alone on the seed model's 4 parameters (64-30-10: W1, b1, W2, b2),
    with the gradients of one backward pass; each step is called as a captured step replays it (the
    undecorated method) and as user code calls it. Baseline: the update written in numpy, in place.
+   Then the same on 784-512-512-10 sized parameters, where each numpy call has real work to do.
 2. The captured seed step (batch 1, SGD at lr 0.3) with the previous and the current SGD; baseline:
    the whole step hand-written in numpy (``bench_training.numpy_step``).
 3. Peak memory of one step (its second: the state exists) over 784-512-512-10 sized parameters,
@@ -147,18 +148,29 @@ def replayed(optimizer: Optimizer) -> Callable[[], None]:
     return lambda: method(optimizer)
 
 
+def large_variables() -> list[tg.Variable]:
+    """784-512-512-10 sized parameters with random gradients."""
+    rng = np.random.default_rng(0)
+    found = [tg.Variable(rng.standard_normal(s)) for s in [(784, 512), (512,), (512, 512), (512,), (512, 10), (10,)]]
+    for v in found:
+        v.add_grad(rng.standard_normal(v.shape))
+    return found
+
+
 def step_alone(runs: int, chunks: int) -> None:
-    for title, hand, previous, current in (
-        ("SGD.step, 4 parameters", hand_sgd, PreviousSGD, SGD),
-        ("Adam.step, 4 parameters", hand_adam, PreviousAdam, Adam),
+    for title, hand, previous, current, make in (
+        ("SGD.step, 4 parameters", hand_sgd, PreviousSGD, SGD, seed_variables),
+        ("Adam.step, 4 parameters", hand_adam, PreviousAdam, Adam, seed_variables),
+        ("SGD.step, 784-512-512-10", hand_sgd, PreviousSGD, SGD, large_variables),
+        ("Adam.step, 784-512-512-10", hand_adam, PreviousAdam, Adam, large_variables),
     ):
         results = []
         for _ in range(runs):
             contenders = {
-                "numpy, in place (baseline)": hand(seed_variables()),
-                "previous step (replayed)": replayed(previous(seed_variables(), LR)),
-                "tapegrad.optim step (replayed)": replayed(current(seed_variables(), LR)),
-                "tapegrad.optim step (called)": current(seed_variables(), LR).step,
+                "numpy, in place (baseline)": hand(make()),
+                "previous step (replayed)": replayed(previous(make(), LR)),
+                "tapegrad.optim step (replayed)": replayed(current(make(), LR)),
+                "tapegrad.optim step (called)": current(make(), LR).step,
             }
             results.append(compare(contenders, "numpy, in place (baseline)", chunks=chunks))
         report_runs(title, results)
@@ -239,7 +251,7 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=41, help="timed chunks per contender and run")
     args = parser.parse_args()
     print(f"BLAS threads: {blas_threads()}")
-    print("\n1. a step alone (the parameters of the seed model, gradients of one backward pass)")
+    print("\n1. a step alone")
     step_alone(args.runs, args.chunks)
     print("\n2. in the captured seed step")
     captured_seed_step(args.runs, args.chunks)

@@ -8,8 +8,8 @@ a dict or any iterable of Variables; it skips a Variable that is not trainable o
 (nothing arrived since ``zero_grad()``), as PyTorch skips ``grad is None``.
 
 A step is all or nothing: it checks that it can apply every update before it changes any parameter
-or state (``_ElementwiseOptimizer.step`` says what the check covers), then applies them in place,
-one parameter at a time, holding at most one parameter's size of extra memory.
+or state (``help(SGD.step)`` says what the check covers), then applies them in place, one parameter
+at a time, holding at most the largest parameter's size of extra memory.
 
 **Captured steps** replay ``Optimizer.step``/``zero_grad``, ``clip_grad_norm``, ``clip_grad_value``
 and ``LRScheduler.step`` by calling them again: each reads its hyperparameters (``optimizer.lr``) and
@@ -182,20 +182,24 @@ def _entries(where: str, state: Any, expected: tuple[str, ...], of: str | None =
 # -- optimizers ------------------------------------------------------------------------------------------
 
 
-def _optimized(where: str, given: Any) -> list[Variable]:
-    """The Variables an optimizer is given: at least one, none twice."""
-    variables = _variables(where, given)
-    if not variables:
-        raise ArgumentError(f"{where}: got no Variables to optimize (an empty list or Parameter store)")
+def _distinct(where: str, variables: list[Variable], what: str) -> list[Variable]:
+    """``variables``, refusing one given twice (``what``: what would happen to it twice)."""
     seen: dict[int, int] = {}
     for position, v in enumerate(variables):
         first = seen.setdefault(id(v), position)
         if first != position:
             raise ArgumentError(
-                f"{where}: {_label(v, position)} is given twice (positions {first} and {position}); "
-                "a step would update it twice"
+                f"{where}: {_label(v, position)} is given twice (positions {first} and {position}); {what}"
             )
     return variables
+
+
+def _optimized(where: str, given: Any) -> list[Variable]:
+    """The Variables an optimizer is given: at least one, none twice."""
+    variables = _variables(where, given)
+    if not variables:
+        raise ArgumentError(f"{where}: got no Variables to optimize (an empty list or Parameter store)")
+    return _distinct(where, variables, "a step would update it twice")
 
 
 class Optimizer:
@@ -734,7 +738,8 @@ class AdamW(Adam):
 def _gradients(where: str, given: Any) -> list[tuple[int, Variable, np.ndarray]]:
     """(position, Variable, gradient) of every trainable Variable with a gradient, each checked finite."""
     found = []
-    for position, v in enumerate(_variables(where, given, reusable=True)):
+    variables = _distinct(where, _variables(where, given, reusable=True), "it would be clipped twice")
+    for position, v in enumerate(variables):
         grad = v.peek_grad()
         if grad is not None and v.trainable:
             if not np.isfinite(grad).all():

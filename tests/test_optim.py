@@ -864,6 +864,11 @@ def test_clip_grad_value_clips_every_entry():
             tg.InputTypeError,
             r"clip_grad_norm: expected Variables, got float at position 1",
         ),
+        (
+            lambda vs: clip_grad_norm([vs[0], vs[1], vs[0]], 1.0),
+            tg.ArgumentError,
+            r"clip_grad_norm: 'g0' is given twice \(positions 0 and 2\); it would be clipped twice",
+        ),
     ],
 )
 def test_clipping_arguments_are_checked(call, error, match):
