@@ -9,7 +9,8 @@ a dict or any iterable of Variables; it skips a Variable that is not trainable o
 
 A step is all or nothing: it checks that it can apply every update before it changes any parameter
 or state (``help(SGD.step)`` says what the check covers), then applies them in place, one parameter
-at a time, holding at most the largest parameter's size of extra memory.
+at a time, holding at most the largest parameter's size of extra memory (twice that for SGD with
+Nesterov momentum and weight decay).
 
 **Captured steps** replay ``Optimizer.step``/``zero_grad``, ``clip_grad_norm``, ``clip_grad_value``
 and ``LRScheduler.step`` by calling them again: each reads its hyperparameters (``optimizer.lr``) and
@@ -330,12 +331,14 @@ class _ElementwiseOptimizer(Optimizer):
 
         The check, before anything changes: every gradient must be finite, and no number the step
         computes may overflow, whatever ``np.errstate`` says (else ``NonFiniteError`` naming the
-        Variable). It costs one sum of squares per gradient: from the largest gradient entry it can
-        imply, tracked bounds on the optimizer's state, and values assumed below 1/256 of their dtype's
-        largest number, it bounds every number the step computes; only when that bound comes within 1/16
-        of the largest number does it rehearse the updates on copies, a slice at a time. Not covered: a
-        value already beyond 1/256 of its dtype's largest number (7e305 in float64, 1.3e36 in float32)
-        may still overflow while its update is applied; underflow is not checked.
+        Variable, with values, gradients and state as they were). It costs one sum of squares
+        per gradient (and per value, with L2 weight decay): from the largest entry these imply, bounds
+        the optimizer keeps on its state, and values assumed below 1/256 of their dtype's largest
+        number where they are not measured, it bounds every number the step computes; only when that
+        bound comes within 1/16 of the largest number does it rehearse the updates on copies, a slice at
+        a time, exactly. Not covered: without L2 weight decay, a value already beyond 1/256 of its
+        dtype's largest number (7e305 in float64, 1.3e36 in float32) may still overflow while its update
+        is applied; underflow is not checked.
         """
         grads = [v.peek_grad() if v.trainable else None for v in self.variables]
         total, value_bound = 0.0, self._value_bound
