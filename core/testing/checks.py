@@ -108,7 +108,8 @@ def check_gradient_structure(case: OperationCase) -> None:
     else:
         outs = outputs_of(result)
         seeds = upstream_gradients(outs)
-        upstream = seeds[outs[0]] if len(outs) == 1 else tuple(seeds[o] for o in outs)
+        # as the tape passes it: a tuple for an op returning a tuple (even of one output)
+        upstream = tuple(seeds[o] for o in outs) if isinstance(result, tuple) else seeds[outs[0]]
     raw = guarded(case, check, lambda: op.backward(ctx, upstream), numeric=False)
     graph.clear()
     grads = raw if isinstance(raw, tuple) else (raw,)
