@@ -107,13 +107,15 @@ def _cell(results: Sequence[Any]) -> str:
 
 def _check_table(results: Sequence[Any]) -> str:
     """One row per operation: its sample count, then ok/FAIL/skip/- per check, under headers built from the check names."""
+    from . import testing
+
     checks = _check_columns(results)
     rows: list[list[str]] = []
     for i, words in enumerate(_stacked_header(checks, min_width=len("FAIL"))):
         rows.append(["operation" if i == 0 else "", "samples" if i == 0 else "", *words])
     for op in dict.fromkeys(r.operation for r in results):
         mine = [r for r in results if r.operation == op]
-        samples = {r.sample for r in mine if r.check != "check_has_samples" and r.sample != "no samples"}
+        samples = {r.sample for r in mine if r.check != testing.check_has_samples.__name__ and r.sample != "no samples"}
         cells = [op, str(len(samples)) if mine[0].ok else "NONE"]
         cells += [_cell([r for r in mine if r.check == c]) for c in checks]
         rows.append(cells)

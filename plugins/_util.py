@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any
 
@@ -137,17 +138,34 @@ def _float_labels(op: Operation, target: np.ndarray, classes: int, what: str) ->
 FLOAT_SIGNALS = (FloatingPointError, RuntimeWarning)
 
 def scaled_mean(x: np.ndarray, axis: Any = None, keepdims: bool = False) -> np.ndarray:
-    """``x.mean(axis)`` for any finite ``x``: a sum that would overflow is taken over slices
-    scaled by a power of two (exact), and the mean scaled back. NaN and inf propagate."""
+    """``x.mean(axis)`` for any ``x``, with no overflow signal unless the mean itself is beyond the
+    float range (it never is: it lies between the extremes). A sum that would overflow is taken
+    over slices scaled by a power of two (exact) and the mean scaled back. The scale comes from
+    the finite values only: NaN and inf propagate (NaN in gives NaN, inf its limit or NaN)
+    without setting the scale, which a NaN would make 1 and let the sum overflow again."""
     with np.errstate(over="raise", invalid="ignore"):
         try:
             return np.asarray(x.mean(axis=axis, keepdims=keepdims))
         except FloatingPointError:
             pass
-    with np.errstate(invalid="ignore"):
-        _, exponent = np.frexp(np.max(np.abs(x), axis=axis, keepdims=True))
+    with np.errstate(invalid="ignore"):  # (inf - inf is NaN, rightly)
+        finite_magnitude = np.where(np.isfinite(x), np.abs(x), 0)
+        _, exponent = np.frexp(np.max(finite_magnitude, axis=axis, keepdims=True))
         mean = np.ldexp(np.ldexp(x, -exponent).mean(axis=axis, keepdims=True), exponent).astype(x.dtype, copy=False)
     return mean if keepdims else np.squeeze(mean, axis=axis)
+
+
+def scaled_sum(x: np.ndarray, axis: tuple[int, ...] | None = None, keepdims: bool = False) -> np.ndarray:
+    """``x.sum(axis)``, signalling overflow (as the caller's ``np.errstate`` asks) only where the sum
+    itself is beyond the float range: a partial sum that overflowed on the way to a representable
+    result ([1e308, 1e308, -1e308]) or to NaN ([1e308, 1e308, nan]) is the scaled mean times the count."""
+    with np.errstate(over="raise", invalid="ignore"):
+        try:
+            return np.asarray(x.sum(axis=axis, keepdims=keepdims))
+        except FloatingPointError:
+            pass
+    count = x.size if axis is None else math.prod(x.shape[i] for i in axis)
+    return scaled_mean(x, axis, keepdims) * count
 
 
 def loss_not_finite(op: Operation, value: float, **arrays: np.ndarray) -> TapegradError:

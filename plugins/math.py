@@ -1,9 +1,10 @@
 """Elementwise and array math: Add, Subtract, Multiply, Divide, Matmul, Sum, Mean,
-Reshape, Transpose, Concat, Exp, Log. Binary ops broadcast like numpy; their gradients
-are summed back over the broadcast axes. NaN in gives NaN out."""
+Reshape, Transpose, Concat, Index, Stack, Unstack, Exp, Log. Binary ops broadcast like numpy;
+their gradients are summed back over the broadcast axes. NaN in gives NaN out."""
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterator
 from functools import reduce
 from typing import Any
@@ -22,7 +23,7 @@ from tapegrad import (
     unbroadcast,
 )
 
-from ._util import axes, check_axis, check_flag, need_rank, scaled_mean
+from ._util import axes, check_axis, check_flag, need_rank, scaled_mean, scaled_sum
 
 
 def _binary_samples(rng: np.random.Generator, positive_b: bool = False) -> Iterator[tg.Sample]:
@@ -39,7 +40,8 @@ def _binary_samples(rng: np.random.Generator, positive_b: bool = False) -> Itera
 
 
 class Add(tg.Operation):
-    """Sum of one or more inputs, broadcasting. Saves only the input shapes."""
+    """Sum of one or more inputs, broadcasting; with three or more, a partial sum that overflows on
+    the way to a representable sum (or to NaN) signals nothing (as Sum). Saves only the input shapes."""
 
     def forward(self, ctx: tg.Context, first: np.ndarray, *rest: np.ndarray) -> np.ndarray:
         xs = (first, *rest)
@@ -55,7 +57,12 @@ class Add(tg.Operation):
         if len(set(shapes)) > 1:
             broadcast_shape(self.label, *xs)
         ctx.saved = tuple(shapes)
-        return reduce(np.add, xs[1:], np.array(xs[0], copy=True))
+        with np.errstate(over="raise", invalid="ignore"):
+            try:
+                return reduce(np.add, xs[1:], np.array(xs[0], copy=True))
+            except FloatingPointError:  # a partial sum overflowed: the whole may fit, or be NaN
+                pass
+        return scaled_sum(np.stack(np.broadcast_arrays(*xs)), (0,))
 
     def backward(self, ctx: tg.Context, grad: np.ndarray) -> tuple[np.ndarray, ...]:
         shape = grad.shape
@@ -169,8 +176,9 @@ class Matmul(tg.Operation):
 
 
 class Sum(tg.Operation):
-    """Sum over ``axis`` (None: all), optionally keeping reduced dims; a sum beyond the float
-    range raises OperationError. Saves the input shape."""
+    """Sum over ``axis`` (None: all), optionally keeping reduced dims. A sum beyond the float range
+    is inf with numpy's overflow signal (NonFiniteError where numpy is asked to raise); a partial
+    sum that overflows on the way to a representable sum or to NaN signals nothing. Saves the input shape."""
 
     def __init__(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> None:
         self.axis = check_axis(self.label, "axis", axis, allow_none=True, allow_tuple=True)
@@ -179,7 +187,7 @@ class Sum(tg.Operation):
     def forward(self, ctx: tg.Context, x: np.ndarray) -> np.ndarray:
         ax = axes(self, self.axis, x.ndim)
         ctx.saved = (x.shape, ax)
-        return np.asarray(x.sum(axis=ax, keepdims=self.keepdims))
+        return scaled_sum(x, ax, self.keepdims)
 
     def backward(self, ctx: tg.Context, grad: np.ndarray) -> np.ndarray:
         shape, ax = ctx.saved
@@ -322,6 +330,161 @@ class Concat(tg.Operation):
         yield tg.Sample(args=[-1], inputs=[rng.standard_normal((2, 2, 2)), rng.standard_normal((2, 2, 1))], name="last_axis")
 
 
+# -- selecting and joining: Index, Stack, Unstack -------------------------------------------------
+def _basic_index(where: str, index: Any) -> tuple[Any, ...]:
+    """``index`` checked as numpy basic indexing (an int, slice, None, Ellipsis, or a tuple of
+    them) and normalised to a tuple of Python ints, slices, None and Ellipsis."""
+    items = index if isinstance(index, tuple) else (index,)
+    checked: list[Any] = []
+    for position, item in enumerate(items):
+        what = f"index[{position}]" if isinstance(index, tuple) else "index"
+        if item is None or item is Ellipsis:
+            checked.append(item)
+        elif isinstance(item, slice):
+            parts = [_index_int(where, f"{what}.{part}", getattr(item, part), slice_part=True) for part in ("start", "stop", "step")]
+            if parts[2] == 0:
+                raise ArgumentError(f"{where}: {what} has a step of 0; a slice step must be non-zero")
+            checked.append(slice(*parts))
+        else:
+            checked.append(_index_int(where, what, item))
+    if checked.count(Ellipsis) > 1:
+        raise ArgumentError(f"{where}: index {_show_index(tuple(checked))} holds more than one Ellipsis (...)")
+    return tuple(checked)
+
+
+def _index_int(where: str, what: str, value: Any, slice_part: bool = False) -> int | None:
+    if slice_part and value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        wanted = "an int or None" if slice_part else "an int, a slice, None or Ellipsis"
+        advanced = isinstance(value, (list, np.ndarray, bool, np.bool_))
+        hint = " (arrays, lists and booleans are advanced indexing, which Index does not do)" if advanced else ""
+        raise InputTypeError(f"{where}: {what} must be {wanted}, got {type(value).__name__} {value!r}{hint}")
+    return int(value)
+
+
+def _show_index(index: tuple[Any, ...]) -> str:
+    """An index as numpy syntax: ``[:, 2]``, ``[..., None, 1:4:2]``."""
+
+    def one(item: Any) -> str:
+        if item is Ellipsis:
+            return "..."
+        if item is None:
+            return "None"
+        if isinstance(item, slice):
+            text = ":".join("" if part is None else str(part) for part in (item.start, item.stop))
+            return text + ("" if item.step is None else f":{item.step}")
+        return str(item)
+
+    return "[" + ", ".join(one(item) for item in index) + "]"
+
+
+class Index(tg.Operation):
+    """``x[index]``, numpy basic indexing: an int, slice, None or Ellipsis, or a tuple of them.
+    ``Index((slice(None), 2))`` is ``x[:, 2]``. The index is checked when the op is made: arrays,
+    lists and booleans (advanced indexing) are refused; one that does not fit the input's shape
+    raises ShapeError in forward. Integer inputs stay integers (ids). The output is a view of the
+    input; the gradient is zeros with the upstream gradient at the selected places. Saves the
+    input shape."""
+
+    integer_inputs = (0,)
+
+    def __init__(self, index: Any) -> None:
+        self.index = _basic_index(self.label, index)
+
+    def forward(self, ctx: tg.Context, x: np.ndarray) -> np.ndarray:
+        try:
+            out = x[self.index]
+        except IndexError as exc:
+            raise ShapeError(f"{self.label}: index {_show_index(self.index)} does not fit an input of shape {x.shape}: {exc}") from None
+        ctx.saved = (x.shape,)
+        return np.asarray(out)  # an int index of every axis gives a numpy scalar
+
+    def backward(self, ctx: tg.Context, grad: np.ndarray) -> np.ndarray:
+        full = np.zeros(ctx.saved[0], dtype=grad.dtype)
+        full[self.index] = grad  # basic indexing selects each element once: no accumulation needed
+        return full
+
+    @classmethod
+    def samples(cls, rng: np.random.Generator) -> Iterator[tg.Sample]:
+        yield tg.Sample(args=[(slice(None), 2)], inputs=[rng.standard_normal((4, 3))], name="column")
+        yield tg.Sample(args=[1], inputs=[rng.standard_normal((3, 4))], name="row")
+        yield tg.Sample(args=[(slice(None), -1)], inputs=[rng.standard_normal((2, 5, 3))], name="last_step")
+        yield tg.Sample(args=[(slice(1, None, 2), slice(None, 2))], inputs=[rng.standard_normal((5, 3))], name="slices")
+        yield tg.Sample(args=[(Ellipsis, None, 0)], inputs=[rng.standard_normal((2, 3, 2))], name="ellipsis_none")
+        yield tg.Sample(args=[(1, 2)], inputs=[rng.standard_normal((3, 4))], name="element")
+
+
+class Stack(tg.Operation):
+    """Join one or more inputs of the same shape along a new axis, as ``numpy.stack``.
+    ``axis`` lies in -(rank+1)..rank of the inputs; n inputs give a new axis of length n there. The
+    gradient of each input is its slice of the upstream gradient. Saves the normalised axis."""
+
+    def __init__(self, axis: int = 0) -> None:
+        self.axis = check_axis(self.label, "axis", axis)
+
+    def forward(self, ctx: tg.Context, first: np.ndarray, *rest: np.ndarray) -> np.ndarray:
+        rank = first.ndim + 1
+        if not -rank <= self.axis < rank:
+            raise ShapeError(
+                f"{self.label}: axis {self.axis} is out of range for stacking inputs of rank {first.ndim} "
+                f"(the result has rank {rank}: axis -{rank}..{rank - 1})"
+            )
+        if any(x.shape != first.shape for x in rest):
+            listed = ", ".join(str(x.shape) for x in (first, *rest))
+            raise ShapeError(f"{self.label}: inputs must all have the same shape, got {listed}")
+        axis = self.axis % rank
+        ctx.saved = (axis,)
+        return np.stack((first, *rest), axis=axis)
+
+    def backward(self, ctx: tg.Context, grad: np.ndarray) -> tuple[np.ndarray, ...]:
+        (axis,) = ctx.saved
+        return tuple(np.moveaxis(grad, axis, 0))  # views of the upstream gradient, one per input
+
+    @classmethod
+    def samples(cls, rng: np.random.Generator) -> Iterator[tg.Sample]:
+        yield tg.Sample(inputs=[rng.standard_normal((2, 3)) for _ in range(3)], name="three")
+        yield tg.Sample(args=[1], inputs=[rng.standard_normal((2, 3)) for _ in range(4)], name="time_axis")
+        yield tg.Sample(args=[-1], inputs=[rng.standard_normal((2, 3)) for _ in range(2)], name="last_axis")
+        yield tg.Sample(inputs=[rng.standard_normal((4,))], name="one_input")
+        yield tg.Sample(inputs=[rng.standard_normal(()) for _ in range(3)], name="scalars")
+
+
+class Unstack(tg.Operation):
+    """Split one input into a tuple of outputs along ``axis``, as ``torch.unbind``.
+    One output per index along the axis, which is removed: (N, T, D) with axis=1 gives T outputs
+    of shape (N, D). Integer inputs stay
+    integers (ids). An axis of length 0 raises ShapeError. Outputs are views of the input; the
+    gradient stacks the outputs' gradients (zeros for unused outputs). Saves the normalised axis."""
+
+    integer_inputs = (0,)
+
+    def __init__(self, axis: int = 0) -> None:
+        self.axis = check_axis(self.label, "axis", axis)
+
+    def forward(self, ctx: tg.Context, x: np.ndarray) -> tuple[np.ndarray, ...]:
+        need_rank(self, x, 1)
+        (axis,) = axes(self, self.axis, x.ndim) or (0,)
+        if x.shape[axis] == 0:
+            raise ShapeError(f"{self.label}: axis {self.axis} of the input (shape {x.shape}) has length 0: nothing to unstack")
+        ctx.saved = (axis,)
+        return tuple(np.moveaxis(x, axis, 0))
+
+    def backward(self, ctx: tg.Context, grads: tuple[np.ndarray, ...] | np.ndarray) -> np.ndarray:
+        (axis,) = ctx.saved
+        if isinstance(grads, np.ndarray):  # one output: the tape hands a 1-tuple, the contract's structure check a bare array
+            grads = (grads,)
+        return np.stack(grads, axis=axis)
+
+    @classmethod
+    def samples(cls, rng: np.random.Generator) -> Iterator[tg.Sample]:
+        yield tg.Sample(inputs=[rng.standard_normal((3, 2))], name="rows")
+        yield tg.Sample(args=[1], inputs=[rng.standard_normal((2, 4, 3))], name="time_steps")
+        yield tg.Sample(args=[-1], inputs=[rng.standard_normal((2, 3))], name="last_axis")
+        yield tg.Sample(inputs=[rng.standard_normal((1, 3))], name="length1")
+        yield tg.Sample(inputs=[rng.standard_normal(3)], name="vector")
+
+
 class Exp(tg.Operation):
     """Elementwise ``exp(x)``; an input whose exponential exceeds the float range raises
     NonFiniteError, an OperationError (NaN gives NaN). Saves the output."""
@@ -374,4 +537,4 @@ class Log(tg.Operation):
 
 @tg.hookimpl
 def tapegrad_operations() -> list[type[tg.Operation]]:
-    return [Add, Subtract, Multiply, Divide, Matmul, Sum, Mean, Reshape, Transpose, Concat, Exp, Log]
+    return [Add, Subtract, Multiply, Divide, Matmul, Sum, Mean, Reshape, Transpose, Concat, Index, Stack, Unstack, Exp, Log]

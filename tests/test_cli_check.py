@@ -8,6 +8,7 @@ import tapegrad as tg
 from conftest import WRONG_SHAPE, make_dist, op_module
 from tapegrad import testing
 from tapegrad.cli import main
+from tapegrad.testing import running
 
 KAPUTT = {"tgtest_kaputt": "raise ImportError('kaputt')"}
 
@@ -89,20 +90,29 @@ def test_the_check_table_has_a_column_for_every_check_of_tapegrad_testing(capsys
 
 
 def test_a_check_added_to_tapegrad_testing_shows_in_the_table_without_cli_changes(capsys, monkeypatch):
-    def check_capture(case):
+    def check_a_later_idea(case):
         if case.name == "Relu":
-            raise testing.ContractError(case.message("check_capture", "replay differs"))
+            raise testing.ContractError(case.message(check_a_later_idea, "a later idea fails"))
 
-    monkeypatch.setattr(testing, "ALL_CHECKS", (*testing.ALL_CHECKS, check_capture))
+    monkeypatch.setattr(running, "ALL_CHECKS", (*running.ALL_CHECKS, check_a_later_idea))
     code, out, _ = run(capsys, "check", "Sigmoid", "Relu")
     assert code == 1
     header, body = out.split("\nSigmoid")
-    assert "capture" in header
+    assert "later" in header and "idea" in header
     assert body.split("\n")[0].split()[-1] == "ok"
     relu = next(line for line in out.splitlines() if line.startswith("Relu"))
-    assert relu.split()[-1] == "FAIL" and "check_capture failed" in out
+    assert relu.split()[-1] == "FAIL" and "check_a_later_idea failed" in out
 
 
+
+
+def test_check_passes_every_installed_operation_first_party_and_contrib(capsys):
+    """`tapegrad check` with no names: every op of every installed plugin (the contrib packs where installed)."""
+    code, out, _ = run(capsys, "check")
+    assert code == 0 and " 0 failed" in out and "FAIL" not in out
+    rows = {line.split()[0] for line in out.splitlines()[1:] if line and not line.startswith(" ")}
+    registered = {info.name for info in tg.default_registry().operations()}
+    assert registered <= rows and {"Affine", "SoftmaxLoss", "Softplus"} <= registered
 
 
 def test_a_structural_fault_is_one_FAIL_and_the_checks_it_blocks_read_skip(capsys, plugin_dir):
@@ -116,7 +126,8 @@ def test_a_structural_fault_is_one_FAIL_and_the_checks_it_blocks_read_skip(capsy
     assert cells.pop("check_forward_deterministic") == cells.pop("check_eval_mode") == "ok"
     assert set(cells.values()) == {"skip"}
     assert out.count("check_gradient_structure failed:") == 1 and "has shape (2,), the input has shape (3, 2)" in out
-    assert "3 passed, 1 failed, 9 skipped (1 operations, 13 checks)" in out
+    blocked = sum(1 for check in testing.ALL_CHECKS if getattr(check, "requires", ()))
+    assert f"3 passed, 1 failed, {blocked} skipped (1 operations, {1 + len(testing.ALL_CHECKS)} checks)" in out
     code, out, _ = run(capsys, "check", "--plugin", "tgtest_shapes", "--json")
     outcomes = {r["check"]: r["outcome"] for r in json.loads(out)}
     assert code == 1 and outcomes["check_fan_out"] == "skipped" and outcomes["check_gradient_structure"] == "failed"

@@ -131,3 +131,193 @@ def test_property_elementwise_ops_keep_shape_and_pass_gradcheck(x, name):
     out = op(tg.Variable(x))
     assert out.shape == x.shape and np.isfinite(out.value).all()
     assert tg.gradcheck(op, [x])
+
+
+# -- Index, Stack, Unstack ---------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "index",
+    [2, -1, (slice(None), 2), (slice(1, None, 2), slice(None, 2)), (Ellipsis, 0), (None, 1), (1, 2, 3), slice(None, None, -1),
+     (np.int64(1), slice(np.int32(0), 2)), ()],
+    ids=repr,
+)
+def test_index_is_numpy_basic_indexing_and_its_gradient_matches_central_differences(index, rng):
+    x = rng.standard_normal((3, 4, 5))
+    g, op, (v,), out = run("Index", x, args=[index])
+    assert np.array_equal(out.value, x[index]) and out.shape == x[index].shape
+    seed = rng.standard_normal(out.shape)
+    g.backward(grads={out: seed})
+    expected = np.zeros_like(x)
+    expected[index] = seed
+    assert np.array_equal(v.grad, expected)
+    assert tg.gradcheck(op, [x])
+
+
+def test_index_by_keyword_as_the_issue_writes_it(rng):
+    x = rng.standard_normal((4, 3))
+    out = tg.Graph().get_operation("Index", index=(slice(None), 2))(tg.Variable(x))
+    assert np.array_equal(out.value, x[:, 2])
+
+
+def test_index_and_unstack_keep_integer_ids_integers_and_stack_computes_in_the_graph_dtype():
+    ids = np.array([[3, 1, 4], [1, 5, 9]])
+    g = tg.Graph()
+    step = g.get_operation("Index", [(slice(None), 1)])(ids)
+    assert step.dtype == ids.dtype and np.array_equal(step.value, [1, 5])
+    columns = g.get_operation("Unstack", axis=1)(ids)
+    assert [c.dtype for c in columns] == [ids.dtype] * 3 and np.array_equal(columns[2].value, [4, 9])
+    stacked = g.get_operation("Stack")(ids[0], ids[1])
+    assert stacked.dtype == np.float64 and np.array_equal(stacked.value, ids)
+    # an id sliced by Index feeds Embedding, which needs integers
+    emb = g.get_operation("Embedding", [10, 2])
+    assert np.array_equal(emb(step).value, emb.W.value[[1, 5]])
+
+
+@pytest.mark.parametrize(
+    "index, error, match",
+    [
+        (np.array([0, 1]), tg.InputTypeError, r"index must be an int, a slice, None or Ellipsis, got ndarray .*advanced indexing"),
+        ([0, 1], tg.InputTypeError, r"index must be .*, got list \[0, 1\] \(arrays, lists and booleans are advanced"),
+        ((slice(None), [0, 2]), tg.InputTypeError, r"index\[1\] must be .*, got list"),
+        (1.0, tg.InputTypeError, "index must be an int, a slice, None or Ellipsis, got float 1.0"),
+        (True, tg.InputTypeError, "index must be .*, got bool True .*advanced indexing"),
+        ("a", tg.InputTypeError, "index must be .*, got str 'a'$"),
+        (slice(0.5, 2), tg.InputTypeError, r"index.start must be an int or None, got float 0.5"),
+        ((0, slice(None, None, 0)), tg.ArgumentError, r"index\[1\] has a step of 0"),
+        ((Ellipsis, 0, Ellipsis), tg.ArgumentError, r"index \[\.\.\., 0, \.\.\.\] holds more than one Ellipsis"),
+    ],
+)
+def test_index_refuses_what_is_not_basic_indexing_when_made(index, error, match):
+    with pytest.raises(error, match=rf"^Index \(index_0\): {match}"):
+        tg.Graph().get_operation("Index", [index])
+
+
+@pytest.mark.parametrize(
+    "index, shape, match",
+    [
+        ((slice(None), 3), (4, 3), r"index \[:, 3\] does not fit an input of shape \(4, 3\): index 3 is out of bounds for axis 1"),
+        ((0, 0, 0), (4, 3), r"index \[0, 0, 0\] does not fit an input of shape \(4, 3\): too many indices"),
+        (-5, (4, 3), r"index \[-5\] does not fit an input of shape \(4, 3\)"),
+        ((Ellipsis, None, slice(1, None, 2)), (), r"index \[\.\.\., None, 1::2\] does not fit an input of shape \(\)"),
+    ],
+)
+def test_an_index_that_does_not_fit_the_input_is_a_shape_error_naming_index_and_shape(index, shape, match):
+    op = tg.Graph().get_operation("Index", [index])
+    with pytest.raises(tg.ShapeError, match=rf"^Index \(index_0\): {match}"):
+        op(tg.Variable(np.zeros(shape)))
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2, -1, -3])
+def test_stack_and_unstack_match_numpy_and_undo_each_other(axis, rng):
+    parts = [rng.standard_normal((2, 3)) for _ in range(4)]
+    g, _, variables, out = run("Stack", *parts, axis=axis)
+    assert np.array_equal(out.value, np.stack(parts, axis=axis))
+    pieces = g.get_operation("Unstack", axis=axis)(out)
+    assert len(pieces) == 4 and all(np.array_equal(p.value, q) for p, q in zip(pieces, parts))
+    seeds = [rng.standard_normal((2, 3)) for _ in range(4)]
+    g.backward(grads=dict(zip(pieces, seeds)))
+    assert all(np.array_equal(v.grad, s) for v, s in zip(variables, seeds))
+
+
+def test_unstack_gives_unused_outputs_zero_gradient(rng):
+    x = rng.standard_normal((2, 5, 3))
+    g, op, (v,), steps = run("Unstack", x, axis=1)
+    assert len(steps) == 5 and steps[0].shape == (2, 3)
+    g.backward(grads={steps[4]: np.ones((2, 3))})
+    assert np.array_equal(v.grad[:, 4], np.ones((2, 3))) and not v.grad[:, :4].any()
+    assert tg.gradcheck(op, [x])
+
+
+@pytest.mark.parametrize(
+    "name, inputs, kwargs, match",
+    [
+        ("Stack", [np.ones((2, 3)), np.ones((3, 2))], {}, r"inputs must all have the same shape, got \(2, 3\), \(3, 2\)"),
+        ("Stack", [np.ones((2, 3)), np.ones((2, 3))], {"axis": 3}, r"axis 3 is out of range for stacking inputs of rank 2 .*-3\.\.2"),
+        ("Stack", [np.ones((2, 3))], {"axis": -4}, "axis -4 is out of range"),
+        ("Unstack", [np.ones((2, 0, 3))], {"axis": 1}, r"axis 1 of the input \(shape \(2, 0, 3\)\) has length 0: nothing to unstack"),
+        ("Unstack", [np.ones((2, 3))], {"axis": 2}, "axis 2 is out of range for an input of rank 2"),
+        ("Unstack", [np.array(1.0)], {}, r"expected the input to have at least 1 dimensions, got shape \(\)"),
+    ],
+)
+def test_stack_and_unstack_shape_errors_name_the_op(name, inputs, kwargs, match):
+    op = tg.Graph().get_operation(name, **kwargs)
+    with pytest.raises(tg.ShapeError, match=rf"^{name} \({op.name}\): {match}"):
+        op(*[tg.Variable(x) for x in inputs])
+
+
+@pytest.mark.parametrize("name", ["Stack", "Unstack"])
+@pytest.mark.parametrize("axis, error", [("1", tg.InputTypeError), (1.0, tg.InputTypeError), (None, tg.InputTypeError), (True, tg.InputTypeError)])
+def test_stack_and_unstack_check_their_axis_when_made(name, axis, error):
+    with pytest.raises(error, match=rf"^{name} \(\w+\): axis must be an int"):
+        tg.Graph().get_operation(name, axis=axis)
+
+
+def test_an_unrolled_step_captured_with_ops_made_up_front_equals_eager_bit_for_bit(rng):
+    """A recurrence over time steps: one Unstack made before the step splits the sequence, a Stack
+    joins the states; the captured step replays what eager computes, bit for bit."""
+    from tapegrad.optim import SGD
+
+    def model():
+        g = tg.Graph("unrolled", seed=0)
+        ops = {
+            "split": g.get_operation("Unstack", axis=1),
+            "proj": g.get_operation("Affine", [3, 4]),
+            "add": g.get_operation("Add"),
+            "tanh": g.get_operation("Tanh"),
+            "join": g.get_operation("Stack", axis=1),
+            "last": g.get_operation("Index", [(slice(None), -1)]),
+            "head": g.get_operation("Affine", [4, 2]),
+            "loss": g.get_operation("SoftmaxLoss"),
+        }
+        optimizer = SGD(g.parameter, lr=0.1)
+
+        def step(x, h0, y):
+            h, states = h0, []
+            for x_t in ops["split"](x):
+                h = ops["tanh"](ops["add"](ops["proj"](x_t), h))
+                states.append(h)
+            ops["loss"](ops["head"](ops["last"](ops["join"](*states))))
+            value = ops["loss"].loss(y)
+            g.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            return value
+
+        return g, step
+
+    (graph, step), (_, eager) = model(), model()
+    captured = graph.capture(step)
+    for _ in range(4):
+        x, h0, y = rng.standard_normal((5, 6, 3)), rng.standard_normal((5, 4)), rng.integers(0, 2, 5)
+        assert captured(x, h0, y) == eager(x, h0, y)
+    assert len(captured.records) == 1
+
+
+def test_ids_unstacked_in_a_captured_step_stay_integers_and_replay_bit_for_bit(rng):
+    """Token ids (N, T) split by one Unstack made before the step feed an Embedding per step."""
+    from tapegrad.optim import SGD
+
+    def model():
+        g = tg.Graph("ids", seed=0)
+        split, emb = g.get_operation("Unstack", axis=1), g.get_operation("Embedding", [7, 3])
+        add, tanh, head, loss = g.get_operation("Add"), g.get_operation("Tanh"), g.get_operation("Affine", [3, 7]), g.get_operation("SoftmaxLoss")
+        optimizer = SGD(g.parameter, lr=0.5)
+
+        def step(ids, y):
+            h = np.zeros((ids.shape[0], 3))
+            for ids_t in split(ids):
+                h = tanh(add(emb(ids_t), h))
+            loss(head(h))
+            value = loss.loss(y)
+            g.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            return value
+
+        return g, step, emb
+
+    (graph, step, emb), (_, eager, emb_eager) = model(), model()
+    captured = graph.capture(step)
+    for _ in range(4):
+        ids, y = rng.integers(0, 7, (4, 5)), rng.integers(0, 7, 4)
+        assert captured(ids, y) == eager(ids, y)
+    assert np.array_equal(emb.W.value, emb_eager.W.value) and len(captured.records) == 1

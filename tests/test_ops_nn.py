@@ -177,9 +177,9 @@ def test_softmax_loss_takes_labels_of_any_integral_dtype(dtype):
             assert np.allclose(zv.grad, reference[1])
 
 
-def test_softmax_loss_needs_rank_2_logits():
-    with pytest.raises(tg.ShapeError, match=r"SoftmaxLoss.*\(batch, classes\)"):
-        apply("SoftmaxLoss", np.zeros(4))
+def test_softmax_loss_needs_logits_with_a_class_axis():
+    with pytest.raises(tg.ShapeError, match=r"SoftmaxLoss \(softmax_loss_0\): expected logits of shape \(\.\.\., classes\)"):
+        apply("SoftmaxLoss", np.array(4.0))
 
 
 def test_square_loss_is_half_squared_error_averaged_over_the_batch(rng):
@@ -198,3 +198,135 @@ def test_sigmoid_cross_entropy_matches_the_naive_formula_where_it_is_finite(rng)
     assert op.loss(t) == pytest.approx(-(t * np.log(s) + (1 - t) * np.log(1 - s)).mean())
     with pytest.raises(tg.OutOfRangeError, match=r"\[0, 1\]"):
         op.loss(t + 1)
+
+
+# -- SoftmaxLoss on (..., C) logits, with ignore_index -------------------------------------------
+def cross_entropy(z, labels, ignore_index=None):
+    """Reference: the mean over counted positions of -log softmax(z)[label], and its gradient."""
+    p = softmax(z)
+    shifted = z - z.max(axis=-1, keepdims=True)
+    log_p = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    counted = np.ones(labels.shape, bool) if ignore_index is None else labels != ignore_index
+    safe = np.where(counted, labels, 0)
+    picked = np.take_along_axis(log_p, safe[..., None], axis=-1)[..., 0]
+    count = counted.sum()
+    value = -picked[counted].sum() / count
+    grad = (p - np.eye(z.shape[-1])[safe]) * counted[..., None] / count
+    return value, grad
+
+
+@pytest.mark.parametrize(
+    "shape, ignore_index",
+    [((2, 5, 4), None), ((2, 5, 4), -1), ((3, 2, 2, 4), -100), ((6, 4), 2), ((6, 4), -1), ((4,), None)],
+)
+def test_softmax_loss_on_positions_matches_cross_entropy_with_classes_last(shape, ignore_index, rng):
+    z = rng.standard_normal(shape)
+    labels = rng.integers(0, shape[-1], shape[:-1])
+    if ignore_index is not None and labels.ndim:
+        labels[rng.random(labels.shape) < 0.4] = ignore_index
+        labels.flat[0] = 1  # at least one counted position
+    g, op, probs = apply("SoftmaxLoss", z, ignore_index=ignore_index)
+    value = op.loss(labels)
+    expected, grad = cross_entropy(z, labels, ignore_index)
+    assert np.allclose(probs.value, softmax(z))
+    assert value == pytest.approx(expected, rel=1e-12)
+    zv = g.forward_ops[0].inputs[0]
+    g.backward()
+    assert np.allclose(zv.grad, grad, rtol=1e-12, atol=1e-15)
+    gradcheck_op = tg.Graph().get_operation("SoftmaxLoss", ignore_index=ignore_index)
+    assert tg.gradcheck(gradcheck_op, [z], target=labels)
+
+
+def test_ignored_positions_contribute_nothing_whatever_their_logits(rng):
+    z = rng.standard_normal((2, 3, 4))
+    labels = np.array([[0, -1, 2], [-1, 3, -1]])
+    g, op, _ = apply("SoftmaxLoss", z, ignore_index=-1)
+    value = op.loss(labels)
+    garbage = z.copy()
+    garbage[labels == -1] = [np.nan, 1e308, -np.inf, 7.0]
+    g2, op2, _ = apply("SoftmaxLoss", garbage, ignore_index=-1)
+    assert op2.loss(labels) == value
+    zv = g2.forward_ops[0].inputs[0]
+    g2.backward()
+    assert np.array_equal(zv.grad[labels == -1], np.zeros((3, 4)))
+    assert np.isfinite(zv.grad).all()
+
+
+@pytest.mark.parametrize("labels", [np.full((2, 3), -1), np.full((2, 3), -1.0), np.array([[-1, -1, -1], [-1, -1, -1]], dtype=np.int8)])
+def test_a_loss_with_every_position_ignored_is_zero_with_zero_gradient(labels, rng):
+    """torch gives NaN (0/0); tapegrad refuses a NaN loss, so a batch of padding contributes nothing."""
+    g, op, _ = apply("SoftmaxLoss", rng.standard_normal((2, 3, 4)), ignore_index=-1)
+    assert op.loss(labels) == 0.0
+    zv = g.forward_ops[0].inputs[0]
+    g.backward()
+    assert zv.grad.shape == (2, 3, 4) and not zv.grad.any()
+
+
+def test_ignore_index_may_be_a_class_and_float_labels_may_be_ignored(rng):
+    z = rng.standard_normal((5, 3))
+    _, op, _ = apply("SoftmaxLoss", z, ignore_index=1)
+    assert op.loss(np.array([1, 0, 2, 1, 2])) == pytest.approx(cross_entropy(z[[1, 2, 4]], np.array([0, 2, 2]))[0], rel=1e-12)
+    _, op, _ = apply("SoftmaxLoss", z, ignore_index=-1)
+    assert op.loss(np.array([-1.0, 0.0, 2.0, -1.0, 2.0])) == pytest.approx(cross_entropy(z[[1, 2, 4]], np.array([0, 2, 2]))[0])
+
+
+def test_the_seed_path_and_the_general_path_agree(rng):
+    """(N, C) logits without ignore_index take the lean path; with an ignore_index no label uses,
+    the general one: the same numbers."""
+    z, labels = rng.standard_normal((7, 5)), rng.integers(0, 5, 7)
+    results = []
+    for kwargs in ({}, {"ignore_index": -100}):
+        g, op, _ = apply("SoftmaxLoss", z, **kwargs)
+        value = op.loss(labels)
+        zv = g.forward_ops[0].inputs[0]
+        g.backward()
+        results.append((value, zv.grad))
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-14)
+    assert np.allclose(results[0][1], results[1][1], rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize(
+    "z, labels, kwargs, error, match",
+    [
+        (np.zeros((2, 3, 4)), np.zeros((2, 4), int), {}, tg.ShapeError, r"expected labels of shape \(2, 3\) .*got shape \(2, 4\)"),
+        (np.zeros((2, 3, 4)), np.array([[0, 4, -1], [0, 0, 0]]), {"ignore_index": -1}, tg.OutOfRangeError,
+         r"label 4 is out of range \[0, 4\) \(positions labelled ignore_index=-1 are skipped\)"),
+        (np.zeros((2, 3, 4)), np.array([[0, -2, -1], [0, 0, 0]]), {"ignore_index": -1}, tg.OutOfRangeError, "label -2 is out of range"),
+        (np.zeros((2, 3, 4)), np.array([[0, 1, 2], [0, 5, 0]]), {}, tg.OutOfRangeError, r"label 5 is out of range \[0, 4\)$"),
+        (np.zeros((2, 0, 4)), np.zeros((2, 0), int), {}, tg.ShapeError, r"the batch is empty \(logits shape \(2, 0, 4\)\)"),
+        (np.zeros((2, 3, 4)), np.array([[0.5, 1, 2], [0, 0, 0]]), {"ignore_index": -1}, tg.InputTypeError, "expected integer labels, got the non-integral value 0.5"),
+        (np.zeros((2, 3, 4)), np.array([[np.nan, 1, 2], [0, 0, 0]]), {"ignore_index": -1}, tg.NonFiniteError, "the labels hold NaN"),
+    ],
+)
+def test_softmax_loss_on_positions_rejects_bad_labels_naming_the_op(z, labels, kwargs, error, match):
+    _, op, _ = apply("SoftmaxLoss", z, **kwargs)
+    with pytest.raises(error, match=rf"^SoftmaxLoss \(softmax_loss_0\): {match}"):
+        op.loss(labels)
+
+
+@pytest.mark.parametrize(
+    "value, error, match",
+    [("a", tg.InputTypeError, "must be a whole number, got str"), (1.5, tg.InputTypeError, "must be a whole number, got float"),
+     (True, tg.InputTypeError, "must be a whole number, got bool"), (float("nan"), tg.InputTypeError, "must be a whole number, got float")],
+)
+def test_softmax_loss_checks_ignore_index_when_made(value, error, match):
+    with pytest.raises(error, match=rf"^SoftmaxLoss \(softmax_loss_0\): ignore_index {match}"):
+        tg.Graph().get_operation("SoftmaxLoss", ignore_index=value)
+
+
+@pytest.mark.parametrize("scale", [1.0, 30.0, 400.0, 1e4])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
+def test_softmax_loss_probabilities_and_loss_hold_at_every_logit_scale_and_dtype(scale, dtype, rng):
+    """Moderate logits are exponentiated unshifted, larger ones shifted by each row's max: both
+    agree with the float64 reference at the dtype's precision."""
+    z = rng.standard_normal((6, 50)) * scale
+    labels = rng.integers(0, 50, 6)
+    g = tg.Graph(dtype=dtype)
+    op = g.get_operation("SoftmaxLoss")
+    with np.errstate(over="raise", invalid="raise", divide="raise"):  # (exp underflows to 0, rightly)
+        probs = op(tg.Variable(z.astype(dtype)))
+        value = op.loss(labels)
+    expected, _ = cross_entropy(z.astype(dtype).astype(np.float64), labels)
+    tolerance = {np.float64: 1e-12, np.float32: 1e-5, np.float16: 2e-2}[dtype]
+    assert probs.dtype == dtype and np.allclose(probs.value, softmax(z.astype(dtype).astype(np.float64)), atol=tolerance)
+    assert value == pytest.approx(expected, rel=tolerance, abs=tolerance)

@@ -42,6 +42,9 @@ CASES = {
     "Reshape": dict(args=[(4, 1)]),
     "Transpose": dict(),
     "Concat": dict(n=2),
+    "Index": dict(args=[(0, slice(None))]),
+    "Stack": dict(n=2),
+    "Unstack": dict(),
     "Exp": dict(),
     "Log": dict(),
     "Sigmoid": dict(),
@@ -57,6 +60,10 @@ CASES = {
     "SquareLoss": dict(target=np.zeros((1, 4))),
     "SigmoidCrossEntropyLoss": dict(target=np.array([[0.0, 1.0, 0.5, 1.0]])),
 }
+
+
+def outputs(out):
+    return out if isinstance(out, tuple) else (out,)
 
 
 def run_case(name, row):
@@ -87,7 +94,7 @@ def test_finite_inputs_give_finite_results_or_an_error_naming_the_op(name, row):
         assert str(exc).startswith(name), str(exc)
         assert "NaN" not in str(exc)  # a finite input is never blamed for NaN
         return
-    values = [out] if isinstance(out, float) else [out.value]
+    values = [out] if isinstance(out, float) else [o.value for o in outputs(out)]
     values += [v.grad for v in variables] + [p.grad for p in op.parameters().values()]
     assert all(np.isfinite(v).all() for v in values)
 
@@ -217,12 +224,12 @@ ELEMENTWISE = ["Exp", "Log", "Sigmoid", "Tanh", "Relu", "LeakyRelu", "Sum", "Mea
 def test_nan_in_gives_nan_out_never_a_finite_value(name):
     row = [np.nan, 1.0, 2.0, 0.5]
     op, out, variables = run_case(name, row)
-    value = out.value.ravel()
+    value = np.concatenate([o.value.ravel() for o in outputs(out)])
     if name in ("Softmax", "LogSoftmax", "LayerNorm", "Sum", "Mean", "Matmul"):
         assert np.isnan(value).all()  # the NaN's row
     elif name == "Affine":
         assert np.isnan(value).all() and np.isnan(op.W.grad[0]).all()
-    elif name == "Concat":
+    elif name in ("Concat", "Stack"):
         assert np.array_equal(np.isnan(value), [True, False, False, False] * 2)
     else:
         assert np.isnan(value[0]) and np.isfinite(value[1:]).all()
@@ -433,8 +440,135 @@ def test_valid_constructor_arguments_still_work():
     assert g.get_operation("LayerNorm", [4], eps=1e-300).eps == 1e-300
 
 
-@pytest.mark.parametrize("name", ["Add", "Concat"])
+@pytest.mark.parametrize("name", ["Add", "Concat", "Stack"])
 def test_ops_of_any_number_of_inputs_need_one(name):
     op = tg.Graph().get_operation(name)
     with pytest.raises(tg.InputTypeError, match=rf"{name} \(\w+\): expected at least 1 input"):
         op()
+
+
+# -- issue 22: a handled overflow signals nothing; NaN does not derail a scaled fallback ---------
+def quietly(func):
+    """``func()`` with every warning recorded (none may be emitted) under the caller's default
+    floating-point settings, then again where numpy is asked to raise: both results."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with np.errstate(over="warn", invalid="warn", divide="warn", under="ignore"):  # numpy's defaults
+            first = func()
+    assert not caught, [str(w.message) for w in caught]
+    with np.errstate(over="raise", invalid="raise", divide="raise"):
+        second = func()
+    return first, second
+
+
+def softmax_loss(logits, labels, dtype=np.float64, **kwargs):
+    g = tg.Graph(dtype=dtype)
+    op = g.get_operation("SoftmaxLoss", **kwargs)
+    x = tg.Variable(np.asarray(logits, dtype=dtype))
+    op(x)
+    value = op.loss(np.asarray(labels))
+    g.backward()
+    return value, x.grad
+
+
+@pytest.mark.parametrize(
+    "logits, labels, kwargs, expected",
+    [
+        # the issue's case: rows whose losses are 0 and 2e308, a representable mean
+        ([[-1e308, 1e308], [1e308, -1e308]], [1, 1], {}, 1e308),
+        # siblings: positions of (..., C) logits; an ignored position; a far-apart row next to ordinary ones
+        ([[[-1e308, 1e308]], [[1e308, -1e308]]], [[1], [1]], {}, 1e308),
+        ([[-1e308, 1e308], [1e308, -1e308], [0.0, 0.0]], [1, 1, -1], {"ignore_index": -1}, 1e308),
+        ([[1e308, -1e308], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0]], [1, 0, 0, 0], {}, 0.5e308 + 3 * math.log(2) / 4),
+        # each row's loss fits, their sum does not
+        ([[1e308, 0.0], [1e308, 0.0]], [1, 1], {}, 1e308),
+    ],
+)
+def test_softmax_loss_of_logits_further_apart_than_the_float_range_is_its_mean_without_a_signal(logits, labels, kwargs, expected):
+    (value, grad), (again, _) = quietly(lambda: softmax_loss(logits, labels, **kwargs))
+    assert value == again == pytest.approx(expected, rel=1e-15)
+    assert np.isfinite(grad).all()
+
+
+def test_softmax_loss_far_apart_in_float32():
+    (value, grad), _ = quietly(lambda: softmax_loss([[-3e38, 3e38], [3e38, -3e38]], [1, 1], dtype=np.float32))
+    assert value == pytest.approx(3e38, rel=1e-6) and grad.dtype == np.float32
+
+
+@pytest.mark.parametrize("logits, labels", [([[1e308, -1e308]], [1]), ([[1e308, -1e308], [1e308, -1e308]], [1, 1])])
+def test_a_softmax_loss_mean_beyond_the_float_range_is_still_an_error_naming_it(logits, labels):
+    """One row's loss of 2e308 (or two): the mean itself is beyond the range."""
+    with pytest.raises(tg.NonFiniteError, match="the loss exceeds the float64 range"):
+        quietly(lambda: softmax_loss(logits, labels))
+
+
+@pytest.mark.parametrize(
+    "x, kwargs, expected",
+    [
+        ([1e308, 1e308, np.nan], {}, np.nan),  # the issue's case
+        ([np.nan, 1e308, 1e308], {}, np.nan),
+        ([1e308, 1e308, np.inf], {}, np.inf),
+        ([1e308, 1e308, -np.inf, np.inf], {}, np.nan),
+        ([[1e308, 1e308, np.nan], [1e308, 1.5e308, 0.0]], {"axis": 1}, [np.nan, 2.5 / 3 * 1e308]),
+        ([[1e308, np.nan], [1e308, 1e308]], {"axis": 0}, [1e308, np.nan]),
+        ([[1e308, 1e308], [np.inf, 1.0]], {"axis": 1, "keepdims": True}, [[1e308], [np.inf]]),
+    ],
+)
+def test_mean_with_nan_or_infinity_next_to_huge_values_is_nan_or_the_limit_without_a_signal(x, kwargs, expected):
+    def mean():
+        g = tg.Graph()
+        v = tg.Variable(np.array(x))
+        out = g.get_operation("Mean", **kwargs)(v)
+        g.backward(grads={out: np.ones(out.shape)})
+        return out.value, v.grad
+
+    (value, grad), (again, _) = quietly(mean)
+    assert np.array_equal(value, again, equal_nan=True)
+    assert np.allclose(value, expected, rtol=1e-15, equal_nan=True) and value.shape == np.shape(expected)
+    assert np.isfinite(grad).all()  # the gradient (1 / count) does not depend on the values
+
+
+def test_mean_with_nan_next_to_huge_values_in_float32():
+    g = tg.Graph(dtype=np.float32)
+    x = np.array([[3e38, 3e38, np.nan], [3e38, 3e38, 1.0]], dtype=np.float32)
+    (value, _), _ = quietly(lambda: (g.get_operation("Mean", axis=1)(tg.Variable(x)).value, None))
+    assert np.isnan(value[0]) and value[1] == pytest.approx(2e38, rel=1e-6) and value.dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    "x, kwargs, expected",
+    [
+        ([1e308, 1e308, np.nan], {}, np.nan),
+        ([1e308, 1e308, -1e308], {}, 1e308),  # a partial sum overflows, the sum fits
+        ([1e308, 1e308, np.inf], {}, np.inf),
+        ([[1e308, 1e308, -1e308], [1.0, 2.0, 3.0]], {"axis": 1}, [1e308, 6.0]),
+        ([[1e308, 1e308], [np.nan, -1e308]], {"axis": 0, "keepdims": True}, [[np.nan, 0.0]]),
+    ],
+)
+def test_sum_signals_overflow_only_for_a_sum_beyond_the_float_range(x, kwargs, expected):
+    """Mean's sibling: Sum([1e308, 1e308, nan]) is NaN, not 'beyond the float range'."""
+    (value, _), _ = quietly(lambda: (tg.Graph().get_operation("Sum", **kwargs)(tg.Variable(np.array(x))).value, None))
+    assert np.allclose(value, expected, rtol=1e-15, equal_nan=True) and value.shape == np.shape(expected)
+
+
+@pytest.mark.parametrize("inputs, expected", [([1e308, 1e308, -1e308], 1e308), ([1e308, 1e308, np.nan], np.nan), ([1e308, 1e308, np.inf], np.inf)])
+def test_add_of_three_inputs_signals_overflow_only_for_a_sum_beyond_the_float_range(inputs, expected):
+    def add():
+        g = tg.Graph()
+        variables = [tg.Variable(np.array([v, 1.0])) for v in inputs]
+        out = g.get_operation("Add")(*variables)
+        g.backward(grads={out: np.ones(2)})
+        return out.value, variables[0].grad
+
+    (value, grad), _ = quietly(add)
+    assert np.allclose(value, [expected, 3.0], rtol=1e-15, equal_nan=True)
+    assert np.array_equal(grad, [1.0, 1.0])
+
+
+@pytest.mark.parametrize("name, inputs", [("Sum", [np.array([1e308, 1e308])]), ("Add", [np.array(1e308)] * 3)])
+def test_a_sum_truly_beyond_the_float_range_still_raises_where_numpy_is_asked_to(name, inputs):
+    op = tg.Graph().get_operation(name)
+    with np.errstate(over="raise"), pytest.raises(tg.NonFiniteError, match=rf"^{name} \(\w+\): forward went beyond the float range"):
+        op(*[tg.Variable(x) for x in inputs])

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+import tapegrad.testing
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
 SCRIPTS = [b for b in BLOCKS if "@parametrize_operations" not in b]
@@ -27,6 +29,6 @@ def test_readme_contract_test_module_works_for_an_installed_plugin():
     exec(compile(TEST_MODULES[0].replace('"myops"', '"acme"'), "README.md test module", "exec"), namespace)
     test = namespace["test_contract"]
     params = test.pytestmark[0].args[1]
-    assert len(params) == 26
+    assert len(params) == 2 * (1 + len(tapegrad.testing.ALL_CHECKS))  # two samples: has-samples and every check
     for param in params:
         test(*param.values)

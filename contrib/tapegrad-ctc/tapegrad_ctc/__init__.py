@@ -1,6 +1,7 @@
-"""tapegrad-ctc: the CTC loss as a tapegrad plugin."""
+"""tapegrad-ctc: the CTC loss as a tapegrad plugin, and greedy CTC decoding."""
 
+from .decode import greedy_decode
 from .plugin import CTCLoss
 
-__all__ = ["CTCLoss"]
+__all__ = ["CTCLoss", "greedy_decode"]
 __version__ = "0.2.0"  # the one copy: pyproject.toml reads this literal when building
