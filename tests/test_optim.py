@@ -1050,9 +1050,11 @@ def test_clipping_starts_acting_only_after_many_calls_in_a_captured_step():
     opt = SGD([w], lr=0.01)
     clipped = [w]
 
-    def step(x: np.ndarray) -> Any:
+    seed = np.ones(())
+
+    def step(x: np.ndarray, seed: np.ndarray) -> Any:
         out = total(mul(tg.Variable(x), w))
-        g.backward(grads={out: np.ones(())})
+        g.backward(grads={out: seed})
         clip_grad_norm(clipped, 50.0)
         opt.step()
         opt.zero_grad()
@@ -1062,7 +1064,7 @@ def test_clipping_starts_acting_only_after_many_calls_in_a_captured_step():
     twin = tg.Variable(np.ones(3))
     for k in range(40):
         x = np.full(3, float(k))
-        captured(x)
+        captured(x, seed)
         grad = x * min(1.0, 50.0 / (np.linalg.norm(x) + 1e-6))  # from k = 29 on: clipped
         twin.value -= 0.01 * grad
     np.testing.assert_allclose(w.value, twin.value, rtol=0, atol=1e-14)

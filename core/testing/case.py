@@ -193,7 +193,7 @@ def outputs_of(result: Any) -> tuple[Variable, ...]:
 
 def float_outputs(result: Any) -> list[Variable]:
     """The outputs a gradient can flow into."""
-    return [o for o in outputs_of(result) if o.value.dtype.kind == "f"]
+    return [o for o in outputs_of(result) if o.dtype.kind == "f"]  # (its dtype: a captured step may read that)
 
 
 def upstream_gradients(outputs: Iterable[Variable], scale: float = 1.0, seed: int = SEED + 1) -> dict[Variable, np.ndarray]:
