@@ -796,9 +796,9 @@ def _reachable_batch_arrays(roots: list[Any], batch: np.ndarray, allowed: list[A
         if id(obj) in seen or isinstance(obj, type) or type(obj).__name__ == "module":
             continue
         seen.add(id(obj))
-        if isinstance(obj, np.ndarray) and id(obj) not in allowed_ids:
-            if np.shares_memory(obj, batch) or (obj.ndim and obj.shape[0] == len(batch)):
-                found.append(f"{obj.dtype}{obj.shape}")
+        batch_sized = isinstance(obj, np.ndarray) and obj.ndim > 0 and obj.shape[0] == len(batch)
+        if isinstance(obj, np.ndarray) and id(obj) not in allowed_ids and (batch_sized or np.shares_memory(obj, batch)):
+            found.append(f"{obj.dtype}{obj.shape}")
         stack.extend(gc.get_referents(obj))
     return found
 
