@@ -768,7 +768,8 @@ def test_ops_that_apply_other_ops_are_replayed_as_one_application(composite_ops)
         assert_same_array(out.value, out_e.value)
         assert g.forward_ops == [] and g.tape.inside == 0
     assert fn.calls == 2
-    assert [app.op.name for app in next(iter(step.records.values())).recording.apps] == ["affine_0", "softsign2_0", "through_square_loss_0"]
+    names = [app.op.name for app in next(iter(step.records.values())).recording.apps]
+    assert names == ["affine_0", "softsign2_0", "through_square_loss_0"]
     assert_same_graphs(g, g_e)
 
 
@@ -800,7 +801,8 @@ def test_a_forward_pass_in_flight_is_refused_before_anything_runs():
     step = net.graph.capture(fn)
     net.forward(x)
     before = state(net.graph)
-    with pytest.raises(CaptureError, match=r"forward pass in flight \(4 applications.*graph.backward\(\) or graph.clear\(\)"):
+    in_flight = r"forward pass in flight \(4 applications.*graph.backward\(\) or graph.clear\(\)"
+    with pytest.raises(CaptureError, match=in_flight):
         step(x, y)
     assert fn.calls == 0 and not step.records
     net.loss(y)
@@ -882,7 +884,8 @@ class NoNaN(tg.Operation):
 def _through(first: type[tg.Operation]) -> tuple[tg.Graph, Any]:
     """A graph and a step: ``first``, Affine, SquareLoss, backward, clear."""
     graph = tg.Graph(first.__name__, seed=0)
-    op, affine, sq = graph.get_operation(first), graph.get_operation("Affine", [3, 2]), graph.get_operation("SquareLoss")
+    op, affine = graph.get_operation(first), graph.get_operation("Affine", [3, 2])
+    sq = graph.get_operation("SquareLoss")
 
     def fn(x: np.ndarray, t: np.ndarray) -> float:
         sq.forward(affine.forward(op.forward(x)))
@@ -1478,7 +1481,8 @@ def test_trainer_predicts_with_a_model_whose_forward_returns_an_array(digits):
         trainer = tg.Trainer(model, SGD(model.graph.parameter, lr=0.3), batch_size=16, progress=False,
                              verbose=False, capture=capture)
         if capture:  # forward reads its output's value: refused at the first training step, then eager
-            with pytest.warns(tg.CaptureWarning, match=r"training step cannot be captured.*reads a Variable of shape \(16, 10\).s value"):
+            refused = r"training step cannot be captured.*reads a Variable of shape \(16, 10\).s value"
+            with pytest.warns(tg.CaptureWarning, match=refused):
                 accuracies.append(trainer.train(x_train, y_train, x_test, y_test, epochs=2).test_accuracy)
         else:
             accuracies.append(trainer.train(x_train, y_train, x_test, y_test, epochs=2).test_accuracy)
@@ -1496,7 +1500,8 @@ def test_a_model_whose_step_cannot_be_captured_trains_eagerly_with_a_warning(dig
         trainer = tg.Trainer(net, SGD(net.graph.parameter, lr=0.3), batch_size=16, progress=False,
                              verbose=False, capture=capture)
         if capture:
-            with pytest.warns(tg.CaptureWarning, match=r"training and prediction run eagerly from now on.*Trainer\(capture=False\)"):
+            eager = r"training and prediction run eagerly from now on.*Trainer\(capture=False\)"
+            with pytest.warns(tg.CaptureWarning, match=eager):
                 history = trainer.train(x_train, y_train, x_test, y_test, epochs=2)
         else:
             history = trainer.train(x_train, y_train, x_test, y_test, epochs=2)
@@ -1514,7 +1519,8 @@ def test_trainer_predictions_of_a_model_with_python_work_on_its_input_are_never_
     net, twin = _Rescaled(), _Rescaled()
     trainer = tg.Trainer(net, None, batch_size=len(x_test), progress=False, verbose=False)
     eager = tg.Trainer(twin, None, progress=False, verbose=False, capture=False)
-    with pytest.warns(tg.CaptureWarning, match=r"prediction step cannot be captured.*computes multiply on step argument"):
+    refused = r"prediction step cannot be captured.*computes multiply on step argument"
+    with pytest.warns(tg.CaptureWarning, match=refused):
         assert np.array_equal(trainer.predict(x_test), eager.predict(x_test))
     with warnings.catch_warnings():
         warnings.simplefilter("error", tg.CaptureWarning)
@@ -1589,7 +1595,8 @@ def test_a_replayed_call_with_an_array_argument_is_refused_when_recorded():
         opt.zero_grad()
         return out
 
-    with pytest.raises(CaptureError, match=r"Scaled.step\(\) was called with an array at .*test_capture.py:\d+.*attribute"):
+    refused = r"Scaled.step\(\) was called with an array at .*test_capture.py:\d+.*attribute"
+    with pytest.raises(CaptureError, match=refused):
         step(np.ones(2), np.ones(()), np.array([1.0]))
 
 

@@ -96,7 +96,8 @@ def never_silently_wrong(
 
 def batches(n: int, rows: int = 5, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
     x, y = data(100, seed=seed)
-    return [(x[(rows * k) % 95 : (rows * k) % 95 + rows], y[(rows * k) % 95 : (rows * k) % 95 + rows]) for k in range(n)]
+    starts = [(rows * k) % 95 for k in range(n)]
+    return [(x[s : s + rows], y[s : s + rows]) for s in starts]
 
 
 # -- item 1: Python that changes state in the step ----------------------------------------------------
@@ -441,7 +442,8 @@ def test_item4_clipping_with_the_replayable_utilities_equals_eager_when_it_start
         return g, fn, opt
 
     rng = np.random.default_rng(4)
-    calls = [(x, rng.standard_normal((3, 2)) * (0.01 if k < 20 else 30.0)) for k, (x, _) in enumerate(batches(32, rows=3))]
+    scales = [0.01] * 20 + [30.0] * 12
+    calls = [(x, rng.standard_normal((3, 2)) * scale) for (x, _), scale in zip(batches(32, rows=3), scales)]
     outcomes, step = never_silently_wrong(make, calls)
     assert outcomes == ["equal"] * 32
     assert step.fn.calls == 2
@@ -528,7 +530,9 @@ def test_item5_backward_seeding_a_loss_ops_output_inside_a_step(check):
     assert outcomes == ["equal"] * 6
 
 
-@pytest.mark.parametrize("loss_grad", [np.float32(0.1), np.float64(0.5), 2, 0.25], ids=["np.float32", "np.float64", "int", "float"])
+@pytest.mark.parametrize(
+    "loss_grad", [np.float32(0.1), np.float64(0.5), 2, 0.25], ids=["np.float32", "np.float64", "int", "float"]
+)
 def test_item5_backward_with_a_numpy_scalar_loss_grad_works(loss_grad):
     def make() -> Any:
         net = Net()
@@ -639,7 +643,8 @@ def test_item5_the_profiler_counts_ops_inside_a_composite_op_once_per_applicatio
 
     def make() -> Any:
         g = tg.Graph("g", seed=0)
-        first, op, loss = g.get_operation("Affine", [4, 3]), g.get_operation(softsign2, [3]), g.get_operation(through_square_loss)
+        first, op = g.get_operation("Affine", [4, 3]), g.get_operation(softsign2, [3])
+        loss = g.get_operation(through_square_loss)
         opt = SGD(g.parameter, lr=0.1)
 
         def fn(x: np.ndarray, t: np.ndarray) -> float:
@@ -856,13 +861,15 @@ def test_the_generated_program_reads_like_the_model():
     source = train_step.records[key].source
     lines = source.splitlines()
     assert lines[0] == "def replay(x, y):"
-    for op, cls in [("affine_0", "Affine"), ("sigmoid_0", "Sigmoid"), ("affine_1", "Affine"), ("softmax_loss_0", "SoftmaxLoss")]:
+    ops = [("affine_0", "Affine"), ("sigmoid_0", "Sigmoid"), ("affine_1", "Affine"), ("softmax_loss_0", "SoftmaxLoss")]
+    for op, cls in ops:
         forward = [line for line in lines if f"= {op}_forward({op}_ctx" in line]
         assert len(forward) == 1 and forward[0].endswith(f"  # {cls}"), (op, source)
         backward = [line for line in lines if f"{op}_backward({op}_ctx" in line]
         assert len(backward) == 1 and backward[0].endswith(f"  # {cls}"), (op, source)
     assert "softmax_loss_0_loss(softmax_loss_0_ctx, y)" in source
-    assert any(line.strip() == "sgd_step()" for line in lines) and any(line.strip() == "sgd_zero_grad()" for line in lines)
+    stripped = [line.strip() for line in lines]
+    assert "sgd_step()" in stripped and "sgd_zero_grad()" in stripped
     assert "return loss0" in source
     for cryptic in ("OBJ", "F2(", "M21(", "OP3"):
         assert cryptic not in source

@@ -63,7 +63,8 @@ def test_an_lstm_with_its_states_passed_as_arguments(states):
     wrap = tg.Variable if states == "variables" else np.array
     calls = []
     for _ in range(8):
-        x, h0, c0, y = rng.standard_normal((2, 5, 3)), rng.standard_normal((2, 4)), rng.standard_normal((2, 4)), rng.integers(0, 3, 2)
+        x, h0, c0 = rng.standard_normal((2, 5, 3)), rng.standard_normal((2, 4)), rng.standard_normal((2, 4))
+        y = rng.integers(0, 3, 2)
         calls.append((x, lambda h0=h0: wrap(h0.copy()), lambda c0=c0: wrap(c0.copy()), y))
     outcomes, _ = never_silently_wrong(make, calls)
     assert outcomes == ["equal"] * 8
@@ -76,7 +77,8 @@ def test_embedding_layernorm_two_losses_and_two_backward_calls():
     def make() -> Any:
         g = tg.Graph("e", seed=0)
         embed, norm = g.get_operation("Embedding", [10, 6]), g.get_operation("LayerNorm", [6])
-        affine, softmax, square = g.get_operation("Affine", [6, 3]), g.get_operation("SoftmaxLoss"), g.get_operation("SquareLoss")
+        affine = g.get_operation("Affine", [6, 3])
+        softmax, square = g.get_operation("SoftmaxLoss"), g.get_operation("SquareLoss")
         opt = SGD(g.parameter, lr=0.1, momentum=0.9)
 
         def fn(ids: np.ndarray, y: np.ndarray, t: np.ndarray) -> Any:

@@ -230,7 +230,9 @@ CASES = {
         _array_as_a_target, "SoftmaxLoss (softmax_loss_0) target is an array made by Python inside the step", MADE_FIX
     ),
     "array_as_a_seed": (
-        _array_as_a_seed, "a gradient passed to backward(grads=...) is an array made by Python inside the step", MADE_FIX
+        _array_as_a_seed,
+        "a gradient passed to backward(grads=...) is an array made by Python inside the step",
+        MADE_FIX,
     ),
     "variable_around_an_array": (
         _variable_around_an_array,
@@ -240,7 +242,9 @@ CASES = {
     "variable_around_an_argument_slice": (
         _variable_around_an_argument_slice, "the step indexes step argument 0", "pass the slice itself"
     ),
-    "op_created": (_op_created, "the step created 1 op(s) (graph.get_operation)", "Create the ops once, before the step"),
+    "op_created": (
+        _op_created, "the step created 1 op(s) (graph.get_operation)", "Create the ops once, before the step"
+    ),
 }
 
 
@@ -693,7 +697,8 @@ def test_a_forward_pass_in_flight_is_refused_before_anything_runs():
     step = net.graph.capture(fn)
     net.forward(x)
     before = state(net.graph)
-    with pytest.raises(CaptureError, match=r"forward pass in flight \(4 applications.*graph.backward\(\) or graph.clear\(\)"):
+    in_flight = r"forward pass in flight \(4 applications.*graph.backward\(\) or graph.clear\(\)"
+    with pytest.raises(CaptureError, match=in_flight):
         step(x, y)
     assert fn.calls == 0 and not step.records
     net.loss(y)
