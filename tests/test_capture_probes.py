@@ -464,3 +464,40 @@ def test_the_comparisons_the_probes_use_fail_on_a_difference():
         same(1.0, -1.0)
     with pytest.raises(AssertionError):
         same((tg.Variable(np.ones(2)),), (tg.Variable(np.zeros(2)),))
+
+
+@pytest.mark.parametrize("scalar", [np.float64(0.5), np.float32(0.5), np.int64(3)], ids=["float64", "float32", "int64"])
+def test_finding_a_numpy_scalar_argument_fed_to_an_op_is_refused(scalar):
+    """Finding: a numpy scalar passed to the step (part of the record's key, by value) and fed to an op is
+    refused as "a float64 made inside the step ... only Python numbers are kept by value"; eager runs it,
+    and a Python float in its place captures."""
+    g = tg.Graph("g", seed=0).eval()
+    mul = g.get_operation("Multiply")
+    fn = Counted(lambda x, c: mul.forward(x, c))
+    step = g.capture(fn)
+    for x, _ in batches(4):
+        assert_same_array(step(x, scalar).value, mul.forward(x, scalar).value)
+    assert fn.calls == 2
+
+
+@pytest.mark.parametrize("container", ["list", "dict"])
+def test_finding_a_step_changing_its_argument_container_changes_the_callers(container):
+    """Finding: a step that pops from a list argument (or sets a key of a dict argument) changes the
+    caller's container eagerly; captured, the recording runs on rebuilt containers and the replays do not
+    run it, so the caller's container stays as it was, from the first call on, silently."""
+    net = Net()
+    net.graph.eval()
+
+    def fn(batch: Any) -> Any:
+        if container == "list":
+            return net.forward(batch.pop(0))
+        batch["seen"] = True
+        return net.forward(batch["x"])
+
+    step = net.graph.capture(fn)
+    for k, (x, _) in enumerate(batches(4)):
+        mine: Any = [x, x] if container == "list" else {"x": x}
+        theirs: Any = [x, x] if container == "list" else {"x": x}
+        same(step(mine), fn(theirs), f"call {k}'s result")
+        shape = (lambda c: sorted(c)) if container == "dict" else len
+        assert shape(mine) == shape(theirs), f"call {k}: the caller's {container} differs from eager's"
