@@ -501,3 +501,36 @@ def test_finding_a_step_changing_its_argument_container_changes_the_callers(cont
         same(step(mine), fn(theirs), f"call {k}'s result")
         shape = (lambda c: sorted(c)) if container == "dict" else len
         assert shape(mine) == shape(theirs), f"call {k}: the caller's {container} differs from eager's"
+
+
+def _shadowing_step(builtin: str) -> tuple[Net, Any]:
+    """A training step whose first parameter is named ``float`` or ``type``, as a user may name it."""
+    net = Net()
+    opt = SGD(net.graph.parameter, lr=0.1)
+
+    def named_float(float: np.ndarray, y: np.ndarray) -> float:  # (shadowing float is the point)
+        net.forward(float)
+        loss = net.loss(y)
+        net.graph.backward()
+        opt.step()
+        opt.zero_grad()
+        return loss
+
+    def named_type(type: np.ndarray, y: np.ndarray) -> float:
+        return named_float(type, y)
+
+    return net, named_float if builtin == "float" else named_type
+
+
+@pytest.mark.parametrize("check", [True, False], ids=["check", "check-False"])
+@pytest.mark.parametrize("builtin", ["float", "type"])
+def test_finding_a_step_parameter_named_like_a_builtin_the_program_uses(builtin, check):
+    """Finding: the generated program names its parameters after the step's and calls ``float(...)`` and
+    ``type(r)``: a step whose parameter is called ``float`` or ``type`` shadows them. Checked, every call
+    from the second on is refused ("the replay raised InputTypeError"); with check=False the replay raises
+    an error blaming SoftmaxLoss ("'numpy.ndarray' object is not callable")."""
+    (net, fn), (twin, eager) = _shadowing_step(builtin), _shadowing_step(builtin)
+    step = net.graph.capture(fn, check=check)
+    for x, y in batches(5):
+        assert step(x, y) == eager(x, y)
+    assert_same_graphs(net.graph, twin.graph)
