@@ -864,6 +864,62 @@ def test_graph_capture_arguments_are_checked():
     assert isinstance(step, CapturedStep) and step.check is False and step.max_records == 3
 
 
+# -- aliasing ---------------------------------------------------------------------------------------------
+
+
+def _subtract_graph() -> tuple[tg.Graph, Any]:
+    graph = tg.Graph("alias", seed=0)
+    sub, sq = graph.get_operation("Subtract"), graph.get_operation("SquareLoss")
+    target = tg.constant(np.zeros((2, 3)))
+
+    def fn(a: np.ndarray, b: np.ndarray) -> float:
+        sq.forward(sub.forward(tg.Variable(a), tg.Variable(b)))
+        loss = sq.loss(target)
+        graph.backward()
+        return loss
+
+    return graph, fn
+
+
+@pytest.mark.parametrize("check", [True, False])
+def test_the_same_array_passed_twice_on_the_first_call(check):
+    """step(x, x) records; step(a, b) must still compute a - b (silently 0.0 with check=False)."""
+    rng = np.random.default_rng(0)
+    graph, fn = _subtract_graph()
+    _, eager = _subtract_graph()
+    step = graph.capture(fn, check=check)
+    x = rng.standard_normal((2, 3))
+    assert step(x, x) == eager(x, x) == 0.0
+    for _ in range(3):
+        a, b = rng.standard_normal((2, 3)), rng.standard_normal((2, 3))
+        assert step(a, b) == eager(a, b) != 0.0
+
+
+def test_the_same_variable_passed_twice_on_the_first_call():
+    rng = np.random.default_rng(0)
+    graph = tg.Graph("alias")
+    sub, sq = graph.get_operation("Subtract"), graph.get_operation("SquareLoss")
+    target = tg.constant(np.zeros((2, 3)))
+
+    def fn(a: tg.Variable, b: tg.Variable) -> float:
+        sq.forward(sub.forward(a, b))
+        loss = sq.loss(target)
+        graph.backward()
+        return loss
+
+    step = graph.capture(fn, check=False)
+    v = tg.Variable(rng.standard_normal((2, 3)))
+    step(v, v)
+    a, b = tg.Variable(rng.standard_normal((2, 3))), tg.Variable(rng.standard_normal((2, 3)))
+    a_e, b_e = tg.Variable(a.value.copy()), tg.Variable(b.value.copy())
+    assert step(a, b) == fn(a_e, b_e) != 0.0
+    assert_same_array(a.grad, a_e.grad)
+    assert_same_array(b.grad, b_e.grad)
+    w, w_e = tg.Variable(a.value.copy()), tg.Variable(a.value.copy())
+    assert step(w, w) == fn(w_e, w_e) == 0.0  # its own record, each use bound to the one Variable
+    assert_same_array(w.grad, w_e.grad)
+
+
 # -- errors inside a replay ---------------------------------------------------------------------------------
 
 

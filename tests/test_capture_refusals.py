@@ -472,6 +472,34 @@ def test_an_argument_modified_in_place_by_the_step_is_refused():
     assert where("write_argument") in str(info.value)
 
 
+def test_a_hand_written_update_is_refused_and_its_state_is_one_eager_calls():
+    """The README's row ``v.value -= 0.1 * v.grad``: refused at the first call (the old rules caught it at the
+    second), the update applied once, as eagerly."""
+    x, y = data(10)
+    nets = [Net(), Net()]
+
+    def make(net: Net) -> Any:
+        def fn(x: np.ndarray, y: np.ndarray) -> float:
+            net.forward(x)
+            loss = net.loss(y)
+            net.graph.backward()
+            for v in net.graph.parameter:
+                v.value -= 0.1 * v.grad  # refused: hand_update
+            net.graph.parameter.clear_grads()
+            return loss
+
+        return fn
+
+    step, eager = nets[0].graph.capture(make(nets[0])), make(nets[1])
+    with pytest.raises(CaptureError) as info:
+        step(x[:5], y[:5])
+    assert info.value.eager_result == eager(x[:5], y[:5])
+    message = str(info.value)
+    assert where("hand_update") in message and "Variable 'affine_0.W'" in message
+    assert_same_graphs(nets[0].graph, nets[1].graph)
+    assert not np.array_equal(nets[0].first.W.value, Net().first.W.value)  # it was applied, once
+
+
 # -- tg.constant -----------------------------------------------------------------------------------
 
 
