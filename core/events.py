@@ -30,10 +30,11 @@ optimizers' ``step``/``zero_grad``, clipping, schedulers' ``step``, ``Parameter.
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Observer", "observer", "replayable", "subscribe", "unsubscribe"]
+__all__ = ["Observer", "Reported", "observer", "replayable", "subscribe", "unsubscribe"]
 
 
 class Observer:
@@ -58,7 +59,8 @@ class Observer:
         return value
 
     def backward(self, tape: Any, seeds: list[Any], loss_grad: Any) -> None:
-        """A backward walk over ``tape`` is about to start (``seeds``: explicit (Variable, gradient) pairs)."""
+        """A backward walk over ``tape`` is about to start (``seeds``: per explicit seed, (the output Variable, the
+        gradient as given, it as an array))."""
 
     def setting(self, obj: Any, name: str) -> None:
         """An attribute ``name`` of an op, optimizer, scheduler or graph is being set."""
@@ -68,6 +70,7 @@ class Observer:
 observer: Observer | None = None
 
 _subscribed: list[Observer] = []
+_lock = threading.Lock()  # (subscribing from several threads at once loses no observer)
 
 
 class _Together(Observer):
@@ -130,15 +133,29 @@ def _update() -> None:
 
 def subscribe(new: Observer) -> None:
     """Start sending the kernel's events to ``new`` (as well as to those already subscribed)."""
-    _subscribed.append(new)
-    _update()
+    with _lock:
+        _subscribed.append(new)
+        _update()
 
 
 def unsubscribe(old: Observer) -> None:
     """Stop sending events to ``old`` (a no-op if it is not subscribed)."""
-    if old in _subscribed:
-        _subscribed.remove(old)
-    _update()
+    with _lock:
+        if old in _subscribed:
+            _subscribed.remove(old)
+        _update()
+
+
+class Reported:
+    """Base of the kernel's objects whose attributes a captured step's own Python must not set (ops,
+    optimizers, schedulers, graphs): setting one is a ``setting`` event."""
+
+    __slots__ = ()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if observer is not None:
+            observer.setting(self, name)
+        object.__setattr__(self, name, value)
 
 
 def replayable(function: Callable[..., Any]) -> Callable[..., Any]:

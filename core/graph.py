@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 __all__ = ["Graph"]
 
 
-class Graph:
+class Graph(events.Reported):
     """A model's graph: its operations, its parameters and the tape of one forward pass.
 
     In train mode (the default) every op application is recorded on the tape
@@ -66,10 +66,6 @@ class Graph:
         self.train_state = False
         return self
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        if events.observer is not None:
-            events.observer.setting(self, name)
-        object.__setattr__(self, name, value)
 
     @property
     def forward_ops(self) -> list[Context]:

@@ -189,7 +189,7 @@ def snake_name(name: str) -> str:
     return _CAMEL.sub("_", name).lower()
 
 
-class Operation:
+class Operation(events.Reported):
     """Base class of every operation.
 
     Subclasses write ``forward(self, ctx, *arrays) -> array | tuple`` and
@@ -259,10 +259,6 @@ class Operation:
     def __call__(self, *inputs: Any) -> Any:
         return self.forward(*inputs)
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        if events.observer is not None:
-            events.observer.setting(self, name)
-        object.__setattr__(self, name, value)
 
     # -- what the framework and messages use -------------------------------------------------
     @property

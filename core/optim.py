@@ -61,7 +61,7 @@ import numpy as np
 
 from .arguments import check_number
 from .errors import ArgumentError, InputTypeError, NonFiniteError, ParameterLoadError
-from .events import replayable
+from .events import Reported, replayable
 from .parameter import Parameter
 from .variable import Variable, clear_grads
 
@@ -203,7 +203,7 @@ def _optimized(where: str, given: Any) -> list[Variable]:
     return _distinct(where, variables, "a step would update it twice")
 
 
-class Optimizer:
+class Optimizer(Reported):
     """Base class: ``variables`` (every Variable given, by position) and ``lr``.
 
     Subclasses write ``step()``; it and ``zero_grad()`` are replayed by captured steps (every
@@ -825,7 +825,7 @@ def clip_grad_value(variables: Any, clip_value: float) -> None:
 # -- learning-rate schedules --------------------------------------------------------------------------------
 
 
-class LRScheduler:
+class LRScheduler(Reported):
     """Base class: sets ``optimizer.lr`` to ``lr_at(last_epoch)`` at each ``step()``.
 
     The constructor records ``base_lr`` (the optimizer's lr then) and sets epoch 0's rate; each

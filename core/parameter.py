@@ -507,6 +507,7 @@ class Parameter:
             raise
         return target
 
+    @replayable
     def load(self, path: str | os.PathLike[str] | ParameterFile) -> None:
         """Load the values of a file written by ``save`` (or of an open ``ParameterFile``).
 
@@ -527,6 +528,7 @@ class Parameter:
         arrays = {name: source.read(name) for name in self.variable_dict}
         self._assign(arrays)
 
+    @replayable
     def load_state_dict(self, arrays: Mapping[str, Any], *, source: str = "state dict") -> None:
         """Copy ``arrays`` (as from ``state_dict``) into the variables; all or nothing."""
         converted: dict[str, np.ndarray] = {}

@@ -169,14 +169,14 @@ class Pass:
                     ref = where[id(x)] = len(found)
                     found.append(x)
                 refs.append(ref)
-            outputs = ctx.outputs
-            if type(outputs) is tuple:
-                for k, o in enumerate(outputs):
+            out = ctx.outputs
+            if type(out) is tuple:
+                for k, o in enumerate(out):
                     where[id(o)] = (i, k)
-                apps.append((ctx.op, refs, tuple(o.value.shape for o in outputs), True))
+                apps.append((ctx.op, refs, tuple(o.value.shape for o in out), True))
             else:
-                where[id(outputs)] = (i, 0)
-                apps.append((ctx.op, refs, (outputs.value.shape,), False))
+                where[id(out)] = (i, 0)
+                apps.append((ctx.op, refs, (out.value.shape,), False))
         drawn = []
         for ctx, target in zip(losses, targets):
             ref = where.get(id(target))
@@ -352,7 +352,7 @@ class Tape:
         ctx: Context | None = None
         self.inside += 1  # ops an op's backward applies are part of it (see the module docstring)
         try:
-            for variable, seed in seeds:
+            for variable, _, seed in seeds:
                 variable.add_grad(seed)
             for ctx in reversed(entries):
                 outputs = ctx.outputs
@@ -392,8 +392,9 @@ class Tape:
             self.entries, self.losses, self.targets = [], [], []
             self.latest = dict.fromkeys(self.latest)
 
-    def _seeds(self, grads: Mapping[Variable, Any] | None, name: str) -> list[tuple[Variable, np.ndarray]]:
-        """``grads`` checked: float output Variables of recorded applications, and their gradients."""
+    def _seeds(self, grads: Mapping[Variable, Any] | None, name: str) -> list[tuple[Variable, Any, np.ndarray]]:
+        """``grads`` checked: (float output Variable of a recorded application, the gradient as given, it as an
+        array of the output's dtype)."""
         if not grads:
             return []
         if not isinstance(grads, Mapping):
@@ -415,7 +416,7 @@ class Tape:
                     "or backward() already consumed that pass"
                 )
             try:
-                seeds.append((variable, _float_array(grad, variable)))
+                seeds.append((variable, grad, _float_array(grad, variable)))
             except TapegradError as exc:
                 raise type(exc)(f"Graph {name!r}: backward(grads=...): {exc}") from None
         return seeds

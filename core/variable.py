@@ -19,7 +19,8 @@ __all__ = ["Constant", "Variable", "add_to", "as_array", "clear_grads", "constan
 
 
 def as_array(value: Any, where: str = "Variable") -> np.ndarray:
-    """Return ``value`` as a real numeric ndarray; Python lists and scalars become float64.
+    """Return ``value`` as a real numeric ndarray; Python lists and scalars become float64, an array-like
+    (``__array__``) keeps its dtype.
 
     Integer and boolean arrays stay as they are (labels, indices); anything that is not
     real-numeric raises ``InputTypeError`` naming ``where``.
@@ -33,8 +34,8 @@ def as_array(value: Any, where: str = "Variable") -> np.ndarray:
             array = np.asarray(value)
         except (TypeError, ValueError) as exc:
             raise InputTypeError(f"{where}: expected numeric data, got {type(value).__name__}: {exc}") from None
-        if array.dtype.kind in "iubf" and not isinstance(value, np.generic):
-            array = array.astype(np.float64, copy=False)
+        if array.dtype.kind in "iubf" and isinstance(value, (list, tuple, int, float)):
+            array = array.astype(np.float64, copy=False)  # (an array-like's own dtype is kept)
     if array.dtype.kind not in "fiub":
         raise InputTypeError(
             f"{where}: expected a real numeric array, got dtype {array.dtype} (from {type(value).__name__})"

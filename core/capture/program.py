@@ -15,6 +15,8 @@ call going through ``events.observer`` (a profiler sees replayed calls so), comp
 
 from __future__ import annotations
 
+import builtins
+import copy
 import keyword
 import linecache
 import math
@@ -169,7 +171,7 @@ _HELPERS = {
 
 
 #: Names a replay program uses for itself: never an argument's or an object's.
-RESERVED = frozenset(_HELPERS) | {"replay", "released", "r"}
+RESERVED = frozenset(_HELPERS) | {"replay", "released", "r"} | frozenset(dir(builtins))
 
 
 def _raise(error: BaseException) -> None:
@@ -178,7 +180,7 @@ def _raise(error: BaseException) -> None:
 
 def _filled(empty: Any, pairs: dict[Any, Any]) -> Any:
     """A mapping of ``empty``'s type (an OrderedDict, a defaultdict and its factory) holding ``pairs``."""
-    made = empty.copy()
+    made = copy.copy(empty)
     made.update(pairs)
     return made
 
@@ -276,6 +278,10 @@ class _Writer:
         for i in sorted(published):  # eval-mode losses the step did not consume: a later loss() pairs with these
             tape = self.global_(program.graph.tape, "tape")
             self.emit(f"{tape}.latest_eval[{self.op_name(self.apps[i])}] = {program.contexts[i]}")
+        for app, index in sorted(self.returned_outputs):  # (one Variable each, however often it is returned)
+            out = self.out_names[app][index]
+            made = f"returned({out}, d_{out})" if (app, index) in self.slotted else f"Variable({out})"
+            self.emit(f"{out}_variable = {made}")
         self.emit(f"return {self.value(program.template)}")
         arguments = ", ".join(program.argument_names)
         body = "\n".join(self.lines)
@@ -318,8 +324,7 @@ class _Writer:
             return f"result{template[1]}"
         if kind == "output":
             _, app, index = template
-            out = self.out_names[app][index]
-            return f"returned({out}, d_{out})" if (app, index) in self.slotted else f"Variable({out})"
+            return f"{self.out_names[app][index]}_variable"
         if kind is Mapping:
             _, empty, items = template
             pairs = "{" + ", ".join(f"{self.constant(k, 'key')}: {self.value(v)}" for k, v in items) + "}"

@@ -22,6 +22,7 @@ as ``CaptureError`` afterwards, carrying the eager result. Guards exist only whi
 
 from __future__ import annotations
 
+import copy
 import linecache
 import math
 import os
@@ -178,7 +179,7 @@ def _describe(subject: Any) -> str:
     if isinstance(subject, TracedArray):
         recording = _ACTIVE.get()
         index = recording.argument_index(subject) if recording is not None else None
-        return f"step argument {index}" if index is not None else "a view or copy of a step argument"
+        return f"step argument {index}" if index is not None else "a step argument"
     if isinstance(subject, TracedFloat):
         return subject.what
     return "" if subject is None else str(subject)
@@ -258,17 +259,54 @@ _SHAPE_FUNCTIONS = frozenset(
 )
 
 
-class TracedArray(ndarray):
-    """A step's array argument while the step records: a view of the caller's array whose shape and dtype
-    the step may read; computing with its values from the step's Python is refused (and done anyway, on
-    the plain array: the run goes on)."""
+class TracedArray:
+    """A step's array argument while the step records: a stand-in for it, as a JAX tracer is. Its shape,
+    dtype, ndim, size and length may be read; anything else the step's own Python does with it (arithmetic,
+    comparisons, indexing, numpy functions, ``np.asarray``, its methods) is refused, and done anyway on the
+    array it stands for, so the run goes on. The kernel reads ``array`` through ``__array__``: ops, losses
+    and seeds receive the argument itself."""
+
+    __slots__ = ("array",)
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array  # a view of the caller's array (of its type): one object per argument
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.array.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.array.dtype
+
+    @property
+    def ndim(self) -> int:
+        return self.array.ndim
+
+    @property
+    def size(self) -> int:
+        return self.array.size
+
+    @property
+    def itemsize(self) -> int:
+        return self.array.itemsize
+
+    @property
+    def nbytes(self) -> int:
+        return self.array.nbytes
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        _refuse("the step reads {}'s values (np.asarray, np.array)", _ARGUMENT_FIX, self)
+        return self.array if dtype is None else self.array.astype(dtype)
 
     def __array_ufunc__(self, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:
         _refuse(f"the step computes {ufunc.__name__} on {{}}'s values", _ARGUMENT_FIX, self)
-        plain = [x.view(ndarray) if isinstance(x, TracedArray) else x for x in inputs]
         if "out" in kwargs:
-            kwargs["out"] = tuple(x.view(ndarray) if isinstance(x, TracedArray) else x for x in kwargs["out"])
-        return getattr(ufunc, method)(*plain, **kwargs)
+            kwargs["out"] = tuple(_plain(kwargs["out"]))
+        return getattr(ufunc, method)(*_plain(inputs), **kwargs)
 
     def __array_function__(self, func: Any, types: Any, args: Any, kwargs: Any) -> Any:
         if func not in _SHAPE_FUNCTIONS:
@@ -277,57 +315,56 @@ class TracedArray(ndarray):
 
     def __getitem__(self, index: Any) -> Any:
         _refuse(f"the step indexes {{}} ([{index!r}])", _INDEX_FIX, self)
-        return self.view(ndarray)[index]
+        return self.array[index]
 
     def __setitem__(self, index: Any, value: Any) -> None:
-        _refuse(f"the step writes into {{}}", _ARGUMENT_FIX, self)
-        self.view(ndarray)[index] = value
+        _refuse("the step writes into {}", _ARGUMENT_FIX, self)
+        self.array[index] = value
 
-    def __iter__(self) -> Any:
-        _refuse(f"the step iterates over {{}}", _ARGUMENT_FIX, self)
-        return iter(self.view(ndarray))
-
-    def __bool__(self) -> bool:
-        _refuse(f"the step tests the truth of {{}}", _ARGUMENT_FIX, self)
-        return bool(self.view(ndarray))
-
-    def __float__(self) -> float:
-        _refuse(f"the step converts {{}} to a float", _ARGUMENT_FIX, self)
-        return float(self.view(ndarray))
-
-    def __int__(self) -> int:
-        _refuse(f"the step converts {{}} to an int", _ARGUMENT_FIX, self)
-        return int(self.view(ndarray))
-
-    def __index__(self) -> int:
-        _refuse(f"the step uses {{}} as an index", _ARGUMENT_FIX, self)
-        return self.view(ndarray).__index__()  # type: ignore[no-any-return]
-
-    def item(self, *args: Any) -> Any:
-        _refuse(f"the step reads an item of {{}}", _ARGUMENT_FIX, self)
-        return self.view(ndarray).item(*args)
-
-    def tolist(self) -> Any:
-        _refuse(f"the step reads {{}}'s values (tolist)", _ARGUMENT_FIX, self)
-        return self.view(ndarray).tolist()
-
-    def tobytes(self, order: Any = "C") -> bytes:
-        _refuse(f"the step reads {{}}'s bytes", _ARGUMENT_FIX, self)
-        return self.view(ndarray).tobytes(order)
+    def __getattr__(self, name: str) -> Any:  # its methods (x.mean(), x.reshape(...), x.view(...), x.flat)
+        _refuse(f"the step uses {{}}.{name}", _ARGUMENT_FIX, self)
+        return getattr(self.array, name)
 
     def __repr__(self) -> str:
         return f"<{_describe(self)}: shape {self.shape}, {self.dtype} (its values are not read while recording)>"
 
     __str__ = __repr__
 
-    def __reduce_ex__(self, protocol: Any) -> Any:  # (a copy or pickle is of the plain array)
-        return self.view(ndarray).__reduce_ex__(protocol)
+    def __reduce_ex__(self, protocol: Any) -> Any:  # (a copy or pickle is of the array it stands for)
+        return self.array.__reduce_ex__(protocol)
+
+
+def _operator(name: str, what: str) -> Callable[..., Any]:
+    def refused(self: TracedArray, *args: Any) -> Any:
+        _refuse(f"the step {what} {{}}", _INDEX_FIX if name == "__getitem__" else _ARGUMENT_FIX, self)
+        return getattr(self.array, name)(*_plain(args))
+
+    refused.__name__ = name
+    return refused
+
+
+for _name in (
+    "__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__", "__truediv__", "__rtruediv__",
+    "__floordiv__", "__rfloordiv__", "__mod__", "__rmod__", "__divmod__", "__rdivmod__", "__pow__", "__rpow__",
+    "__matmul__", "__rmatmul__", "__and__", "__rand__", "__or__", "__ror__", "__xor__", "__rxor__",
+    "__lshift__", "__rlshift__", "__rshift__", "__rrshift__", "__neg__", "__pos__", "__abs__", "__invert__",
+):
+    setattr(TracedArray, _name, _operator(_name, "computes with"))
+for _name in ("__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__"):
+    setattr(TracedArray, _name, _operator(_name, "compares"))
+for _name, _what in (
+    ("__iter__", "iterates over"), ("__bool__", "tests the truth of"), ("__float__", "converts to a float"),
+    ("__int__", "converts to an int"), ("__index__", "uses as an index"), ("__complex__", "converts to complex"),
+    ("__contains__", "searches"), ("__round__", "rounds"),
+):
+    setattr(TracedArray, _name, _operator(_name, _what))
+TracedArray.__hash__ = None  # type: ignore[assignment]
 
 
 def _plain(value: Any) -> Any:
-    """``value`` with every TracedArray in it (lists, tuples, dicts) as a plain view."""
+    """``value`` with every TracedArray in it (lists, tuples, dicts) as the array it stands for."""
     if isinstance(value, TracedArray):
-        return value.view(ndarray)
+        return value.array
     if isinstance(value, (list, tuple)):
         return type(value)(_plain(v) for v in value) if not hasattr(value, "_fields") else value
     if isinstance(value, dict):
@@ -414,6 +451,7 @@ class Recording(events.Observer):
         self._guarded: list[Variable] = []
         self._token: Any = None
         self._ops = len(graph.operations)
+        self._made_op = False
         self._calls = 0
         self._losses = 0
         for index, leaf in enumerate(leaves):
@@ -422,8 +460,9 @@ class Recording(events.Observer):
                 if id(leaf) not in self._sources:  # (one Variable passed twice: its first place; the key says so)
                     self._remember(leaf, Source("argument", index=index, live=leaf.value.dtype.kind == "f"))
             else:
-                traced = (np.ma.getdata(leaf) if isinstance(leaf, np.ma.MaskedArray) else leaf).view(TracedArray)
+                traced = TracedArray(leaf.view(type(leaf)))  # (a view of its own: one object per argument)
                 self._remember(traced, Source("argument", index=index))
+                self._remember(traced.array, Source("argument", index=index))
             self.traced.append(traced)
 
     def argument_index(self, array: Any) -> int | None:
@@ -451,7 +490,7 @@ class Recording(events.Observer):
             if type(variable) is GuardedVariable:
                 variable.__class__ = Variable
         self._guarded.clear()
-        if len(self.graph.operations) != self._ops:
+        if len(self.graph.operations) != self._ops and not self._made_op:
             self.refuse(
                 f"the step created {len(self.graph.operations) - self._ops} op(s) (graph.get_operation): every call "
                 "would record anew. Create the ops once, before the step (unroll over time with one Unstack, or "
@@ -536,7 +575,7 @@ class Recording(events.Observer):
         sources, converts = [], []
         for i, (x, array) in enumerate(zip(ctx.inputs, arrays)):
             source = self._source(x, array, f"{op.label} input {i}")
-            raw = _VALUE.__get__(x) if isinstance(x, Variable) else x
+            raw = _VALUE.__get__(x) if isinstance(x, Variable) else x.array if isinstance(x, TracedArray) else x
             same = isinstance(raw, ndarray) and array.dtype == raw.dtype
             converts.append(None if same or source.kind == "number" else array.dtype)
             sources.append(source)
@@ -582,12 +621,12 @@ class Recording(events.Observer):
         apps = [self._app(ctx) for ctx in tape.entries]
         losses = [self._app(ctx) for ctx in tape.losses]
         seeded = []
-        for variable, grad in seeds:
+        for variable, given, grad in seeds:
             where = self._sources.get(id(variable))
             if where is None or where.kind != "output" or not where.live:
                 self.refuse("backward(grads=...) inside a captured step must seed op outputs the step made")
                 where = Source("refused")
-            seeded.append((where, self._source(grad, grad, "a gradient passed to backward(grads=...)"), variable.dtype))
+            seeded.append((where, self._source(given, grad, "a gradient passed to backward(grads=...)"), variable.dtype))
         if isinstance(loss_grad, TracedFloat) or _unreplayable(loss_grad):
             self.refuse(f"backward(loss_grad=...) got {type(loss_grad).__name__}: pass a number")
         self.events.append(("backward", Backward(apps, losses, seeded, loss_grad)))
@@ -595,16 +634,22 @@ class Recording(events.Observer):
     def setting(self, obj: Any, name: str) -> None:
         if not self._ours() or self.depth:
             return
-        if isinstance(obj, Operation) and obj.graph is not None and obj.graph.operations.get(obj.name) is not obj:
-            return  # an op being made (refused as a whole when the recording ends)
         frame = sys._getframe(1)
-        while frame is not None and frame.f_code.co_name != "__setattr__":
-            frame = frame.f_back  # type: ignore[assignment]
-        caller = frame.f_back if frame is not None else None
-        if caller is None or _is_kernel(caller):
+        while frame is not None and frame.f_globals.get("__name__", "").startswith(("tapegrad.events", "tapegrad.capture")):
+            frame = frame.f_back  # type: ignore[assignment]  # (the hook's own frames: to whoever set it)
+        if isinstance(obj, Operation) and obj.graph is not None and obj.graph.operations.get(obj.name) is not obj:
+            if name == "graph":  # (the first attribute graph.get_operation sets)
+                self._made_op = True
+                self.refuse(
+                    f"the step creates an op ({type(obj).__name__}) at {_user_line(frame)}: every call would record "
+                    "anew. Create the ops once, before the step (unroll over time with one Unstack, or Index ops made "
+                    "up front)"
+                )
+            return
+        if frame is None or _is_kernel(frame):
             return
         what = obj.label if isinstance(obj, Operation) else f"graph {obj.name!r}" if obj is self.graph else type(obj).__name__
-        self.refuse(f"the step sets {what}'s attribute {name!r} at {_user_line(caller)}. {_WRITE_FIX}")
+        self.refuse(f"the step sets {what}'s attribute {name!r} at {_user_line(frame)}. {_WRITE_FIX}")
 
     # -- tracing ------------------------------------------------------------------------------------
     def _app(self, ctx: Context) -> int:
@@ -619,55 +664,56 @@ class Recording(events.Observer):
 
     def _source(self, x: Any, array: Any, where: str) -> Source:
         """Where ``x`` (what an op, a loss or a seed received) comes from; ``array`` is what it became."""
+        found = self._sources.get(id(x))
+        if found is not None:  # an argument, an op output
+            return found
         if isinstance(x, Variable):
-            found = self._sources.get(id(x))
-            if found is not None:
-                return found
             if isinstance(x, Constant):
                 return Source("constant", obj=x)
             value = _VALUE.__get__(x)
-            found = self._sources.get(id(value))
+            found = self._sources.get(id(value)) or self._argument_view(value)
             if found is not None:  # tg.Variable(x) made inside the step around an argument or an output
                 return Source(found.kind, index=found.index, app=found.app)
             if id(x) in self._made:
-                view = " a view of a step argument" if isinstance(value, TracedArray) else " an array made by Python"
-                self.refuse(
-                    f"{where} is a Variable the step made around{view} inside the step, at {_user_line(sys._getframe(1))}: a replay "
-                    "would keep the first call's. Pass the array as an argument of the step, compute it with ops, or "
-                    "make it once with tg.constant(array) (data that does not change between calls)"
-                )
+                self._refuse_made(f"{where} is a Variable the step made around {self._made_of(value)}")
                 return Source("refused")
             self._guard(x)
             return Source("variable", obj=x, live=value.dtype.kind == "f")
         if isinstance(x, ndarray):
-            found = self._sources.get(id(x))
-            if found is not None:
-                return found
-            if isinstance(x, TracedArray):
-                made = "a view or copy of step argument" + (
-                    f" {self.argument_index(x.base)}" if self.argument_index(x.base) is not None else "s"
-                )
-            else:
-                made = "an array made by Python"
-            self.refuse(
-                f"{where} is {made} inside the step, at {_user_line(sys._getframe(1))}: a replay would keep the first call's. Pass it "
-                "as an argument of the step (a list of arrays is fine), compute it with ops, or make it once with "
-                "tg.constant(array) (data that does not change between calls)"
-            )
+            self._refuse_made(f"{where} is {self._made_of(x)}")
             return Source("refused")
-        if type(x) in (int, float, bool):
-            return Source("number", obj=array)
         if isinstance(x, TracedFloat):
             self.refuse(
                 f"{where} is {x.what}, at {_user_line(sys._getframe(1))}: a replay would keep the first call's. "
                 "Compute with the op's output itself (ops take Variables), or pass the value as an argument"
             )
             return Source("refused")
-        self.refuse(
-            f"{where} is a {type(x).__name__} made inside the step, at {_user_line(sys._getframe(1))}: only Python numbers are kept "
-            "by value. Pass it as an argument of the step, or make it once with tg.constant(...)"
-        )
+        if isinstance(x, (int, float, np.bool_, np.integer, np.floating)):  # (bools too) a number: kept by value
+            return Source("number", obj=array)
+        self._refuse_made(f"{where} is a {type(x).__name__}")
         return Source("refused")
+
+    def _argument_view(self, array: np.ndarray) -> Source | None:
+        """The argument whose whole array ``array`` is a view of (np.asarray of an argument, as the kernel
+        takes it: ``tg.Variable(x)``), else None."""
+        for index, traced in enumerate(self.traced):
+            if isinstance(traced, TracedArray) and _same_view(array, traced.array):
+                return Source("argument", index=index)
+        return None
+
+    def _made_of(self, array: np.ndarray) -> str:
+        """How a message names an array a replay could not feed again."""
+        for index, traced in enumerate(self.traced):
+            if isinstance(traced, TracedArray) and np.may_share_memory(array, traced.array):
+                return f"a view of step argument {index} made by Python (a slice, say)"
+        return "an array made by Python"
+
+    def _refuse_made(self, what: str) -> None:
+        self.refuse(
+            f"{what} inside the step, at {_user_line(sys._getframe(2))}: a replay would keep the first call's. Pass "
+            "it as an argument of the step (a list of arrays is fine), compute it with ops, or make it once, outside "
+            "the step, with tg.constant(array) (data that does not change between calls)"
+        )
 
     # -- what the step returned ----------------------------------------------------------------------
     def template(self, result: Any) -> Any:
@@ -692,7 +738,7 @@ class Recording(events.Observer):
         if isinstance(result, (tuple, list)):
             return (type(result), [self.template(r) for r in result])
         if isinstance(result, Mapping):
-            empty = result.copy() if hasattr(result, "copy") else dict(result)  # same type (OrderedDict, defaultdict)
+            empty = copy.copy(result)  # of its type (an OrderedDict, a defaultdict with its factory, a subclass)
             empty.clear()
             return (Mapping, empty, [(k, self.template(v)) for k, v in result.items()])
         what = type(result).__name__
@@ -736,6 +782,14 @@ def plain_result(result: Any) -> Any:
             result[key] = plain_result(value)
         return result
     return result
+
+
+def _same_view(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether ``a`` and ``b`` are the same data seen the same way (one a plain view of the other)."""
+    return (
+        a.shape == b.shape and a.dtype == b.dtype and a.strides == b.strides
+        and a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+    )
 
 
 def _leaf_array(leaf: Any) -> np.ndarray:

@@ -9,6 +9,7 @@ replay program takes.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +22,7 @@ from ..variable import Variable
 if TYPE_CHECKING:
     from ..graph import Graph
 
-__all__ = ["rebuild", "signature"]
+__all__ = ["changed", "rebuild", "signature"]
 
 
 def signature(args: tuple[Any, ...], kwargs: Mapping[str, Any], graph: Graph) -> tuple[Any, list[Any]]:
@@ -73,9 +74,14 @@ def _spec(obj: Any, leaves: list[Any], where: str) -> Any:
     return ("value", type(obj), obj)
 
 
-def rebuild(args: tuple[Any, ...], kwargs: Mapping[str, Any], replace: Callable[[int], Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """``args`` and ``kwargs`` with their k-th leaf (in ``signature``'s order) replaced by ``replace(k)``."""
+def rebuild(
+    args: tuple[Any, ...], kwargs: Mapping[str, Any], replace: Callable[[int], Any]
+) -> tuple[tuple[Any, ...], dict[str, Any], list[tuple[Any, list[Any]]]]:
+    """``args`` and ``kwargs`` with their k-th leaf (in ``signature``'s order) replaced by ``replace(k)``, in
+    containers made anew; and each list or dict made, with what it held (``changed`` tells whether the step
+    changed one: a replay could not)."""
     count = [0]
+    made: list[tuple[Any, list[Any]]] = []
 
     def walk(obj: Any) -> Any:
         if isinstance(obj, (ndarray, Variable)):
@@ -85,12 +91,26 @@ def rebuild(args: tuple[Any, ...], kwargs: Mapping[str, Any], replace: Callable[
             items = [walk(o) for o in obj]
             return type(obj)._make(items) if hasattr(obj, "_fields") else type(obj)(items)  # type: ignore[attr-defined]
         if isinstance(obj, list):
-            return type(obj)(walk(o) for o in obj)
+            new = type(obj)(walk(o) for o in obj)
+            made.append((new, list(new)))
+            return new
         if isinstance(obj, Mapping):
-            made = obj.copy() if hasattr(obj, "copy") else dict(obj)
+            new = copy.copy(obj)
             for k, v in obj.items():
-                made[k] = walk(v)
-            return made
+                new[k] = walk(v)
+            made.append((new, list(new.items())))
+            return new
         return obj
 
-    return tuple(walk(a) for a in args), {k: walk(v) for k, v in kwargs.items()}
+    return tuple(walk(a) for a in args), {k: walk(v) for k, v in kwargs.items()}, made
+
+
+def changed(made: list[tuple[Any, list[Any]]]) -> bool:
+    """Whether the step changed a list or dict argument ``rebuild`` made (items added, removed or replaced)."""
+    for container, held in made:
+        now = list(container.items()) if isinstance(container, Mapping) else list(container)
+        if len(now) != len(held) or any(
+            (a is not b) if not isinstance(a, tuple) else (a[0] != b[0] or a[1] is not b[1]) for a, b in zip(now, held)
+        ):
+            return True
+    return False

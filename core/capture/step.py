@@ -16,7 +16,7 @@ from ..variable import Variable
 from .check import CAUSES, copy_world, first_difference, refused, structure_difference
 from .program import RESERVED, Program, identifier
 from .recording import Recording, active, plain_result
-from .signature import rebuild, signature
+from .signature import changed, rebuild, signature
 
 if TYPE_CHECKING:
     from ..graph import Graph
@@ -157,13 +157,18 @@ class CapturedStep:
         """``fn`` run eagerly (on traced arguments) while a new recording watches. A call that raises leaves
         the tape empty, as the step found it, so the next call can go on."""
         recording = Recording(self.graph, leaves)
-        traced_args, traced_kwargs = rebuild(args, kwargs, recording.traced.__getitem__)
+        traced_args, traced_kwargs, containers = rebuild(args, kwargs, recording.traced.__getitem__)
         try:
             with recording:
                 result = self.fn(*traced_args, **traced_kwargs)
         except BaseException:
             self.graph.clear()
             raise
+        if changed(containers):
+            recording.refuse(
+                "the step changed a list or dict it was passed (a replay would not change the caller's): copy it "
+                "inside the step before changing it, or change it outside"
+            )
         return recording, result
 
     def _refuse_left(self, recording: Recording, result: Any) -> None:
@@ -221,6 +226,9 @@ class CapturedStep:
             if problem is not None:
                 problem = f"{problem}. {CAUSES}"
         if problem is not None:
+            del self.records[record.key]  # (the next call records anew)
+            if self.last_record is record:
+                self.last_record = None
             raise refused(f"the first replay of this step differs from an eager run: {problem}", result) from failure
         record.verified = True
         return result
