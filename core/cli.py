@@ -276,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     output = _GuardedOutput(sys.stdout, keep_going="train" in argv)
     sys.stdout = output  # type: ignore[assignment]
-    command = "?"
+    command, args = "?", None
     try:
         parser = build_parser(argv)
         args, unknown = parser.parse_known_args(argv)
@@ -294,7 +294,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     if isinstance(failure, BrokenPipeError):
         return 141  # the reader went away (`tapegrad ops | head`): quietly, as other command-line tools do
-    went_on = "; training went on without printing and wrote the files it was asked for" if command == "train" else ""
+    went_on = ""
+    if command == "train":
+        written = getattr(args, "written", [])
+        went_on = "; training went on without printing" + (f" and wrote {', '.join(written)}" if written else "")
     _say(f"tapegrad {command}: error: cannot write to standard output: {failure.strerror or failure}{went_on}")
     return code or EXIT_FAILED
 

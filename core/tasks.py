@@ -235,15 +235,15 @@ class Task:
 def find_task(name: str, registry: Any = None) -> type[Task]:
     """The Task class of model ``name`` (or ``plugin:name``), from the registry's plugins. A model of
     a contrib pack that is not installed raises PluginUnavailableError naming what to install; an
-    unknown name raises ``tapegrad.registry.UnknownModelError`` with close matches."""
-    from .registry import UnknownModelError, default_registry
+    unknown name raises PluginUnavailableError too, with close matches."""
+    from .registry import default_registry
 
     registry = registry if registry is not None else default_registry()
     try:
         return registry.lookup_model(name).cls  # type: ignore[no-any-return]
-    except UnknownModelError:
+    except PluginUnavailableError:
         packs = PACK_MODELS.get(name)
-        if packs is None:
+        if packs is None or any(row.name == name for row in registry.models()):  # (offered twice: ambiguous)
             raise
     installed = {p.distribution: p for p in registry.plugins() if p.distribution}
     missing = [pack for pack in packs if pack not in installed]

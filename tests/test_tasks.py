@@ -9,7 +9,7 @@ import pytest
 import tapegrad as tg
 from conftest import make_dist, op_module
 from tapegrad.cli import main
-from tapegrad.registry import Registry, UnknownModelError
+from tapegrad.registry import Registry
 from tapegrad.tasks import LinearTask, MLPTask, Task, TaskData, find_task
 
 
@@ -159,7 +159,7 @@ def test_two_plugins_offering_one_model_are_asked_for_by_qualified_name(plugin_d
     make_dist(plugin_dir, "tgtest-one", "1.0", {"one": "tgtest_one"}, {"tgtest_one": task_module("one")})
     make_dist(plugin_dir, "tgtest-two", "1.0", {"two": "tgtest_two"}, {"tgtest_two": task_module("two")})
     registry = Registry()
-    with pytest.raises(UnknownModelError, match=r"offered by 2 plugins.*--model one:toy-task.*--model two:toy-task"):
+    with pytest.raises(tg.PluginUnavailableError, match=r"offered by 2 plugins.*--model one:toy-task.*--model two:toy-task"):
         registry.lookup_model("toy-task")
     assert registry.lookup_model("two:toy-task").summary == "a toy: two classes, two"
     code, _, err = run(capsys, "train", "--model", "toy-task")
