@@ -219,14 +219,16 @@ class PluginInfo:
 
 
 class Registry:
-    """Maps operation names to classes, from entry-point plugins and run-time registration.
+    """Maps operation names to classes, and model names to Task classes, from entry-point plugins and
+    run-time registration.
 
     ``entry_points=False`` gives an empty registry (for tests and embedding). Entry points
     are read on first use; ``TAPEGRAD_DISABLE_PLUGINS=a,b`` blocks plugins by entry-point or
     distribution name and ``TAPEGRAD_AUTOLOAD=0`` loads the first-party plugins only.
 
     Queries: ``lookup``/``resolve`` (one name), ``operations`` (optionally of some plugins),
-    ``plugins`` (with their status) and ``require`` (the named plugins, all loaded). Every
+    ``lookup_model``/``models`` (runnable models, ``tapegrad.tasks``), ``plugins`` (with their status)
+    and ``require`` (the named plugins, all loaded). Every
     method is thread-safe; a plugin must not wait at import for another thread that uses
     the registry (that thread waits for the load to finish).
     """

@@ -233,3 +233,13 @@ def test_a_task_without_its_required_methods_says_which():
         task.load_data()
     with pytest.raises(NotImplementedError, match=r"Bare must define build_model\(data\)"):
         task.build_model(None)
+
+
+def test_the_built_in_tasks_plugin_gives_way_to_an_entry_point_the_tapegrad_distribution_declares(plugin_dir):
+    # (what an install whose metadata declares tapegrad's own entry point "tasks" looks like)
+    source = task_module("declared").replace('name = "toy-task"', 'name = "declared-task"')
+    make_dist(plugin_dir, "tapegrad", "0.0.1", {"tasks": "tgtest_declared"}, {"tgtest_declared": source})
+    registry = Registry()
+    rows = {r.name: r for r in registry.models()}
+    assert "declared-task" in rows and "mlp" not in rows  # the declared entry point, not the built-in one
+    assert rows["declared-task"].plugin == "tasks" and rows["declared-task"].distribution == "tapegrad"
