@@ -34,9 +34,11 @@ _seed = number(int, 0, maximum=2**32 - 1)  # what scikit-learn's split accepts
 _hidden = hidden_size  # (kept for callers of the earlier name)
 __all__ = ["add_commands", "cmd_train", "cmd_evaluate", "available_memory", "MAX_HIDDEN"]
 
-# Options that say where output goes or how it looks: a resumed run may change them freely.
+# Options that say where output goes or how it looks, or how steps run (captured and eager steps give the
+# same numbers): a resumed run may change them freely.
 _NOT_CONFIGURATION = {
-    "command", "func", "task", "parser", "written", "epochs", "save", "plot", "draw", "profile", "no_progress", "gradcheck", "checkpoint",
+    "command", "func", "task", "parser", "written", "epochs", "save", "plot", "draw", "profile", "no_progress",
+    "gradcheck", "checkpoint", "no_capture",
 }
 
 

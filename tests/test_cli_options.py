@@ -112,7 +112,8 @@ def test_checkpoint_resumes_a_run_and_refuses_one_with_other_options(capsys, tmp
     argv = ["--limit", "150", "--batch-size", "8", "--no-progress", "--optimizer", "adam", "--schedule", "step"]
     code, out, _ = run(capsys, "train", *argv, "--epochs", "2", "--checkpoint", check)
     assert code == 0 and "resumed" not in out
-    code, out, _ = run(capsys, "train", *argv, "--epochs", "3", "--checkpoint", check, "--save", str(tmp_path / "a.npz"))
+    code, out, _ = run(capsys, "train", *argv, "--epochs", "3", "--checkpoint", check, "--save", str(tmp_path / "a.npz"),
+                       "--no-capture")  # (captured or eager: the same numbers, so either may resume the other)
     assert code == 0 and f"resumed from {check} after epoch 2\n=== Epoch 3 Summary" in out
     assert "=== Epoch 1 Summary" not in out
     code, out, _ = run(capsys, "train", *argv, "--epochs", "3", "--save", str(tmp_path / "b.npz"))
@@ -157,6 +158,15 @@ def test_a_command_whose_output_fails_says_so_in_one_line(capsys, monkeypatch, a
     code = main(argv)
     err = capsys.readouterr().err
     assert code == 1 and err == f"tapegrad {argv[0]}: error: cannot write to standard output: No space left on device\n"
+
+
+@pytest.mark.parametrize("argv, prog", [(["--help"], "tapegrad"), (["train", "--help"], "tapegrad train"),
+                                        (["--version"], "tapegrad")])
+def test_help_whose_output_fails_says_so_in_one_line(capsys, monkeypatch, argv, prog):
+    monkeypatch.setattr(sys, "stdout", FullStream())
+    code, _, err = run(capsys, *argv)
+    assert code == 1
+    assert err == f"{prog}: error: cannot write to standard output: No space left on device\n"
 
 
 def test_training_goes_on_without_printing_and_saves_when_its_output_fails(capsys, monkeypatch, tmp_path):
