@@ -37,6 +37,12 @@ required, everything else has a default::
     def tapegrad_models():
         return [CharLSTM]
 
+Also overridable: ``describe(model, data)`` (the model in a few words, for the first line printed),
+``epoch_report(model, record)`` (a line after each epoch's summary), ``memory_estimate(data)`` (what a
+run would hold, refused before anything is built when it cannot fit), ``model_for_file(source, data)``
+(the model ``evaluate`` loads a file into) and ``eval_batch_size`` (held-out passes in batches).
+``tapegrad.tasks.number(int, 1, maximum=...)`` is an argparse type for bounded numeric options.
+
 **The model** a task builds is what ``tapegrad.Trainer`` trains: ``.graph``, ``forward(*inputs)`` and
 ``loss(target)``; it names its ``metric`` (a ``tapegrad.training.Metric``: ``Accuracy``,
 ``Perplexity``, or one of the task's own, such as a character error rate) and may define

@@ -524,7 +524,7 @@ class Trainer:
             start = time.perf_counter()
             train_loss, step_losses = self._epoch(x, y, epoch, epochs, on_step)
             seconds = time.perf_counter() - start
-            metrics = self.evaluate(x_test, y_test, checked=True) if has_test else {}
+            metrics = self._measure(x_test, y_test) if has_test else {}
             record = EpochRecord(epoch, train_loss, metrics, seconds, step_losses)
             history.append(record)
             if self.verbose:
@@ -617,10 +617,11 @@ class Trainer:
         first = first[0] if isinstance(first, tuple) else first
         return np.asarray(np.asarray(first).argmax(axis=-1))
 
-    def evaluate(self, x: Any, y: Any, *, checked: bool = False) -> dict[str, float]:
+    def evaluate(self, x: Any, y: Any) -> dict[str, float]:
         """Every value the metric measures on ``(x, y)``, the main one first; computed in eval mode."""
-        if not checked:
-            x, y = self._check_data(x, y, "Trainer.evaluate")
+        return self._measure(*self._check_data(x, y, "Trainer.evaluate"))
+
+    def _measure(self, x: tuple[np.ndarray, ...], y: np.ndarray) -> dict[str, float]:
         metric = self.metric
         loss = None
         if metric.uses_loss:
@@ -640,8 +641,7 @@ class Trainer:
 
     def test(self, x: Any, y: Any) -> float:
         """The main metric value on ``(x, y)`` (accuracy for a classification model)."""
-        x, y = self._check_data(x, y, "Trainer.test")
-        return next(iter(self.evaluate(x, y, checked=True).values()))
+        return next(iter(self._measure(*self._check_data(x, y, "Trainer.test")).values()))
 
     def _outputs(self, x: tuple[np.ndarray, ...], y: np.ndarray | None = None, *, keep: bool = True) -> Any:
         """The model's outputs on ``x`` in eval mode, batch by batch (``eval_batch_size``); with ``y``,
