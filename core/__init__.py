@@ -45,8 +45,7 @@ from .profile import profile
 from .registry import OperationInfo, PluginInfo, Registry, default_registry, register_operation
 from .tape import Context, Tape
 from .variable import Constant, Variable, constant
-
-__version__ = "0.2.0"  # the one copy: pyproject.toml reads this literal when building
+from .version import __version__
 
 __all__ = [
     "FLOAT_SIGNALS",

@@ -218,9 +218,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--dir", metavar="PATH", help="where to write it (default: ./NAME)")
     p.set_defaults(func=cmd_new_plugin)
 
-    from . import _cli_train
+    from . import cli_train
 
-    _cli_train.add_commands(sub, argv)
+    cli_train.add_commands(sub, argv)
     return parser
 
 

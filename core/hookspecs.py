@@ -13,7 +13,7 @@ or registered at run time (``tapegrad.register_operation`` for single classes,
 The plugin name (``myops`` above) is what ``"myops:Name"``, ``--plugin myops`` and
 ``TAPEGRAD_DISABLE_PLUGINS`` use: it cannot contain ``:``, ``,`` or whitespace, and
 tapegrad's own names are taken (its plugins ``math``, ``activations``, ``layers``,
-``losses``, ``tasks``; ``tapegrad``; ``runtime``, the default of run-time registration). A plugin
+``losses``, ``models``; ``tapegrad``; ``runtime``, the default of run-time registration). A plugin
 that implements neither hook, breaks a rule here, or raises anything (``SystemExit`` included) at
 import or in its hook, is reported as failed (``tapegrad plugins``, a ``PluginWarning``);
 everything else keeps working.

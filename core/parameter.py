@@ -365,7 +365,7 @@ class ParameterFile:
 
 
 # Reading a file whole, without parameters to compare against, expands it at most this much (beyond a floor).
-_EXPANSION, _EXPANSION_FLOOR = 16, 64 << 20
+EXPANSION, EXPANSION_FLOOR = 16, 64 << 20
 
 
 def read_parameter_file(path: str | os.PathLike[str]) -> tuple[Path, dict[str, np.ndarray]]:
@@ -376,7 +376,7 @@ def read_parameter_file(path: str | os.PathLike[str]) -> tuple[Path, dict[str, n
     limit: it compares the file with the parameters before reading.
     """
     with ParameterFile(path) as source:
-        if source.nbytes > max(_EXPANSION_FLOOR, _EXPANSION * source.file_size):
+        if source.nbytes > max(EXPANSION_FLOOR, EXPANSION * source.file_size):
             raise ParameterLoadError(
                 f"{source.label} declares {source.nbytes} bytes of values in {source.file_size} bytes: "
                 "refusing to expand it"

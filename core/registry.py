@@ -55,10 +55,6 @@ RUNTIME = "runtime"  # the plugin name of run-time registrations that give none
 #: The most entries a plugin's ``tapegrad_operations()`` (or ``tapegrad_models()``) may return; more is
 #: taken for an endless iterable.
 MAX_OPERATIONS_PER_PLUGIN = 10_000
-#: tapegrad's own plugins that must be there even when the installed metadata predates their entry point
-#: (an editable install made before it was declared): each is loaded as an entry point of the tapegrad
-#: distribution would be, unless that distribution declares one of the same name.
-BUILT_IN = {"tasks": "tapegrad.tasks"}
 _MODEL_NAME = re.compile(r"[a-z][a-z0-9]*(?:-[a-z0-9]+)*\Z")
 T = TypeVar("T", bound=type[Operation])
 
@@ -286,14 +282,6 @@ class Registry:
         blocked = {_normalize(s.strip()) for s in os.environ.get("TAPEGRAD_DISABLE_PLUGINS", "").split(",") if s.strip()}
         autoload = os.environ.get("TAPEGRAD_AUTOLOAD", "1").strip().lower() not in ("0", "false", "no", "off")
         found = [(ep, *_distribution(ep)) for ep in entry_points(group=self.group)]
-        if self.group == hookspecs.ENTRY_POINT_GROUP:
-            declared = {ep.name for ep, dist, _ in found if _normalize(dist) == FIRST_PARTY}
-            version = _own_version()
-            found += [
-                (EntryPoint(name, value, self.group), FIRST_PARTY, version)
-                for name, value in BUILT_IN.items()
-                if name not in declared
-            ]
         # tapegrad's own entry points first: they own their names whatever the sys.path order.
         found.sort(key=lambda row: _normalize(row[1]) != FIRST_PARTY)
         # Also reserved: the distribution's own name (``--plugin tapegrad``) and run-time registration's default.
@@ -658,12 +646,6 @@ def _distribution(ep: EntryPoint) -> tuple[str | None, str | None]:
         return None, None
 
 
-def _own_version() -> str | None:
-    from . import __version__
-
-    return __version__
-
-
 def _finite_entries(result: Any, hook: str = "tapegrad_operations") -> list[Any]:
     """The entries of a hook's return value: a finite collection, consumed at most up to the bound."""
     wanted = "Task subclasses" if hook == "tapegrad_models" else "Operation subclasses"
@@ -773,3 +755,43 @@ def register_operation(cls: Any = None, *, plugin: str = RUNTIME, override: bool
     if cls is None:
         return lambda c: default_registry().register_operation(c, plugin=plugin, override=override)
     return default_registry().register_operation(cls, plugin=plugin, override=override)
+
+
+#: Models of tapegrad's contrib packs, so that asking for one that is not installed names what to install.
+PACK_MODELS: dict[str, tuple[str, ...]] = {
+    "char-lstm": ("tapegrad-rnn",),
+    "ctc-digits": ("tapegrad-ctc", "tapegrad-rnn"),
+}
+
+
+def find_task(name: str, registry: Any = None) -> type[Any]:
+    """The Task class of model ``name`` (or ``plugin:name``), from the registry's plugins. A model of
+    a contrib pack that is not installed raises PluginUnavailableError naming what to install; an
+    unknown name raises PluginUnavailableError too, with close matches."""
+    registry = registry if registry is not None else default_registry()
+    try:
+        return registry.lookup_model(name).cls  # type: ignore[no-any-return]
+    except PluginUnavailableError:
+        packs = PACK_MODELS.get(name)
+        if packs is None or any(row.name == name for row in registry.models()):  # (offered twice: ambiguous)
+            raise
+    installed = {p.distribution: p for p in registry.plugins() if p.distribution}
+    missing = [pack for pack in packs if pack not in installed]
+    if missing:
+        raise PluginUnavailableError(
+            f"model {name!r} comes with {' and '.join(packs)}, and {', '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} not installed: pip install {' '.join(missing)} "
+            "(from a source checkout: pip install " + " ".join(f"./contrib/{pack}" for pack in missing) + ")",
+            missing=tuple(missing),
+        )
+    broken = [p for pack in packs for p in [installed[pack]] if p.status != "ok"]
+    if broken:
+        raise PluginUnavailableError(
+            f"model {name!r} comes with {' and '.join(packs)}, but "
+            + "; ".join(f"plugin {p.label} did not load ({p.status_text})" for p in broken),
+            unavailable=tuple(p.name for p in broken),
+        )
+    raise PluginUnavailableError(
+        f"model {name!r} comes with {' and '.join(packs)}, installed here in a version that does not offer it: "
+        "pip install --upgrade " + " ".join(packs)
+    )

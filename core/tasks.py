@@ -65,26 +65,15 @@ metric on the held-out data and ``final_report``.
 from __future__ import annotations
 
 import argparse
-import itertools
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import numpy as np
 
-from .errors import ParameterLoadError, PluginUnavailableError
-from .hookspecs import hookimpl
 from .parameter import ParameterFile
 
-__all__ = ["Task", "TaskData", "MemoryEstimate", "MLPTask", "LinearTask", "find_task", "number", "PACK_MODELS"]
-
-#: Models of tapegrad's contrib packs, so that asking for one that is not installed names what to install.
-PACK_MODELS: dict[str, tuple[str, ...]] = {
-    "char-lstm": ("tapegrad-rnn",),
-    "ctc-digits": ("tapegrad-ctc", "tapegrad-rnn"),
-}
-
+__all__ = ["Task", "TaskData", "MemoryEstimate", "number"]
 
 def number(kind: type, minimum: float, *, inclusive: bool = True, maximum: float | None = None) -> Any:
     """An argparse ``type`` for an option's value: ``kind`` (int or float), finite, at least (or, not
@@ -107,13 +96,6 @@ def number(kind: type, minimum: float, *, inclusive: bool = True, maximum: float
         return value
 
     return parse
-
-
-MAX_HIDDEN = 10**6  # a 64-1000000-10 MLP already takes over 1 GB with its gradients
-hidden_size = number(int, 1, maximum=MAX_HIDDEN)
-#: A parameter file may describe a model at most this much larger than itself (beyond the floor): more is
-#: taken for a zip bomb (the bounds tapegrad.parameter's readers use).
-EXPANSION, EXPANSION_FLOOR = 16, 64 << 20
 
 
 def _first(data: Any, count: int) -> Any:
@@ -236,179 +218,3 @@ class Task:
         model = self.build_model(data)
         model.graph.parameter.load(source)
         return model
-
-
-def find_task(name: str, registry: Any = None) -> type[Task]:
-    """The Task class of model ``name`` (or ``plugin:name``), from the registry's plugins. A model of
-    a contrib pack that is not installed raises PluginUnavailableError naming what to install; an
-    unknown name raises PluginUnavailableError too, with close matches."""
-    from .registry import default_registry
-
-    registry = registry if registry is not None else default_registry()
-    try:
-        return registry.lookup_model(name).cls  # type: ignore[no-any-return]
-    except PluginUnavailableError:
-        packs = PACK_MODELS.get(name)
-        if packs is None or any(row.name == name for row in registry.models()):  # (offered twice: ambiguous)
-            raise
-    installed = {p.distribution: p for p in registry.plugins() if p.distribution}
-    missing = [pack for pack in packs if pack not in installed]
-    if missing:
-        raise PluginUnavailableError(
-            f"model {name!r} comes with {' and '.join(packs)}, and {', '.join(missing)} "
-            f"{'is' if len(missing) == 1 else 'are'} not installed: pip install {' '.join(missing)} "
-            "(from a source checkout: pip install " + " ".join(f"./contrib/{pack}" for pack in missing) + ")",
-            missing=tuple(missing),
-        )
-    broken = [p for pack in packs for p in [installed[pack]] if p.status != "ok"]
-    if broken:
-        raise PluginUnavailableError(
-            f"model {name!r} comes with {' and '.join(packs)}, but "
-            + "; ".join(f"plugin {p.label} did not load ({p.status_text})" for p in broken),
-            unavailable=tuple(p.name for p in broken),
-        )
-    raise PluginUnavailableError(
-        f"model {name!r} comes with {' and '.join(packs)}, installed here in a version that does not offer it: "
-        "pip install --upgrade " + " ".join(packs)
-    )
-
-
-# -- tapegrad's own: the seed's MLP and linear model on scikit-learn's digits -----------------------------
-
-
-def _parameter_copies(optimizer: str) -> int:
-    """Copies of the parameters a run holds: values and gradients, and the optimizer's state."""
-    return 2 + (2 if optimizer in ("adam", "adamw") else 0)
-
-
-class _Digits(Task):
-    """scikit-learn's 8x8 digits (features / 16, a seeded 75/25 split), as the seed loads them."""
-
-    held_out = "test"
-
-    def load_data(self) -> TaskData:
-        from .datasets import load_digits
-
-        x_train, x_test, y_train, y_test = load_digits(seed=self.options.seed)
-        return TaskData(x_train, y_train, x_test, y_test).limited(getattr(self.options, "limit", None))
-
-    def _estimate(self, data: TaskData, widths: list[int]) -> MemoryEstimate:
-        """Affine layers of ``widths`` (input, hidden..., classes): parameters and the arrays of a pass."""
-        itemsize = np.dtype(self.options.dtype or np.float64).itemsize
-        weights = [a * b for a, b in itertools.pairwise(widths)]
-        count = sum(weights) + sum(widths[1:])
-        parameters = itemsize * (count * _parameter_copies(self.options.optimizer) + max(weights))
-        # Per sample: the input, and for each layer's output (an activation's too) its value, its
-        # gradient and a temporary in training; its value and a temporary in a held-out pass.
-        outputs = 2 * sum(widths[1:])
-        train_batch = min(self.options.batch_size, data.train_samples)
-        test_batch = min(self.eval_batch_size or data.test_samples, data.test_samples)
-        training = train_batch * (widths[0] + 3 * outputs)
-        held_out = test_batch * (widths[0] + 2 * outputs)
-        return MemoryEstimate(parameters, itemsize * max(training, held_out), train_batch if training >= held_out else test_batch)
-
-
-class MLPTask(_Digits):
-    """The seed's recipe: MLP 64-hidden-10 (sigmoid, softmax loss), SGD at lr 0.3, batch size 1, 40 epochs."""
-
-    name = "mlp"
-    summary = "the seed's MLP (64-hidden-10, sigmoid, softmax loss) on scikit-learn's digits"
-    epochs, batch_size, lr, optimizer = 40, 1, None, "sgd"
-
-    @classmethod
-    def add_arguments(cls, parser: Any, command: str) -> None:
-        if command == "train":
-            parser.add_argument(
-                "--hidden", type=hidden_size, default=30, help=f"hidden units (default 30, at most {MAX_HIDDEN})"
-            )
-        else:
-            parser.add_argument(
-                "--hidden", type=hidden_size, default=None,
-                help=f"hidden units (default: read from the file; at most {MAX_HIDDEN})",
-            )
-
-    def build_model(self, data: TaskData) -> Any:
-        from .models import MLP
-
-        return MLP(data.x_train.shape[1], self.options.hidden, 10, seed=self.options.seed, dtype=self.options.dtype)
-
-    def describe(self, model: Any, data: TaskData) -> str:
-        return f"MLP {model.input_size}-{model.hidden_size}-{model.output_size}"
-
-    def memory_estimate(self, data: TaskData) -> MemoryEstimate:
-        return self._estimate(data, [data.x_train.shape[1], self.options.hidden, 10])
-
-    def model_for_file(self, source: ParameterFile, data: TaskData) -> Any:
-        """The MLP the file describes: its hidden size read from the file (or ``--hidden``, which must
-        agree), every name and shape checked from the headers before a model is built."""
-        inputs, outputs = data.x_train.shape[1], 10
-        label = source.label
-        first = source.shapes.get("affine_0.W")
-        hidden = self.options.hidden
-        if first is not None:
-            if len(first) != 2 or first[0] != inputs or first[1] < 1:
-                raise ParameterLoadError(
-                    f"{label} does not fit the digits MLP (nothing was loaded): affine_0.W: shape {first} given, "
-                    f"({inputs}, hidden) expected"
-                )
-            if hidden is not None and first[1] != hidden:
-                raise ParameterLoadError(
-                    f"{label} does not fit these parameters (nothing was loaded): affine_0.W: shape {first} given, "
-                    f"({inputs}, {hidden}) expected"
-                )
-            hidden = first[1]
-        hidden = hidden if hidden is not None else 30
-        expected = _mlp_shapes(inputs, hidden, outputs)
-        _check_names_and_shapes(source, expected)
-        needed = sum(8 * math.prod(shape) for shape in expected.values())
-        if needed > max(EXPANSION_FLOOR, EXPANSION * source.file_size):
-            raise ParameterLoadError(
-                f"{label} describes a hidden size of {hidden} ({needed} bytes of values) in {source.file_size} "
-                "bytes: refusing to expand it"
-            )
-        self.options.hidden = hidden
-        return super().model_for_file(source, data)
-
-
-class LinearTask(_Digits):
-    """The seed's linear model: Affine 64-10 and a softmax loss, SGD at lr 0.1, batch size 1, 20 epochs
-    (96.4% test accuracy for seed 0; 94.7-97.6% over seeds 0..9)."""
-
-    name = "linear"
-    summary = "the seed's linear model (Affine 64-10, softmax loss: the MLP's baseline) on scikit-learn's digits"
-    epochs, batch_size, lr, optimizer = 20, 1, 0.1, "sgd"
-
-    def build_model(self, data: TaskData) -> Any:
-        from .models import Linear
-
-        return Linear(data.x_train.shape[1], 10, seed=self.options.seed, dtype=self.options.dtype)
-
-    def describe(self, model: Any, data: TaskData) -> str:
-        return f"Linear {model.input_size}-{model.output_size}"
-
-    def memory_estimate(self, data: TaskData) -> MemoryEstimate:
-        return self._estimate(data, [data.x_train.shape[1], 10])
-
-
-def _mlp_shapes(inputs: int, hidden: int, outputs: int) -> dict[str, tuple[int, ...]]:
-    return {"affine_0.W": (inputs, hidden), "affine_0.b": (hidden,), "affine_1.W": (hidden, outputs), "affine_1.b": (outputs,)}
-
-
-def _check_names_and_shapes(source: ParameterFile, expected: Mapping[str, tuple[int, ...]]) -> None:
-    """Refuse (naming every difference) a file whose names or shapes are not ``expected``."""
-    missing = [name for name in expected if name not in source.shapes]
-    extra = [name for name in source.shapes if name not in expected]
-    wrong = [f"missing: {', '.join(missing)}"] if missing else []
-    wrong += [f"unexpected: {', '.join(map(repr, extra))}"] if extra else []
-    wrong += [
-        f"{name}: shape {source.shapes[name]} given, {shape} expected"
-        for name, shape in expected.items()
-        if name in source.shapes and source.shapes[name] != shape
-    ]
-    if wrong:
-        raise ParameterLoadError(f"{source.label} does not fit these parameters (nothing was loaded): {'; '.join(wrong)}")
-
-
-@hookimpl
-def tapegrad_models() -> list[type[Task]]:
-    return [MLPTask, LinearTask]

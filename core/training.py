@@ -830,6 +830,6 @@ def _history(rows: list[Mapping[str, Any]], step_losses: np.ndarray) -> History:
 
 
 def _written_by() -> str:
-    from . import __version__
+    from .version import __version__
 
     return f"tapegrad {__version__}"

@@ -239,9 +239,9 @@ def test_a_run_that_cannot_fit_is_refused_before_allocating(capsys, no_model, no
     ],
 )
 def test_the_estimate_is_set_against_the_memory_the_process_may_use(capsys, monkeypatch, no_model, no_training, argv, needs):
-    from tapegrad import _cli_train
+    from tapegrad import cli_train
 
-    monkeypatch.setattr(_cli_train, "available_memory", lambda: (100_000, "a test's bound"))
+    monkeypatch.setattr(cli_train, "available_memory", lambda: (100_000, "a test's bound"))
     code, _, err = run(capsys, "train", *argv)
     assert code == 2 and needs in err and "more than the 100.0 KB this process may use (a test's bound)" in err
 
@@ -249,7 +249,7 @@ def test_the_estimate_is_set_against_the_memory_the_process_may_use(capsys, monk
 def test_the_estimate_of_the_seed_recipe(monkeypatch):
     import argparse
 
-    from tapegrad.tasks import MLPTask
+    from tapegrad.models import MLPTask
 
     options = argparse.Namespace(seed=0, limit=None, dtype=np.dtype(np.float64), hidden=30, batch_size=1, optimizer="sgd")
     task = MLPTask(options)
@@ -273,7 +273,7 @@ def test_the_address_space_limit_is_honoured(tmp_path):
 
 
 def test_available_memory_reads_the_os(monkeypatch):
-    from tapegrad._cli_train import available_memory
+    from tapegrad.cli_train import available_memory
 
     found = available_memory()
     if os.path.exists("/proc/meminfo"):

@@ -188,9 +188,9 @@ def test_evaluate_refuses_malformed_files(tmp_path, capsys):
 
 
 def test_evaluate_refuses_a_bomb_that_describes_a_huge_model(tmp_path, capsys, monkeypatch):
-    from tapegrad import tasks
+    from tapegrad import models
 
-    monkeypatch.setattr(tasks, "EXPANSION_FLOOR", 1 << 20)
+    monkeypatch.setattr(models, "EXPANSION_FLOOR", 1 << 20)
     hidden = 20_000  # 12 MB of values in a file of a few KB
     path = tmp_path / "bomb.npz"
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
@@ -296,7 +296,7 @@ def test_train_draw_that_fails_to_render_after_training_keeps_the_dot_text(tmp_p
     import sys
     import types
 
-    from tapegrad import _cli_train
+    from tapegrad import cli_train
 
     graphviz = types.ModuleType("graphviz")
 
@@ -312,7 +312,7 @@ def test_train_draw_that_fails_to_render_after_training_keeps_the_dot_text(tmp_p
 
     graphviz.Source, graphviz.ExecutableNotFound = Source, ExecutableNotFound
     monkeypatch.setitem(sys.modules, "graphviz", graphviz)
-    monkeypatch.setattr(_cli_train.shutil, "which", lambda name: "/usr/bin/dot")
+    monkeypatch.setattr(cli_train.shutil, "which", lambda name: "/usr/bin/dot")
     code, out, err = run(capsys, *TRAIN, "--draw", str(tmp_path / "tape.png"), "--save", str(tmp_path / "m.npz"))
     assert code == 1 and err.count("\n") == 1 and "needs Graphviz's dot program" in err
     assert str(tmp_path / "tape.dot") in err and (tmp_path / "tape.dot").read_text().startswith("digraph tape {")
@@ -391,10 +391,10 @@ def graphviz_found(monkeypatch):
     import sys
     import types
 
-    from tapegrad import _cli_train
+    from tapegrad import cli_train
 
     monkeypatch.setitem(sys.modules, "graphviz", sys.modules.get("graphviz") or types.ModuleType("graphviz"))
-    monkeypatch.setattr(_cli_train.shutil, "which", lambda name: "/usr/bin/dot")
+    monkeypatch.setattr(cli_train.shutil, "which", lambda name: "/usr/bin/dot")
 
 
 def _link(path, to):

@@ -358,7 +358,7 @@ def test_read_parameter_file_reads_every_value_but_refuses_a_bomb(tmp_path, monk
     assert path.name == "w.npz" and list(values) == AWKWARD_NAMES[:4]
     assert all(np.array_equal(values[n], src[n].value) for n in values)
     _zip(tmp_path / "bomb.npz", {"w.npy": _npy(np.zeros(10**6))}, compression=zipfile.ZIP_DEFLATED)
-    monkeypatch.setattr(parameter, "_EXPANSION_FLOOR", 1 << 20)
+    monkeypatch.setattr(parameter, "EXPANSION_FLOOR", 1 << 20)
     with pytest.raises(tg.ParameterLoadError, match="refusing to expand"):
         parameter.read_parameter_file(tmp_path / "bomb.npz")
 

@@ -12,11 +12,11 @@ import pytest
 
 import tapegrad as tg
 import tapegrad.events as events
+from tapegrad.capture import Record
 from tapegrad.datasets import load_digits
 from tapegrad.models import MLP
 from tapegrad.optim import SGD, Adam
 from tapegrad.profile import Profile
-from tapegrad.capture import Record
 
 OPS = {"affine_0": "Affine", "sigmoid_0": "Sigmoid", "affine_1": "Affine", "softmax_loss_0": "SoftmaxLoss"}
 

@@ -9,8 +9,9 @@ import pytest
 import tapegrad as tg
 from conftest import make_dist, op_module
 from tapegrad.cli import main
-from tapegrad.registry import Registry
-from tapegrad.tasks import LinearTask, MLPTask, Task, TaskData, find_task
+from tapegrad.models import LinearTask, MLPTask
+from tapegrad.registry import Registry, find_task
+from tapegrad.tasks import Task, TaskData
 
 
 def run(capsys, *argv):
@@ -75,11 +76,11 @@ def test_tapegrads_own_models_arrive_through_the_hook_like_a_packs():
     registry = Registry()
     rows = {r.name: r for r in registry.models()}
     assert rows["mlp"].cls is MLPTask and rows["linear"].cls is LinearTask
-    assert (rows["mlp"].plugin, rows["mlp"].distribution) == ("tasks", "tapegrad")
+    assert (rows["mlp"].plugin, rows["mlp"].distribution) == ("models", "tapegrad")
     assert rows["linear"].summary.startswith("the seed's linear model")
-    info = {p.name: p for p in registry.plugins()}["tasks"]
+    info = {p.name: p for p in registry.plugins()}["models"]
     assert info.status == "ok" and info.operations == [] and sorted(info.models) == ["linear", "mlp"]
-    assert registry.lookup_model("tasks:mlp").cls is MLPTask
+    assert registry.lookup_model("models:mlp").cls is MLPTask
 
 
 def test_a_plugin_offering_models_only_is_not_failed_and_trains_from_the_command_line(toy, capsys):
@@ -179,9 +180,9 @@ def test_an_unknown_model_is_a_usage_error_with_close_matches(capsys):
 
 
 def test_a_packs_model_names_the_pack_to_install(monkeypatch, capsys):
-    from tapegrad import tasks
+    from tapegrad import registry
 
-    monkeypatch.setitem(tasks.PACK_MODELS, "tgtest-model", ("tgtest-missing-pack", "tapegrad-rnn"))
+    monkeypatch.setitem(registry.PACK_MODELS, "tgtest-model", ("tgtest-missing-pack", "tapegrad-rnn"))
     with pytest.raises(tg.PluginUnavailableError, match=r"comes with tgtest-missing-pack and tapegrad-rnn, and "
                        r"tgtest-missing-pack is not installed: pip install tgtest-missing-pack \(from a source "
                        r"checkout: pip install ./contrib/tgtest-missing-pack\)"):
@@ -201,19 +202,19 @@ def test_char_lstm_without_its_pack_names_the_pack(monkeypatch, capsys):
     assert "did not load (blocked: TAPEGRAD_DISABLE_PLUGINS)" in last
 
 
-def test_blocking_tapegrads_own_tasks_names_them(monkeypatch, capsys):
-    monkeypatch.setenv("TAPEGRAD_DISABLE_PLUGINS", "tasks")
+def test_blocking_tapegrads_own_models_names_them(monkeypatch, capsys):
+    monkeypatch.setenv("TAPEGRAD_DISABLE_PLUGINS", "models")
     code, _, err = run(capsys, "train")
-    assert code == 2 and "unknown model 'mlp'" in err and "tasks [blocked: TAPEGRAD_DISABLE_PLUGINS]" in err
+    assert code == 2 and "unknown model 'mlp'" in err and "models [blocked: TAPEGRAD_DISABLE_PLUGINS]" in err
 
 
-def test_an_entry_point_named_tasks_is_reserved_for_tapegrad(plugin_dir):
-    make_dist(plugin_dir, "tgtest-impostor", "1.0", {"tasks": "tgtest_impostor"}, {"tgtest_impostor": task_module()})
+def test_an_entry_point_named_models_is_reserved_for_tapegrad(plugin_dir):
+    make_dist(plugin_dir, "tgtest-impostor", "1.0", {"models": "tgtest_impostor"}, {"tgtest_impostor": task_module()})
     registry = Registry()
     with pytest.warns(tg.PluginWarning, match="reserved"):
         rows = registry.models()
     assert {r.name for r in rows} == {"mlp", "linear"}
-    assert registry.lookup_model("tasks:mlp").cls is MLPTask
+    assert registry.lookup_model("models:mlp").cls is MLPTask
 
 
 def test_task_data_limited_cuts_the_training_samples_of_every_input():
@@ -233,13 +234,3 @@ def test_a_task_without_its_required_methods_says_which():
         task.load_data()
     with pytest.raises(NotImplementedError, match=r"Bare must define build_model\(data\)"):
         task.build_model(None)
-
-
-def test_the_built_in_tasks_plugin_gives_way_to_an_entry_point_the_tapegrad_distribution_declares(plugin_dir):
-    # (what an install whose metadata declares tapegrad's own entry point "tasks" looks like)
-    source = task_module("declared").replace('name = "toy-task"', 'name = "declared-task"')
-    make_dist(plugin_dir, "tapegrad", "0.0.1", {"tasks": "tgtest_declared"}, {"tgtest_declared": source})
-    registry = Registry()
-    rows = {r.name: r for r in registry.models()}
-    assert "declared-task" in rows and "mlp" not in rows  # the declared entry point, not the built-in one
-    assert rows["declared-task"].plugin == "tasks" and rows["declared-task"].distribution == "tapegrad"

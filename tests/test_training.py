@@ -435,7 +435,7 @@ def test_the_shipped_models_capture_cleanly_and_their_captured_runs_equal_eager(
     import argparse
     import warnings
 
-    from tapegrad.tasks import find_task
+    from tapegrad.registry import find_task
 
     x_train, x_test, y_train, y_test = digits
     results = []

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from .errors import PluginUnavailableError, TapegradError
-from .tasks import PACK_MODELS, MemoryEstimate, Task, TaskData, find_task, number
+from .registry import PACK_MODELS, find_task
+from .tasks import MemoryEstimate, Task, TaskData, number
 
 DEFAULT_LR = {"sgd": 0.3, "adam": 0.001, "adamw": 0.001}
 OPTIMIZERS = tuple(DEFAULT_LR)

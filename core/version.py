@@ -1,0 +1,3 @@
+"""tapegrad's version: the one copy (pyproject.toml reads this literal when building)."""
+
+__version__ = "0.2.0"
