@@ -84,6 +84,11 @@ def _quote(text: str) -> str:
     return '"' + _CONTROL.sub(lambda m: f"\\\\x{ord(m.group()):02x}", text) + '"'
 
 
+def _alive(leaf: Leaf) -> Variable | None:
+    """The Variable behind a leaf, while it lives."""
+    return leaf.variable() if leaf.variable is not None else None
+
+
 def _shape(shape: Iterable[int]) -> str:
     return "(" + ", ".join(str(s) for s in shape) + ("," if len(tuple(shape)) == 1 else "") + ")"
 
@@ -141,7 +146,7 @@ def to_dot(summary: Pass, title: str) -> str:
 
     def leaf(index: int) -> str:
         value = summary.leaves[index]
-        variable = value.variable() if value.variable is not None else None
+        variable = _alive(value)
         key = id(variable) if variable is not None else id(value)
         if key not in nodes:
             nodes[key] = name = f"x{counts['x']}"
@@ -173,7 +178,7 @@ def to_dot(summary: Pass, title: str) -> str:
     computed = {app: target for app, target in summary.losses}
     for i, (op, refs, shapes, _multi) in enumerate(summary.apps):
         edges = [source(ref) for ref in refs]
-        inputs = {id(summary.leaves[r].variable()) for r in refs if isinstance(r, int) and summary.leaves[r].variable}
+        inputs = {id(_alive(summary.leaves[r])) for r in refs if isinstance(r, int)}
         for short, variable in op.parameters().items():
             if id(variable) not in inputs:  # (a parameter passed as an input is drawn once, as an input)
                 edges.append((parameter(variable, short), ""))
@@ -219,11 +224,12 @@ def step_dot(step: Any) -> str:
 def dot_text(what: Any) -> str:
     """The DOT text of a Graph, a captured step, or a model with a ``.graph`` (each draws itself: ``to_dot``)."""
     drawable = what if hasattr(what, "to_dot") else getattr(what, "graph", None)
-    if not callable(getattr(drawable, "to_dot", None)):
+    to_dot = getattr(drawable, "to_dot", None)
+    if not callable(to_dot):
         raise InputTypeError(
             f"tapegrad.draw: expected a Graph, a captured step or a model with a .graph, got {type(what).__name__}"
         )
-    return str(drawable.to_dot())
+    return str(to_dot())
 
 
 def draw(what: Any, path: str | Path) -> Path:

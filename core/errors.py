@@ -42,7 +42,7 @@ __all__ = [
 #: turns numpy's RuntimeWarning into an exception (pytest configured so). An op that can compute a
 #: representable result another way catches these and does; tapegrad re-raises the others as
 #: ``NonFiniteError`` naming the op (``BackwardError`` in backward).
-FLOAT_SIGNALS: tuple[type[BaseException], ...] = (FloatingPointError, RuntimeWarning)
+FLOAT_SIGNALS = (FloatingPointError, RuntimeWarning)
 
 
 class TapegradError(Exception):

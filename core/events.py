@@ -34,7 +34,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Observer", "Reported", "observer", "replayable", "subscribe", "unsubscribe"]
+__all__ = ["Observer", "Reported", "observer", "replayable", "subscribe", "underlying", "unsubscribe"]
 
 
 class Observer:
@@ -124,6 +124,14 @@ class _Next:
 
     def __getattr__(self, name: str) -> Any:  # (its name, its docstring: the function's)
         return getattr(self.call[2], name)
+
+
+def underlying(function: Callable[..., Any]) -> Callable[..., Any]:
+    """The function a ``run`` event runs: an outer observer is handed the next observer's ``run`` of it
+    (several subscribed); this is the function itself, for observers that keep it (a recording)."""
+    while isinstance(function, _Next):
+        function = function.call[2]
+    return function
 
 
 def _update() -> None:

@@ -191,7 +191,7 @@ class Profile(events.Observer):
     ) -> Any:
         """The hook's ``run`` event: an op's own code (``kind`` "forward", "loss", "backward") or a
         replayable call (``kind`` "call"), timed when it belongs to the profiled graph."""
-        if not (self.covers_call(owner) if kind == "call" else self.covers(owner)) or kind == "call" and _is_graph(owner):
+        if not (self.covers_call(owner) if kind == "call" else self.covers(owner)) or (kind == "call" and _is_graph(owner)):
             return function(*args, **kwargs)  # (another graph's; or graph.train()/eval(), not worth a timer)
         child = self.begin()
         start = perf_counter()

@@ -116,13 +116,15 @@ class Leaf:
 
     __slots__ = ("name", "shape", "variable")
 
+    variable: weakref.ref[Variable] | None
+    shape: tuple[int, ...]
+    name: str | None
+
     def __init__(self, value: Any) -> None:
         if isinstance(value, tuple):  # a shape
             self.variable, self.name, self.shape = None, None, value
         elif isinstance(value, Variable):
-            self.variable: weakref.ref[Variable] | None = weakref.ref(value)
-            self.shape: tuple[int, ...] = value.value.shape
-            self.name: str | None = value.name
+            self.variable, self.shape, self.name = weakref.ref(value), value.value.shape, value.name
         else:
             self.variable, self.name = None, None
             self.shape = value.shape if isinstance(value, ndarray) else tuple(np.shape(value))

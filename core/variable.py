@@ -31,7 +31,10 @@ def as_array(value: Any, where: str = "Variable") -> np.ndarray:
         array = value
     else:
         try:
-            array = np.asarray(value)
+            # an array-like's own array, as it gives it (the same object: a recording traces it)
+            array = value.__array__() if hasattr(type(value), "__array__") else np.asarray(value)
+            if not isinstance(array, np.ndarray):
+                array = np.asarray(array)
         except (TypeError, ValueError) as exc:
             raise InputTypeError(f"{where}: expected numeric data, got {type(value).__name__}: {exc}") from None
         if array.dtype.kind in "iubf" and isinstance(value, (list, tuple, int, float)):

@@ -278,9 +278,9 @@ class _Writer:
         for i in sorted(published):  # eval-mode losses the step did not consume: a later loss() pairs with these
             tape = self.global_(program.graph.tape, "tape")
             self.emit(f"{tape}.latest_eval[{self.op_name(self.apps[i])}] = {program.contexts[i]}")
-        for app, index in sorted(self.returned_outputs):  # (one Variable each, however often it is returned)
-            out = self.out_names[app][index]
-            made = f"returned({out}, d_{out})" if (app, index) in self.slotted else f"Variable({out})"
+        for producer, index in sorted(self.returned_outputs):  # (one Variable each, however often it is returned)
+            out = self.out_names[producer][index]
+            made = f"returned({out}, d_{out})" if (producer, index) in self.slotted else f"Variable({out})"
             self.emit(f"{out}_variable = {made}")
         self.emit(f"return {self.value(program.template)}")
         arguments = ", ".join(program.argument_names)
@@ -365,7 +365,7 @@ class _Writer:
                 expr = f"plain_array({self.op_name(app)}, {expr}, 'input')"
             args.append(expr if convert is None else f"{expr}.astype({self.dtype(convert)})")
         op = self.op_name(app)
-        forward = self.method(app.op, op, type(app.op).forward.__wrapped__, "forward")
+        forward = self.method(app.op, op, type(app.op).forward.__wrapped__, "forward")  # type: ignore[attr-defined]
         ctx = self.program.contexts[i]
         outs = self.out_names[i]
         target = ", ".join(outs) + ("," if app.outputs == 1 else "")
@@ -416,7 +416,7 @@ class _Writer:
                 if output.kind == "output":
                     self.slotted.add((output.app, output.index))
             for i in event.apps:
-                for k, source in enumerate(self.apps[i].sources):
+                for source in self.apps[i].sources:
                     target = self.route(event, i, source)
                     if target is not None and target[0] == "slot":
                         self.slotted.add(target[1])
@@ -440,11 +440,11 @@ class _Writer:
 
     def write_backward(self, event: Backward) -> None:
         self.emit("# backward()")
-        for output, grad, dtype in event.seeds:
+        for output, given, dtype in event.seeds:
             if output.kind != "output":
                 continue
             slot = f"d_{self.out_names[output.app][output.index]}"
-            self.emit(f"{slot} = accumulate({slot}, {self.array(grad)}, {self.dtype(dtype)})")
+            self.emit(f"{slot} = accumulate({slot}, {self.array(given)}, {self.dtype(dtype)})")
         loss_grad = self.constant(event.loss_grad, "loss_grad")
         for i in reversed(event.apps):
             app = self.apps[i]
@@ -465,7 +465,7 @@ class _Writer:
             if app.outputs is None:
                 grad = slots[0]
             else:
-                    grad = "(" + "".join(
+                grad = "(" + "".join(
                     f"d_{name} if d_{name} is not None else zeros_like({name}), " if (i, k) in self.slotted
                     else f"zeros_like({name}), "
                     for k, name in enumerate(self.out_names[i])

@@ -322,7 +322,7 @@ class TracedArray:
         self.array[index] = value
 
     def __getattr__(self, name: str) -> Any:  # its methods (x.mean(), x.reshape(...), x.view(...), x.flat)
-        _refuse(f"the step uses {{}}.{name}", _ARGUMENT_FIX, self)
+        _refuse(f"the step calls .{name} on {{}}'s values", _ARGUMENT_FIX, self)
         return getattr(self.array, name)
 
     def __repr__(self) -> str:
@@ -333,31 +333,41 @@ class TracedArray:
     def __reduce_ex__(self, protocol: Any) -> Any:  # (a copy or pickle is of the array it stands for)
         return self.array.__reduce_ex__(protocol)
 
+    def __buffer__(self, flags: int) -> memoryview:  # (memoryview(x), Python 3.12 and later)
+        _refuse("the step reads {}'s memory (memoryview)", _ARGUMENT_FIX, self)
+        return memoryview(self.array)  # type: ignore[arg-type]
+
 
 def _operator(name: str, what: str) -> Callable[..., Any]:
     def refused(self: TracedArray, *args: Any) -> Any:
-        _refuse(f"the step {what} {{}}", _INDEX_FIX if name == "__getitem__" else _ARGUMENT_FIX, self)
+        _refuse(what, _ARGUMENT_FIX, self)
         return getattr(self.array, name)(*_plain(args))
 
     refused.__name__ = name
     return refused
 
 
-for _name in (
-    "__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__", "__truediv__", "__rtruediv__",
-    "__floordiv__", "__rfloordiv__", "__mod__", "__rmod__", "__divmod__", "__rdivmod__", "__pow__", "__rpow__",
-    "__matmul__", "__rmatmul__", "__and__", "__rand__", "__or__", "__ror__", "__xor__", "__rxor__",
-    "__lshift__", "__rlshift__", "__rshift__", "__rrshift__", "__neg__", "__pos__", "__abs__", "__invert__",
+# Python's operators on an argument, by the ufunc each one is (as numpy names it in the message)
+_UFUNCS = {
+    "add": "add", "sub": "subtract", "mul": "multiply", "truediv": "divide", "floordiv": "floor_divide",
+    "mod": "remainder", "divmod": "divmod", "pow": "power", "matmul": "matmul", "and": "bitwise_and",
+    "or": "bitwise_or", "xor": "bitwise_xor", "lshift": "left_shift", "rshift": "right_shift",
+}
+for _name, _ufunc in _UFUNCS.items():
+    for _dunder in (f"__{_name}__", f"__r{_name}__"):
+        setattr(TracedArray, _dunder, _operator(_dunder, f"the step computes {_ufunc} on {{}}'s values"))
+for _dunder, _ufunc in (
+    ("__neg__", "negative"), ("__pos__", "positive"), ("__abs__", "absolute"), ("__invert__", "invert"),
+    ("__eq__", "equal"), ("__ne__", "not_equal"), ("__lt__", "less"), ("__le__", "less_equal"),
+    ("__gt__", "greater"), ("__ge__", "greater_equal"),
 ):
-    setattr(TracedArray, _name, _operator(_name, "computes with"))
-for _name in ("__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__"):
-    setattr(TracedArray, _name, _operator(_name, "compares"))
-for _name, _what in (
+    setattr(TracedArray, _dunder, _operator(_dunder, f"the step computes {_ufunc} on {{}}'s values"))
+for _dunder, _what in (
     ("__iter__", "iterates over"), ("__bool__", "tests the truth of"), ("__float__", "converts to a float"),
     ("__int__", "converts to an int"), ("__index__", "uses as an index"), ("__complex__", "converts to complex"),
     ("__contains__", "searches"), ("__round__", "rounds"),
 ):
-    setattr(TracedArray, _name, _operator(_name, _what))
+    setattr(TracedArray, _dunder, _operator(_dunder, f"the step {_what} {{}}"))
 TracedArray.__hash__ = None  # type: ignore[assignment]
 
 
@@ -488,7 +498,7 @@ class Recording(events.Observer):
         self._token = None
         for variable in self._guarded:
             if type(variable) is GuardedVariable:
-                variable.__class__ = Variable
+                variable.__class__ = Variable  # type: ignore[assignment]
         self._guarded.clear()
         if len(self.graph.operations) != self._ops and not self._made_op:
             self.refuse(
@@ -527,7 +537,7 @@ class Recording(events.Observer):
             return function(*args, **kwargs)
         call = None
         if kind == "call":
-            call = self._call(function, owner, args[1:], kwargs)
+            call = self._call(events.underlying(function), owner, args[1:], kwargs)
         self.depth += 1
         try:
             result = function(*args, **kwargs)
@@ -637,8 +647,8 @@ class Recording(events.Observer):
         frame = sys._getframe(1)
         while frame is not None and frame.f_globals.get("__name__", "").startswith(("tapegrad.events", "tapegrad.capture")):
             frame = frame.f_back  # type: ignore[assignment]  # (the hook's own frames: to whoever set it)
-        if isinstance(obj, Operation) and obj.graph is not None and obj.graph.operations.get(obj.name) is not obj:
-            if name == "graph":  # (the first attribute graph.get_operation sets)
+        if isinstance(obj, Operation) and (obj.graph is None or obj.graph.operations.get(obj.name) is not obj):
+            if name == "graph":  # (the first attribute graph.get_operation sets on an op it makes)
                 self._made_op = True
                 self.refuse(
                     f"the step creates an op ({type(obj).__name__}) at {_user_line(frame)}: every call would record "
@@ -671,7 +681,7 @@ class Recording(events.Observer):
             if isinstance(x, Constant):
                 return Source("constant", obj=x)
             value = _VALUE.__get__(x)
-            found = self._sources.get(id(value)) or self._argument_view(value)
+            found = self._sources.get(id(value))
             if found is not None:  # tg.Variable(x) made inside the step around an argument or an output
                 return Source(found.kind, index=found.index, app=found.app)
             if id(x) in self._made:
@@ -693,14 +703,6 @@ class Recording(events.Observer):
         self._refuse_made(f"{where} is a {type(x).__name__}")
         return Source("refused")
 
-    def _argument_view(self, array: np.ndarray) -> Source | None:
-        """The argument whose whole array ``array`` is a view of (np.asarray of an argument, as the kernel
-        takes it: ``tg.Variable(x)``), else None."""
-        for index, traced in enumerate(self.traced):
-            if isinstance(traced, TracedArray) and _same_view(array, traced.array):
-                return Source("argument", index=index)
-        return None
-
     def _made_of(self, array: np.ndarray) -> str:
         """How a message names an array a replay could not feed again."""
         for index, traced in enumerate(self.traced):
@@ -711,8 +713,8 @@ class Recording(events.Observer):
     def _refuse_made(self, what: str) -> None:
         self.refuse(
             f"{what} inside the step, at {_user_line(sys._getframe(2))}: a replay would keep the first call's. Pass "
-            "it as an argument of the step (a list of arrays is fine), compute it with ops, or make it once, outside "
-            "the step, with tg.constant(array) (data that does not change between calls)"
+            "it as an argument of the step (a list of arrays is fine), compute it with ops, or make it once with "
+            "tg.constant(array), outside the step (data that does not change between calls)"
         )
 
     # -- what the step returned ----------------------------------------------------------------------
@@ -738,7 +740,7 @@ class Recording(events.Observer):
         if isinstance(result, (tuple, list)):
             return (type(result), [self.template(r) for r in result])
         if isinstance(result, Mapping):
-            empty = copy.copy(result)  # of its type (an OrderedDict, a defaultdict with its factory, a subclass)
+            empty: Any = copy.copy(result)  # of its type (an OrderedDict, a defaultdict with its factory, a subclass)
             empty.clear()
             return (Mapping, empty, [(k, self.template(v)) for k, v in result.items()])
         what = type(result).__name__
@@ -784,14 +786,6 @@ def plain_result(result: Any) -> Any:
     return result
 
 
-def _same_view(a: np.ndarray, b: np.ndarray) -> bool:
-    """Whether ``a`` and ``b`` are the same data seen the same way (one a plain view of the other)."""
-    return (
-        a.shape == b.shape and a.dtype == b.dtype and a.strides == b.strides
-        and a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
-    )
-
-
 def _leaf_array(leaf: Any) -> np.ndarray:
     return _VALUE.__get__(leaf) if isinstance(leaf, Variable) else leaf
 
@@ -800,7 +794,7 @@ def _unreplayable(value: Any) -> str:
     """Why a replay could not pass ``value`` to a replayable call again as recorded ("" when it can)."""
     if isinstance(value, TracedFloat):
         return f"{value.what}"
-    if isinstance(value, ndarray):
+    if isinstance(value, (ndarray, TracedArray)):
         return "an array"
     if isinstance(value, Variable):
         return ""

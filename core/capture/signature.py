@@ -22,7 +22,7 @@ from ..variable import Variable
 if TYPE_CHECKING:
     from ..graph import Graph
 
-__all__ = ["changed", "rebuild", "signature"]
+__all__ = ["Made", "changed", "rebuild", "signature"]
 
 
 def signature(args: tuple[Any, ...], kwargs: Mapping[str, Any], graph: Graph) -> tuple[Any, list[Any]]:
@@ -76,41 +76,70 @@ def _spec(obj: Any, leaves: list[Any], where: str) -> Any:
 
 def rebuild(
     args: tuple[Any, ...], kwargs: Mapping[str, Any], replace: Callable[[int], Any]
-) -> tuple[tuple[Any, ...], dict[str, Any], list[tuple[Any, list[Any]]]]:
+) -> tuple[tuple[Any, ...], dict[str, Any], list[Made]]:
     """``args`` and ``kwargs`` with their k-th leaf (in ``signature``'s order) replaced by ``replace(k)``, in
-    containers made anew; and each list or dict made, with what it held (``changed`` tells whether the step
-    changed one: a replay could not)."""
+    lists, tuples and dicts made anew; and each list or dict made (``changed`` tells whether the step changed
+    one: a replay could not)."""
     count = [0]
-    made: list[tuple[Any, list[Any]]] = []
+    made: list[Made] = []
+    leaves: dict[int, Any] = {}  # id(stand-in) -> the caller's leaf
 
     def walk(obj: Any) -> Any:
         if isinstance(obj, (ndarray, Variable)):
             count[0] += 1
-            return replace(count[0] - 1)
+            stand_in = replace(count[0] - 1)
+            leaves[id(stand_in)] = obj
+            return stand_in
         if isinstance(obj, tuple):
             items = [walk(o) for o in obj]
             return type(obj)._make(items) if hasattr(obj, "_fields") else type(obj)(items)  # type: ignore[attr-defined]
         if isinstance(obj, list):
-            new = type(obj)(walk(o) for o in obj)
-            made.append((new, list(new)))
-            return new
+            items = type(obj)(walk(o) for o in obj)
+            made.append(Made(items, obj, list(items), leaves))
+            return items
         if isinstance(obj, Mapping):
-            new = copy.copy(obj)
+            mapping: Any = copy.copy(obj)
             for k, v in obj.items():
-                new[k] = walk(v)
-            made.append((new, list(new.items())))
-            return new
+                mapping[k] = walk(v)
+            made.append(Made(mapping, obj, list(mapping.items()), leaves))
+            return mapping
         return obj
 
     return tuple(walk(a) for a in args), {k: walk(v) for k, v in kwargs.items()}, made
 
 
-def changed(made: list[tuple[Any, list[Any]]]) -> bool:
-    """Whether the step changed a list or dict argument ``rebuild`` made (items added, removed or replaced)."""
-    for container, held in made:
-        now = list(container.items()) if isinstance(container, Mapping) else list(container)
-        if len(now) != len(held) or any(
-            (a is not b) if not isinstance(a, tuple) else (a[0] != b[0] or a[1] is not b[1]) for a, b in zip(now, held)
-        ):
+class Made:
+    """A list or dict ``rebuild`` made for the step in place of the caller's ``original``, with what it
+    ``held`` then (``leaves``: the caller's leaf behind each stand-in)."""
+
+    def __init__(self, container: Any, original: Any, held: list[Any], leaves: dict[int, Any]) -> None:
+        self.container, self.original, self.held, self.leaves = container, original, held, leaves
+
+    def changed(self) -> bool:
+        """Whether the step added, removed or replaced one of its items."""
+        now = list(self.container.items()) if isinstance(self.container, Mapping) else list(self.container)
+        if len(now) != len(self.held):
             return True
-    return False
+        if isinstance(self.container, Mapping):
+            return any(a[0] != b[0] or a[1] is not b[1] for a, b in zip(now, self.held))
+        return any(a is not b for a, b in zip(now, self.held))
+
+    def write_back(self) -> None:
+        """Make the caller's container hold what the step left in this one (its leaves for the stand-ins):
+        what the eager call would have done to it."""
+        def own(item: Any) -> Any:
+            return self.leaves.get(id(item), item)
+
+        if isinstance(self.original, Mapping):
+            self.original.clear()  # type: ignore[attr-defined]
+            self.original.update((k, own(v)) for k, v in self.container.items())  # type: ignore[attr-defined]
+        else:
+            self.original[:] = [own(item) for item in self.container]
+
+
+def changed(made: list[Made]) -> bool:
+    """Whether the step changed a list or dict ``rebuild`` made; if so, the caller's get the same changes."""
+    found = [m for m in made if m.changed()]
+    for m in found:
+        m.write_back()
+    return bool(found)

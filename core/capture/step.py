@@ -166,8 +166,8 @@ class CapturedStep:
             raise
         if changed(containers):
             recording.refuse(
-                "the step changed a list or dict it was passed (a replay would not change the caller's): copy it "
-                "inside the step before changing it, or change it outside"
+                "the step changed a list or dict it was passed (the caller's got the same changes; a replay would not "
+                "change it): copy it inside the step before changing it, or change it outside"
             )
         return recording, result
 
