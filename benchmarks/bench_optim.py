@@ -222,7 +222,8 @@ def peak_memory() -> None:
     largest = max(int(np.prod(s)) for s in shapes) * 8
     total = sum(int(np.prod(s)) for s in shapes) * 8
     print(
-        f"\n3. peak memory of a step, 784-512-512-10 (largest parameter {largest / 2**20:.2f} MiB, all {total / 2**20:.2f} MiB)"
+        f"\n3. peak memory of a step, 784-512-512-10 "
+        f"(largest parameter {largest / 2**20:.2f} MiB, all {total / 2**20:.2f} MiB)"
     )
     for name, make in (
         ("previous SGD", lambda p: PreviousSGD(p, LR)),

@@ -161,7 +161,11 @@ def lean_tape_contender(batches: Batches) -> Callable[[], None]:
         s = e.sum(axis=1, keepdims=True)
         p = e / s
         index = (0, labels[0]) if n == 1 else (np.arange(n), labels)
-        value = math.log(s[0, 0]) - float(shifted[index]) if n == 1 else float(np.add.reduce(np.log(s[:, 0]) - shifted[index])) / n
+        value = (
+            math.log(s[0, 0]) - float(shifted[index])
+            if n == 1
+            else float(np.add.reduce(np.log(s[:, 0]) - shifted[index])) / n
+        )
 
         def back() -> None:
             d = p  # in place, as the numpy baseline does

@@ -44,7 +44,9 @@ def check_number(
         and (number <= high if high_inclusive else number < high)
     )
     if not inside:
-        raise ArgumentError(f"{where}: {name} must be {_describe(low, high, low_inclusive, high_inclusive)}, got {value!r}")
+        raise ArgumentError(
+            f"{where}: {name} must be {_describe(low, high, low_inclusive, high_inclusive)}, got {value!r}"
+        )
     return number
 
 

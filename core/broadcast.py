@@ -18,7 +18,9 @@ def as_shape(shape: Any, where: str = "shape") -> tuple[int, ...]:
     try:
         dims = tuple(dims)
     except TypeError:
-        raise InputTypeError(f"{where}: expected a shape (a whole number or a sequence of them), got {shape!r}") from None
+        raise InputTypeError(
+            f"{where}: expected a shape (a whole number or a sequence of them), got {shape!r}"
+        ) from None
     for dim in dims:
         if isinstance(dim, (bool, np.bool_)) or not isinstance(dim, (int, np.integer)):
             raise InputTypeError(f"{where}: every dimension must be a whole number, got {dim!r} in {shape!r}")

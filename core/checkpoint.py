@@ -169,7 +169,8 @@ def read(path: Path, max_bytes: int) -> Checkpoint:
             raise ParameterLoadError(f"{label} is not a tapegrad checkpoint (no format {FORMAT!r} in its manifest)")
         if manifest.get("version") != VERSION:
             raise ParameterLoadError(
-                f"{label} is of checkpoint format version {manifest.get('version')!r}; this tapegrad reads version {VERSION}"
+                f"{label} is of checkpoint format version {manifest.get('version')!r}; "
+                f"this tapegrad reads version {VERSION}"
             )
         arrays = _arrays(archive, label, max_bytes)
     try:
@@ -191,10 +192,14 @@ def _arrays(archive: zipfile.ZipFile, label: str, max_bytes: int) -> dict[str, n
         try:
             with archive.open(info) as handle:
                 version = np.lib.format.read_magic(handle)
-                reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                reader = (
+                    np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                )
                 shape, _, dtype = reader(handle)
         except (ValueError, OSError, zipfile.BadZipFile) as exc:
-            raise ParameterLoadError(f"{label}: member {info.filename!r} is not a readable .npy array ({exc})") from None
+            raise ParameterLoadError(
+                f"{label}: member {info.filename!r} is not a readable .npy array ({exc})"
+            ) from None
         if dtype.hasobject:
             raise ParameterLoadError(f"{label}: member {info.filename!r} holds Python objects; refusing to read it")
         headers[info.filename] = (info, shape, dtype)

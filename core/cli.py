@@ -46,7 +46,10 @@ def cmd_ops(args: argparse.Namespace) -> int:
         ], indent=2))
         return EXIT_OK
     table = [("name", "plugin", "distribution", "summary")]
-    table += [(r.name, r.plugin, f"{r.distribution}=={r.version}" if r.distribution else "(run time)", r.summary) for r in rows]
+    table += [
+        (r.name, r.plugin, f"{r.distribution}=={r.version}" if r.distribution else "(run time)", r.summary)
+        for r in rows
+    ]
     print(_table(table))
     print(f"\n{len(rows)} operations")
     return EXIT_OK
@@ -117,7 +120,8 @@ def _cell(results: Sequence[Any]) -> str:
 
 
 def _check_table(results: Sequence[Any]) -> str:
-    """One row per operation: its sample count, then ok/FAIL/skip/- per check, under headers built from the check names."""
+    """One row per operation: its sample count, then ok/FAIL/skip/- per check, under headers built
+    from the check names."""
     from . import testing
 
     checks = _check_columns(results)

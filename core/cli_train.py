@@ -84,7 +84,9 @@ def _models_listing() -> str:
     for name, packs in PACK_MODELS.items():
         missing = [pack for pack in packs if pack not in installed]
         if name not in names:
-            needs = f"not installed: pip install {' '.join(missing)}" if missing else f"needs a newer {' and '.join(packs)}"
+            needs = (
+                f"not installed: pip install {' '.join(missing)}" if missing else f"needs a newer {' and '.join(packs)}"
+            )
             lines.append(f"  {name:<12} ({needs})")
     return "\n".join(lines) if lines else "  (none: is tapegrad installed whole?)"
 
@@ -147,7 +149,10 @@ def _train_parser(sub: Any, task: type[Task] | None, problem: str, full: bool) -
         "(refused when it was written by a run with other options; --epochs may grow)",
     )
     p.add_argument("--gradcheck", action="store_true", help="check the model's gradients numerically first (float64)")
-    p.add_argument("--plot", metavar="PATH", help="write a plot of train loss and the held-out metric per epoch (format from the extension, default PNG)")
+    p.add_argument(
+        "--plot", metavar="PATH",
+        help="write a plot of train loss and the held-out metric per epoch (format from the extension, default PNG)",
+    )
     p.add_argument("--save", metavar="PATH", help="write the trained parameters (.npz)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
@@ -197,7 +202,10 @@ def available_memory() -> tuple[int, str] | None:
         soft, _ = resource.getrlimit(resource.RLIMIT_AS)
         if soft != resource.RLIM_INFINITY and soft > 0:
             used = _mapped_bytes()
-            bounds.append((max(0, soft - used), f"its address-space limit, ulimit -v: {_size(soft)}, {_size(used)} of it mapped already"))
+            bounds.append((
+                max(0, soft - used),
+                f"its address-space limit, ulimit -v: {_size(soft)}, {_size(used)} of it mapped already",
+            ))
     except (ImportError, OSError, ValueError):  # no resource module (Windows), or no limit to read
         pass
     available = _meminfo_available()
@@ -296,7 +304,10 @@ def _collision(outputs: list[tuple[str, Path]]) -> str | None:
     for i, (option, target) in enumerate(outputs):
         for earlier, other in outputs[:i]:
             if _same_file(other, target):
-                return f"{earlier} {str(other)!r} and {option} {str(target)!r} are the same file: give them different paths"
+                return (
+                    f"{earlier} {str(other)!r} and {option} {str(target)!r} are the same file: "
+                    "give them different paths"
+                )
     return None
 
 
@@ -342,7 +353,11 @@ def _draw_target(path: str) -> tuple[Path, Path, str] | str:
         else:
             missing = "" if shutil.which("dot") else "Graphviz's dot program"
         if missing:
-            return target, target.with_suffix(".dot"), f"rendering {fmt.upper()} needs {missing}, which is missing: {INSTALL}"
+            return (
+                target,
+                target.with_suffix(".dot"),
+                f"rendering {fmt.upper()} needs {missing}, which is missing: {INSTALL}",
+            )
     return target, target if renderer is None else target.with_suffix(".dot"), ""
 
 
@@ -376,7 +391,9 @@ def _first_batch(data: TaskData, size: int, dtype: Any) -> tuple[tuple[np.ndarra
     """The first ``size`` training samples as the Trainer feeds them (float inputs in ``dtype``)."""
     parts = data.x_train if isinstance(data.x_train, tuple) else (data.x_train,)
     inputs = tuple(
-        np.asarray(p[:size]).astype(dtype, copy=False) if np.asarray(p[:size]).dtype.kind == "f" else np.asarray(p[:size])
+        np.asarray(p[:size]).astype(dtype, copy=False)
+        if np.asarray(p[:size]).dtype.kind == "f"
+        else np.asarray(p[:size])
         for p in parts
     )
     return inputs, np.asarray(data.y_train[:size])
@@ -597,7 +614,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if final:
         print(final)
     if prof is not None:
-        print(f"\nprofile of the training ({'eager' if args.no_capture else 'captured'} steps, times of each op's own code):")
+        print(
+            f"\nprofile of the training ({'eager' if args.no_capture else 'captured'} steps, "
+            "times of each op's own code):"
+        )
         print(prof.table(), end="")
     ok = True
     written: list[str] = args.written
@@ -651,7 +671,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     broken = [name for name, v in model.graph.parameter.variable_dict.items() if not np.isfinite(v.value).all()]
     if broken:
         raise ParameterLoadError(f"{label} holds NaN or infinite values in {', '.join(broken)}: nothing to evaluate")
-    metrics = Trainer(model, None, verbose=False, eval_batch_size=task.eval_batch_size).evaluate(data.x_test, data.y_test)
+    metrics = Trainer(model, None, verbose=False, eval_batch_size=task.eval_batch_size).evaluate(
+        data.x_test, data.y_test
+    )
     shown = ", ".join(f"{name}: {value:.4f}" for name, value in metrics.items())
     print(f"{task.held_out} {shown} ({data.test_samples} samples, seed {args.seed})")
     final = task.final_report(model, data)

@@ -52,7 +52,9 @@ def from_recording(recording: Any, arguments: Sequence[Any] = ()) -> Pass:
         if source.kind == "argument":
             key: Any = ("argument", source.index, source.live)
             passed = arguments[source.index] if len(arguments) == len(recording.leaf_shapes) else None
-            made = Leaf(passed) if source.live and passed is not None else Leaf(tuple(recording.leaf_shapes[source.index]))
+            made = (
+                Leaf(passed) if source.live and passed is not None else Leaf(tuple(recording.leaf_shapes[source.index]))
+            )
         else:  # a Variable read live, a constant or a number the record keeps
             key, made = ("object", id(source.obj)), Leaf(source.obj)
         if key not in keys:
@@ -218,7 +220,9 @@ def step_dot(step: Any) -> str:
         raise GraphError(f"{step!r} has no record to draw yet: call it once first")
     summary = from_recording(record.recording, step.last_arguments)
     name = getattr(step.fn, "__qualname__", "step").rsplit("<locals>.", 1)[-1]
-    return to_dot(summary, f"captured step {name} of Graph {step.graph.name!r}: {len(summary.apps)} applications (its record)")
+    return to_dot(
+        summary, f"captured step {name} of Graph {step.graph.name!r}: {len(summary.apps)} applications (its record)"
+    )
 
 
 def dot_text(what: Any) -> str:

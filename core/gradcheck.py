@@ -412,7 +412,8 @@ def numerical_gradient_check(
     graph = model if isinstance(model, Graph) else getattr(model, "graph", None)
     if not isinstance(graph, Graph):
         raise InputTypeError(
-            f"numerical_gradient_check: expected a model with a .graph (or a Graph subclass), got {type(model).__name__}"
+            "numerical_gradient_check: expected a model with a .graph (or a Graph subclass), "
+            f"got {type(model).__name__}"
         )
     inputs = tuple(input_variables) if isinstance(input_variables, (list, tuple)) else (input_variables,)
 

@@ -104,7 +104,9 @@ class _Digits(Task):
         test_batch = min(self.eval_batch_size or data.test_samples, data.test_samples)
         training = train_batch * (widths[0] + 3 * outputs)
         held_out = test_batch * (widths[0] + 2 * outputs)
-        return MemoryEstimate(parameters, itemsize * max(training, held_out), train_batch if training >= held_out else test_batch)
+        return MemoryEstimate(
+            parameters, itemsize * max(training, held_out), train_batch if training >= held_out else test_batch
+        )
 
 
 class MLPTask(_Digits):
@@ -186,7 +188,12 @@ class LinearTask(_Digits):
 
 
 def _mlp_shapes(inputs: int, hidden: int, outputs: int) -> dict[str, tuple[int, ...]]:
-    return {"affine_0.W": (inputs, hidden), "affine_0.b": (hidden,), "affine_1.W": (hidden, outputs), "affine_1.b": (outputs,)}
+    return {
+        "affine_0.W": (inputs, hidden),
+        "affine_0.b": (hidden,),
+        "affine_1.W": (hidden, outputs),
+        "affine_1.b": (outputs,),
+    }
 
 
 def _check_names_and_shapes(source: ParameterFile, expected: Mapping[str, tuple[int, ...]]) -> None:
@@ -201,7 +208,9 @@ def _check_names_and_shapes(source: ParameterFile, expected: Mapping[str, tuple[
         if name in source.shapes and source.shapes[name] != shape
     ]
     if wrong:
-        raise ParameterLoadError(f"{source.label} does not fit these parameters (nothing was loaded): {'; '.join(wrong)}")
+        raise ParameterLoadError(
+            f"{source.label} does not fit these parameters (nothing was loaded): {'; '.join(wrong)}"
+        )
 
 
 @hookimpl

@@ -209,7 +209,8 @@ class ParameterFile:
                 problems.append(f"member {member!r} is encrypted")
             elif info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
                 problems.append(
-                    f"member {member!r} uses compression method {info.compress_type} (only stored and deflated are read)"
+                    f"member {member!r} uses compression method {info.compress_type} "
+                    "(only stored and deflated are read)"
                 )
             else:
                 found = self._header(info)
@@ -483,7 +484,9 @@ class Parameter:
         names = list(self.variable_dict)
         for name in names:
             if not isinstance(name, str):
-                raise InputTypeError(f"parameter name {name!r} is a {type(name).__name__}, not a str: it cannot be saved")
+                raise InputTypeError(
+                    f"parameter name {name!r} is a {type(name).__name__}, not a str: it cannot be saved"
+                )
         values = [np.asarray(v.value) for v in self.variable_dict.values()]
         for name, value in zip(names, values):
             if value.dtype.hasobject:
@@ -543,7 +546,9 @@ class Parameter:
                 problems.append(f"{_show(name)}: holds Python objects (dtype object)")
             converted[name] = array
         if problems:
-            raise ParameterLoadError(f"{source} does not fit these parameters (nothing was loaded): " + "; ".join(problems))
+            raise ParameterLoadError(
+                f"{source} does not fit these parameters (nothing was loaded): " + "; ".join(problems)
+            )
         self._check_fits({name: (a.shape, a.dtype) for name, a in converted.items()}, source)
         self._assign(converted)
 
@@ -573,7 +578,9 @@ class Parameter:
             elif dtype.newbyteorder("=") != variable.dtype:
                 problems.append(f"{_show(name)}: dtype {dtype} given, {variable.dtype} expected")
         if problems:
-            raise ParameterLoadError(f"{source} does not fit these parameters (nothing was loaded): " + "; ".join(problems))
+            raise ParameterLoadError(
+                f"{source} does not fit these parameters (nothing was loaded): " + "; ".join(problems)
+            )
 
     def _assign(self, arrays: Mapping[str, np.ndarray]) -> None:
         # Everything was checked (names, shapes, dtypes, writable targets): no copy can fail.

@@ -73,7 +73,9 @@ class Profile(events.Observer):
 
         found = graph if graph is None or isinstance(graph, Graph) else getattr(graph, "graph", None)
         if graph is not None and not isinstance(found, Graph):
-            raise InputTypeError(f"tapegrad.profile: expected a Graph, a model with a .graph, or None, got {type(graph).__name__}")
+            raise InputTypeError(
+                f"tapegrad.profile: expected a Graph, a model with a .graph, or None, got {type(graph).__name__}"
+            )
         self.graph: Graph | None = found
         self.seconds = 0.0
         self.ops: dict[int, OpStats] = {}
@@ -157,12 +159,16 @@ class Profile(events.Observer):
             stats.backward_calls += 1
             stats.backward += own
 
-    def end_call(self, obj: Any, function: Callable[..., Any], child: float, start: float, now: float, replayed: bool = False) -> None:
+    def end_call(
+        self, obj: Any, function: Callable[..., Any], child: float, start: float, now: float, replayed: bool = False
+    ) -> None:
         """Charge ``now - start`` (less the timed calls inside it) to ``type(obj).function``."""
         own = self._own(child, start, now)
         self.replayed_timings += replayed
         owner = "clip" if isinstance(obj, (list, tuple)) else type(obj).__name__
-        entry = self.calls.setdefault(f"{owner}.{function.__name__}" if owner != "clip" else function.__name__, [0, 0.0])
+        entry = self.calls.setdefault(
+            f"{owner}.{function.__name__}" if owner != "clip" else function.__name__, [0, 0.0]
+        )
         entry[0] += 1
         entry[1] += own
 
@@ -191,7 +197,9 @@ class Profile(events.Observer):
     ) -> Any:
         """The hook's ``run`` event: an op's own code (``kind`` "forward", "loss", "backward") or a
         replayable call (``kind`` "call"), timed when it belongs to the profiled graph."""
-        if not (self.covers_call(owner) if kind == "call" else self.covers(owner)) or (kind == "call" and _is_graph(owner)):
+        if not (self.covers_call(owner) if kind == "call" else self.covers(owner)) or (
+            kind == "call" and _is_graph(owner)
+        ):
             return function(*args, **kwargs)  # (another graph's; or graph.train()/eval(), not worth a timer)
         child = self.begin()
         start = perf_counter()
@@ -237,7 +245,9 @@ class Profile(events.Observer):
         # (an estimate, so it never takes more than the rest: the shares still add up to the step)
         profiler = timings * self.cost
         profiler = min(profiler, max(rest, 0.0))
-        seconds = {"ops": forward + backward, "framework": rest - profiler, "optimizer": optimizer, "profiler": profiler}
+        seconds = {
+            "ops": forward + backward, "framework": rest - profiler, "optimizer": optimizer, "profiler": profiler
+        }
 
         def share(value: float) -> float:
             return value / total if total > 0 else 0.0
@@ -279,8 +289,9 @@ class Profile(events.Observer):
         for name, r in numbers["by_class" if by == "class" else "by_instance"].items():
             per_call = r["seconds"] / r["calls"] if r["calls"] else 0.0
             forward = r["forward_seconds"] + r["loss_seconds"]
-            body.append([name, str(r["calls"]), str(r["replayed"]), _duration(forward), _duration(r["backward_seconds"]),
-                         _duration(r["seconds"]), f"{100 * r['share']:.1f}%", _duration(per_call)])
+            body.append([name, str(r["calls"]), str(r["replayed"]), _duration(forward),
+                         _duration(r["backward_seconds"]), _duration(r["seconds"]), f"{100 * r['share']:.1f}%",
+                         _duration(per_call)])
         for name, c in numbers["calls"].items():
             body.append([name, str(c["calls"]), "", "", "", _duration(c["seconds"]), f"{100 * c['share']:.1f}%",
                          _duration(c["seconds"] / c["calls"])])
@@ -288,7 +299,9 @@ class Profile(events.Observer):
         rule = "  ".join("-" * w for w in widths)
 
         def line(cells: list[str]) -> str:
-            return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+            return "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
+            ).rstrip()
 
         shares, seconds = numbers["shares"], numbers["seconds"]
         total = numbers["total_seconds"]

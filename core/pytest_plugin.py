@@ -91,4 +91,6 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
             "(plugin names match exactly; see `tapegrad plugins`)"
         )
     for case, check in pairs:
-        items.append(ContractItem.from_parent(session, name=f"contract::{case_id(case, check)}", case=case, check=check))
+        items.append(
+            ContractItem.from_parent(session, name=f"contract::{case_id(case, check)}", case=case, check=check)
+        )

@@ -279,7 +279,9 @@ class Registry:
             warnings.warn(message, PluginWarning, stacklevel=4)
 
     def _load_entry_points(self) -> None:
-        blocked = {_normalize(s.strip()) for s in os.environ.get("TAPEGRAD_DISABLE_PLUGINS", "").split(",") if s.strip()}
+        blocked = {
+            _normalize(s.strip()) for s in os.environ.get("TAPEGRAD_DISABLE_PLUGINS", "").split(",") if s.strip()
+        }
         autoload = os.environ.get("TAPEGRAD_AUTOLOAD", "1").strip().lower() not in ("0", "false", "no", "off")
         found = [(ep, *_distribution(ep)) for ep in entry_points(group=self.group)]
         # tapegrad's own entry points first: they own their names whatever the sys.path order.
@@ -604,9 +606,13 @@ class Registry:
                     return found
                 info = self._plugins.get(plugin)
                 if info is None:
-                    raise PluginUnavailableError(f"no plugin named {plugin!r} (for model {name!r}); see `tapegrad plugins`")
+                    raise PluginUnavailableError(
+                        f"no plugin named {plugin!r} (for model {name!r}); see `tapegrad plugins`"
+                    )
                 if info.status != "ok":
-                    raise PluginUnavailableError(f"plugin {info.label} is unavailable ({info.status_text}), so model {name!r} is too")
+                    raise PluginUnavailableError(
+                        f"plugin {info.label} is unavailable ({info.status_text}), so model {name!r} is too"
+                    )
                 offered = ", ".join(info.models) or "none"
                 raise PluginUnavailableError(f"plugin {plugin!r} offers no model {short!r}; its models: {offered}")
             providers = self._model_providers.get(name, [])
@@ -614,7 +620,8 @@ class Registry:
                 return providers[0]
             if providers:
                 listed = "; ".join(
-                    f"{p.provider}: use --model {p.qualified_name}" for p in sorted(providers, key=lambda p: p.qualified_name)
+                    f"{p.provider}: use --model {p.qualified_name}"
+                    for p in sorted(providers, key=lambda p: p.qualified_name)
                 )
                 raise PluginUnavailableError(f"model {name!r} is offered by {len(providers)} plugins ({listed})")
             known = sorted(self._model_providers)
@@ -654,7 +661,9 @@ def _finite_entries(result: Any, hook: str = "tapegrad_operations") -> list[Any]
     if isinstance(result, type):
         raise _PluginFailed(f"{hook}() returned the class {result.__name__} itself; return a list: [{result.__name__}]")
     if isinstance(result, (str, bytes, Mapping)) or not isinstance(result, Iterable):
-        raise _PluginFailed(f"{hook}() returned {type(result).__name__} {_describe(result)}; it must return a list of {wanted}")
+        raise _PluginFailed(
+            f"{hook}() returned {type(result).__name__} {_describe(result)}; it must return a list of {wanted}"
+        )
     entries = list(itertools.islice(result, MAX_OPERATIONS_PER_PLUGIN + 1))
     if len(entries) > MAX_OPERATIONS_PER_PLUGIN:
         raise _PluginFailed(

@@ -334,7 +334,11 @@ class Trainer:
         if scheduler is not None and (not isinstance(scheduler, LRScheduler) or scheduler.optimizer is not optimizer):
             raise ArgumentError(
                 "Trainer: scheduler must be a tapegrad.optim schedule of this Trainer's optimizer, got "
-                + ("a schedule of another optimizer" if isinstance(scheduler, LRScheduler) else type(scheduler).__name__)
+                + (
+                    "a schedule of another optimizer"
+                    if isinstance(scheduler, LRScheduler)
+                    else type(scheduler).__name__
+                )
             )
         self.scheduler = scheduler
         if clip_grad_norm is not None:
@@ -350,7 +354,9 @@ class Trainer:
         self.metric = metric if metric is not None else self._model_metric()
         self._train_step: Any = self.graph.capture(self._step) if self.capture else self._step
         self._predict_step: Any = self.graph.capture(self._forward) if self.capture else self._forward
-        self._evaluate_step: Any = self.graph.capture(self._forward_and_loss) if self.capture else self._forward_and_loss
+        self._evaluate_step: Any = (
+            self.graph.capture(self._forward_and_loss) if self.capture else self._forward_and_loss
+        )
 
     def _model_metric(self) -> Metric:
         named = getattr(self.model, "metric", None)
@@ -795,7 +801,9 @@ class Trainer:
         settings = content["trainer"]
         for key, value in self._settings(samples).items():
             if settings.get(key) != value:
-                what = {"samples": "training samples", "batch_size": "batch size", "clip_grad_norm": "gradient clipping"}
+                what = {
+                    "samples": "training samples", "batch_size": "batch size", "clip_grad_norm": "gradient clipping"
+                }
                 found.append(f"{what.get(key, key)}: {settings.get(key)!r} there, {value!r} here")
         saved = content.get("configuration")
         if self.configuration is not None and saved is not None:

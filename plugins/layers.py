@@ -68,7 +68,9 @@ class Embedding(tg.Operation):
     def __init__(self, vocab_size: int, embed_size: int) -> None:
         self.vocab_size = check_size(self.label, "vocab_size", vocab_size)
         self.embed_size = check_size(self.label, "embed_size", embed_size)
-        self.W = self.parameter("W", (self.vocab_size, self.embed_size), init=lambda shape, rng: rng.standard_normal(shape))
+        self.W = self.parameter(
+            "W", (self.vocab_size, self.embed_size), init=lambda shape, rng: rng.standard_normal(shape)
+        )
 
     def forward(self, ctx: tg.Context, ids: np.ndarray) -> np.ndarray:
         ids = integer_labels(self, ids, self.vocab_size, what="id")
@@ -106,7 +108,8 @@ class Dropout(tg.Operation):
             scale = np.asarray(1.0 / (1.0 - self.p), dtype=x.dtype)
         if math.isinf(scale):  # (float16 and p near 1: the kept elements would become inf, the others NaN)
             raise NonFiniteError(
-                f"{self.label}: p={self.p} scales the kept elements by {1.0 / (1.0 - self.p):g}, beyond the range of {x.dtype}"
+                f"{self.label}: p={self.p} scales the kept elements by {1.0 / (1.0 - self.p):g}, "
+                f"beyond the range of {x.dtype}"
             )
         keep = ctx.rng.random(x.shape) >= self.p
         mask = keep * scale

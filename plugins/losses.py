@@ -38,7 +38,9 @@ class SoftmaxLoss(tg.Loss):
 
     def forward(self, ctx: tg.Context, logits: np.ndarray) -> np.ndarray:
         if logits.ndim == 0 or logits.shape[-1] == 0:
-            raise ShapeError(f"{self.label}: expected logits of shape (..., classes) with classes >= 1, got {logits.shape}")
+            raise ShapeError(
+                f"{self.label}: expected logits of shape (..., classes) with classes >= 1, got {logits.shape}"
+            )
         # Moderate logits (the common case) are exponentiated as they are: no exp or sum can leave
         # the float range, so no shift by the row max is needed. Others (and NaN) are shifted.
         peak = np.maximum.reduce(np.abs(logits), axis=None, initial=0.0)
@@ -56,7 +58,9 @@ class SoftmaxLoss(tg.Loss):
         # the seed's case, kept lean: logits (N, C), every one of the N labels counts (backward tests the same)
         n, classes = probs.shape
         if n == 0:
-            raise ShapeError(f"{self.label}: the batch is empty (logits shape {probs.shape}); a loss needs at least one example")
+            raise ShapeError(
+                f"{self.label}: the batch is empty (logits shape {probs.shape}); a loss needs at least one example"
+            )
         if target.ndim != 1 or target.shape[0] != n:
             raise ShapeError(f"{self.label}: expected {n} labels of shape ({n},), got shape {target.shape}")
         if target.dtype.kind not in "iu":
@@ -98,7 +102,9 @@ class SoftmaxLoss(tg.Loss):
         probs, z, total, logits = ctx.saved
         classes = probs.shape[-1]
         if not all(probs.shape[:-1]):
-            raise ShapeError(f"{self.label}: the batch is empty (logits shape {probs.shape}); a loss needs at least one example")
+            raise ShapeError(
+                f"{self.label}: the batch is empty (logits shape {probs.shape}); a loss needs at least one example"
+            )
         if target.shape != probs.shape[:-1]:
             raise ShapeError(
                 f"{self.label}: expected labels of shape {probs.shape[:-1]} (the logits' shape {probs.shape} "
@@ -149,14 +155,25 @@ class SoftmaxLoss(tg.Loss):
         yield tg.Sample(inputs=[rng.standard_normal((1, 4))], target=np.array([2]), name="batch1")
         yield tg.Sample(inputs=[rng.standard_normal((6, 4))], target=rng.integers(0, 4, 6), name="batch6")
         yield tg.Sample(
-            inputs=[np.array([[1000.0, 999.0, -1000.0], [0.0, 1e3, 1e3 - 2]])], target=np.array([0, 2]), name="logits_1e3"
+            inputs=[np.array([[1000.0, 999.0, -1000.0], [0.0, 1e3, 1e3 - 2]])],
+            target=np.array([0, 2]),
+            name="logits_1e3",
         )
-        yield tg.Sample(inputs=[rng.standard_normal((2, 3, 4))], target=np.array([[0, 3, 1], [2, 2, 0]]), name="sequence")
         yield tg.Sample(
-            kwargs={"ignore_index": -1}, inputs=[rng.standard_normal((2, 3, 4))], target=np.array([[0, 3, -1], [2, -1, -1]]),
+            inputs=[rng.standard_normal((2, 3, 4))], target=np.array([[0, 3, 1], [2, 2, 0]]), name="sequence"
+        )
+        yield tg.Sample(
+            kwargs={"ignore_index": -1},
+            inputs=[rng.standard_normal((2, 3, 4))],
+            target=np.array([[0, 3, -1], [2, -1, -1]]),
             name="ignore_padding",
         )
-        yield tg.Sample(kwargs={"ignore_index": 1}, inputs=[rng.standard_normal((5, 3))], target=np.array([1, 0, 2, 1, 2]), name="ignore_a_class")
+        yield tg.Sample(
+            kwargs={"ignore_index": 1},
+            inputs=[rng.standard_normal((5, 3))],
+            target=np.array([1, 0, 2, 1, 2]),
+            name="ignore_a_class",
+        )
         yield tg.Sample(inputs=[rng.standard_normal(5)], target=np.array(3), name="one_position")
 
 
@@ -269,7 +286,9 @@ class SigmoidCrossEntropyLoss(tg.Loss):
         if not (target.min() >= 0 and target.max() <= 1):  # written so that NaN fails it too
             if np.isnan(target).any():
                 raise NonFiniteError(f"{self.label}: the targets hold NaN")
-            raise OutOfRangeError(f"{self.label}: targets must lie in [0, 1], got values from {target.min()} to {target.max()}")
+            raise OutOfRangeError(
+                f"{self.label}: targets must lie in [0, 1], got values from {target.min()} to {target.max()}"
+            )
         ctx.target = target
         # max(x, 0) - x t + log(1 + exp(-|x|)): each term is at most |x| + log 2, never overflowing;
         # an infinite logit gives NaN (inf - inf), reported below
@@ -288,7 +307,9 @@ class SigmoidCrossEntropyLoss(tg.Loss):
     def samples(cls, rng: np.random.Generator) -> Iterator[tg.Sample]:
         yield tg.Sample(inputs=[rng.standard_normal((1, 3))], target=np.array([[0.0, 1.0, 1.0]]), name="batch1")
         yield tg.Sample(inputs=[rng.standard_normal((4, 2))], target=rng.uniform(0, 1, (4, 2)), name="soft_targets")
-        yield tg.Sample(inputs=[np.array([[-800.0, -30.0, 30.0, 800.0]])], target=np.array([[0.0, 1.0, 0.0, 1.0]]), name="large")
+        yield tg.Sample(
+            inputs=[np.array([[-800.0, -30.0, 30.0, 800.0]])], target=np.array([[0.0, 1.0, 0.0, 1.0]]), name="large"
+        )
 
 
 @tg.hookimpl

@@ -139,7 +139,9 @@ class Divide(tg.Operation):
     @classmethod
     def samples(cls, rng: np.random.Generator) -> Iterator[tg.Sample]:
         yield from _binary_samples(rng, positive_b=True)
-        yield tg.Sample(inputs=[rng.standard_normal((3, 2)), -np.abs(rng.standard_normal((3, 2))) - 0.5], name="negative")
+        yield tg.Sample(
+            inputs=[rng.standard_normal((3, 2)), -np.abs(rng.standard_normal((3, 2))) - 0.5], name="negative"
+        )
 
 
 class Matmul(tg.Operation):
@@ -250,7 +252,9 @@ class Reshape(tg.Operation):
         try:
             out = x.reshape(self.shape)
         except ValueError:
-            raise ShapeError(f"{self.label}: cannot reshape an input of shape {x.shape} (size {x.size}) to {self.shape}") from None
+            raise ShapeError(
+                f"{self.label}: cannot reshape an input of shape {x.shape} (size {x.size}) to {self.shape}"
+            ) from None
         ctx.saved = (x.shape,)
         return out
 
@@ -268,7 +272,9 @@ def _shape_argument(where: str, shape: Any) -> tuple[int, ...]:
     """A target shape: an int or a sequence of ints, each at least -1, with at most one -1."""
     entries = [shape] if isinstance(shape, (int, np.integer)) else shape
     if isinstance(shape, (str, bytes)) or not isinstance(entries, (list, tuple, np.ndarray)):
-        raise InputTypeError(f"{where}: shape must be an int or a sequence of ints, got {type(shape).__name__} {shape!r}")
+        raise InputTypeError(
+            f"{where}: shape must be an int or a sequence of ints, got {type(shape).__name__} {shape!r}"
+        )
     dims = tuple(int(tg.check_number(where, f"shape[{i}]", d, low=-1, integer=True)) for i, d in enumerate(entries))
     if dims.count(-1) > 1:
         raise ArgumentError(f"{where}: shape may infer one dimension (-1), got {shape!r}")
@@ -288,7 +294,9 @@ class Transpose(tg.Operation):
     def forward(self, ctx: tg.Context, x: np.ndarray) -> np.ndarray:
         ax = axes(self, self.axes, x.ndim)
         if ax is not None and len(ax) != x.ndim:
-            raise ShapeError(f"{self.label}: axes {self.axes} are not a permutation of the {x.ndim} axes of shape {x.shape}")
+            raise ShapeError(
+                f"{self.label}: axes {self.axes} are not a permutation of the {x.ndim} axes of shape {x.shape}"
+            )
         ctx.saved = (ax,)
         return np.transpose(x, ax)
 
@@ -313,7 +321,10 @@ class Concat(tg.Operation):
     def forward(self, ctx: tg.Context, first: np.ndarray, *rest: np.ndarray) -> np.ndarray:
         (axis,) = axes(self, self.axis, first.ndim) or (0,)
         for x in rest:
-            if x.ndim != first.ndim or x.shape[:axis] + x.shape[axis + 1 :] != first.shape[:axis] + first.shape[axis + 1 :]:
+            if (
+                x.ndim != first.ndim
+                or x.shape[:axis] + x.shape[axis + 1 :] != first.shape[:axis] + first.shape[axis + 1 :]
+            ):
                 listed = ", ".join(str(x.shape) for x in (first, *rest))
                 raise ShapeError(f"{self.label}: inputs must match except along axis {self.axis}, got {listed}")
         ctx.saved = (axis, np.cumsum([x.shape[axis] for x in (first, *rest)][:-1]))
@@ -326,8 +337,14 @@ class Concat(tg.Operation):
     @classmethod
     def samples(cls, rng: np.random.Generator) -> Iterator[tg.Sample]:
         yield tg.Sample(args=[0], inputs=[rng.standard_normal((1, 3)), rng.standard_normal((2, 3))], name="vstack")
-        yield tg.Sample(args=[1], inputs=[rng.standard_normal((2, 1)), rng.standard_normal((2, 3)), rng.standard_normal((2, 2))], name="hstack")
-        yield tg.Sample(args=[-1], inputs=[rng.standard_normal((2, 2, 2)), rng.standard_normal((2, 2, 1))], name="last_axis")
+        yield tg.Sample(
+            args=[1],
+            inputs=[rng.standard_normal((2, 1)), rng.standard_normal((2, 3)), rng.standard_normal((2, 2))],
+            name="hstack",
+        )
+        yield tg.Sample(
+            args=[-1], inputs=[rng.standard_normal((2, 2, 2)), rng.standard_normal((2, 2, 1))], name="last_axis"
+        )
 
 
 # -- selecting and joining: Index, Stack, Unstack -------------------------------------------------
@@ -341,7 +358,10 @@ def _basic_index(where: str, index: Any) -> tuple[Any, ...]:
         if item is None or item is Ellipsis:
             checked.append(item)
         elif isinstance(item, slice):
-            parts = [_index_int(where, f"{what}.{part}", getattr(item, part), slice_part=True) for part in ("start", "stop", "step")]
+            parts = [
+                _index_int(where, f"{what}.{part}", getattr(item, part), slice_part=True)
+                for part in ("start", "stop", "step")
+            ]
             if parts[2] == 0:
                 raise ArgumentError(f"{where}: {what} has a step of 0; a slice step must be non-zero")
             checked.append(slice(*parts))
@@ -396,7 +416,9 @@ class Index(tg.Operation):
         try:
             out = x[self.index]
         except IndexError as exc:
-            raise ShapeError(f"{self.label}: index {_show_index(self.index)} does not fit an input of shape {x.shape}: {exc}") from None
+            raise ShapeError(
+                f"{self.label}: index {_show_index(self.index)} does not fit an input of shape {x.shape}: {exc}"
+            ) from None
         ctx.saved = (x.shape,)
         return np.asarray(out)  # an int index of every axis gives a numpy scalar
 
@@ -466,13 +488,16 @@ class Unstack(tg.Operation):
         need_rank(self, x, 1)
         (axis,) = axes(self, self.axis, x.ndim) or (0,)
         if x.shape[axis] == 0:
-            raise ShapeError(f"{self.label}: axis {self.axis} of the input (shape {x.shape}) has length 0: nothing to unstack")
+            raise ShapeError(
+                f"{self.label}: axis {self.axis} of the input (shape {x.shape}) has length 0: nothing to unstack"
+            )
         ctx.saved = (axis,)
         return tuple(np.moveaxis(x, axis, 0))
 
     def backward(self, ctx: tg.Context, grads: tuple[np.ndarray, ...] | np.ndarray) -> np.ndarray:
         (axis,) = ctx.saved
-        if isinstance(grads, np.ndarray):  # one output: the tape hands a 1-tuple, the contract's structure check a bare array
+        # one output: the tape hands a 1-tuple, the contract's structure check a bare array
+        if isinstance(grads, np.ndarray):
             grads = (grads,)
         return np.stack(grads, axis=axis)
 
@@ -497,7 +522,8 @@ class Exp(tg.Operation):
             except FloatingPointError:
                 limit = np.log(np.finfo(x.dtype).max)
                 raise NonFiniteError(
-                    f"{self.label}: exp overflows {x.dtype} for inputs above {limit:.6g} (largest input {np.nanmax(x):g})"
+                    f"{self.label}: exp overflows {x.dtype} for inputs above {limit:.6g} "
+                    f"(largest input {np.nanmax(x):g})"
                 ) from None
         ctx.saved = (out,)
         return out
@@ -537,4 +563,6 @@ class Log(tg.Operation):
 
 @tg.hookimpl
 def tapegrad_operations() -> list[type[tg.Operation]]:
-    return [Add, Subtract, Multiply, Divide, Matmul, Sum, Mean, Reshape, Transpose, Concat, Index, Stack, Unstack, Exp, Log]
+    return [
+        Add, Subtract, Multiply, Divide, Matmul, Sum, Mean, Reshape, Transpose, Concat, Index, Stack, Unstack, Exp, Log
+    ]

@@ -122,7 +122,9 @@ class OperationCase:
 
     def inputs(self, dtype: Any = np.float64, scale: float = 1.0) -> list[Variable]:
         """Fresh Variables holding the sample's inputs (floats cast to ``dtype``)."""
-        return [Variable(a, name=f"input {i}") for i, a in enumerate(sample_arrays(self.require_sample(), dtype, scale))]
+        return [
+            Variable(a, name=f"input {i}") for i, a in enumerate(sample_arrays(self.require_sample(), dtype, scale))
+        ]
 
     def samples(self) -> list[Sample]:
         """Every sample the op yields (the case's own among them), drawn once per case."""
@@ -196,7 +198,9 @@ def float_outputs(result: Any) -> list[Variable]:
     return [o for o in outputs_of(result) if o.dtype.kind == "f"]  # (its dtype: a captured step may read that)
 
 
-def upstream_gradients(outputs: Iterable[Variable], scale: float = 1.0, seed: int = SEED + 1) -> dict[Variable, np.ndarray]:
+def upstream_gradients(
+    outputs: Iterable[Variable], scale: float = 1.0, seed: int = SEED + 1
+) -> dict[Variable, np.ndarray]:
     """Upstream gradients for ``outputs``: arrays (never numpy scalars, so shape ``()`` is
     passed by reference like any other) of each output's shape and dtype."""
     rng = np.random.default_rng(seed)
@@ -318,7 +322,9 @@ def requires(*needed: Check) -> Callable[[Check], Check]:
                 try:
                     other(case)
                 except OP_FAULTS as exc:
-                    raise ContractSkip(_skip_reason(case, check.__name__, other.__name__, exc), other.__name__, exc) from None
+                    raise ContractSkip(
+                        _skip_reason(case, check.__name__, other.__name__, exc), other.__name__, exc
+                    ) from None
             check(case)
 
         guarded.requires = needed  # type: ignore[attr-defined]
@@ -336,4 +342,8 @@ def detail_of(error: BaseException) -> str:
     check and the reproducer around it), or the first line of any other error."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     # A ContractError reads "<op> ... failed:", the detail, "reproduce: ..."; keep the first detail line.
-    return lines[1] if len(lines) > 1 and isinstance(error, ContractError) else (lines[0] if lines else type(error).__name__)
+    return (
+        lines[1]
+        if len(lines) > 1 and isinstance(error, ContractError)
+        else (lines[0] if lines else type(error).__name__)
+    )

@@ -76,7 +76,9 @@ def check_has_samples(case: OperationCase) -> None:
     except OP_FAULTS as exc:
         raise case.fail(check, f"samples() raised {type(exc).__name__}: {exc}") from exc
     if len(samples) > MAX_SAMPLES:
-        raise case.fail(check, f"samples() yielded more than {MAX_SAMPLES} samples (an endless generator?); yield a few")
+        raise case.fail(
+            check, f"samples() yielded more than {MAX_SAMPLES} samples (an endless generator?); yield a few"
+        )
     if not samples:
         raise case.fail(
             check,
@@ -118,7 +120,9 @@ def check_gradient_structure(case: OperationCase) -> None:
     for i, (g, x) in enumerate(zip(grads, inputs)):
         if x.value.dtype.kind != "f":
             if g is not None:
-                raise case.fail(check, f"input {i} is an integer array (dtype {x.value.dtype}); its gradient must be None")
+                raise case.fail(
+                    check, f"input {i} is an integer array (dtype {x.value.dtype}); its gradient must be None"
+                )
             continue
         if g is None:
             continue
@@ -142,10 +146,16 @@ def check_forward_dtype_and_finite(case: OperationCase) -> None:
             if not isinstance(out, Variable):
                 raise case.fail(check, f"output {i} is {type(out).__name__}, expected a Variable")
             if out.value.dtype.kind == "f" and out.value.dtype != np.dtype(dtype):
-                raise case.fail(check, f"output {i} has dtype {out.value.dtype} for {np.dtype(dtype)} inputs in a {np.dtype(dtype)} graph")
+                raise case.fail(
+                    check,
+                    f"output {i} has dtype {out.value.dtype} for {np.dtype(dtype)} inputs in a {np.dtype(dtype)} graph",
+                )
             if out.value.dtype.kind in "fc" and not np.isfinite(out.value).all():
                 bad = np.argwhere(~np.isfinite(out.value))[0]
-                raise case.fail(check, f"output {i} is {out.value[tuple(bad)]} at {bad.tolist()} for finite inputs ({np.dtype(dtype)})")
+                raise case.fail(
+                    check,
+                    f"output {i} is {out.value[tuple(bad)]} at {bad.tolist()} for finite inputs ({np.dtype(dtype)})",
+                )
         for name, grad in gradients(op, inputs).items():
             if grad is None:
                 continue
@@ -216,7 +226,10 @@ def check_inputs_not_mutated(case: OperationCase) -> None:
             guarded(case, check, lambda: graph.backward(grads=seeds))  # noqa: B023 - called at once
             for k, s in seeds.items():
                 if not np.array_equal(s, seed_copies[k]):
-                    raise case.fail(check, f"backward wrote into the upstream gradient array {what} {_changed(seed_copies[k], s)}")
+                    raise case.fail(
+                        check,
+                        f"backward wrote into the upstream gradient array {what} {_changed(seed_copies[k], s)}",
+                    )
         for i, (v, b) in enumerate(zip(inputs, before)):
             if not np.array_equal(v.value, b, equal_nan=True):
                 raise case.fail(check, f"backward changed input {i} {what} {_changed(b, v.value)}")
@@ -242,7 +255,9 @@ def check_gradient_parameters(case: OperationCase) -> None:
     _report_failures(case, check_gradient_parameters, report, "parameter")
 
 
-def _gradcheck_with_plain_inputs(case: OperationCase, arrays: Sequence[np.ndarray], variable: int | None) -> GradcheckReport:
+def _gradcheck_with_plain_inputs(
+    case: OperationCase, arrays: Sequence[np.ndarray], variable: int | None
+) -> GradcheckReport:
     """Central differences for every parameter of a fresh op (and for input ``variable``, the
     one input passed as a Variable), every other input passed as a plain array."""
     graph, op = case.build()
@@ -279,7 +294,11 @@ def check_gradient_with_plain_inputs(case: OperationCase) -> None:
         report = guarded(case, check, lambda: _gradcheck_with_plain_inputs(case, copies, variable))  # noqa: B023
         if report.failures:
             needs = tuple(i == variable for i in range(len(arrays)))
-            how = "every input a plain array" if variable is None else f"input {variable} a Variable, the others plain arrays"
+            how = (
+                "every input a plain array"
+                if variable is None
+                else f"input {variable} a Variable, the others plain arrays"
+            )
             lines = "\n  ".join(e.describe() for e in report.failures)
             raise case.fail(
                 check,
@@ -297,7 +316,10 @@ def _float32_and_float64(case: OperationCase) -> tuple[dict[str, Any], dict[str,
     narrow_graph, narrow_op = case.build(np.float32)
     wide_graph, wide_op = case.build(np.float64)
     narrow_inputs = case.inputs(np.float32)
-    wide_inputs = [Variable(v.value.astype(np.float64) if v.dtype.kind == "f" else v.value.copy(), name=v.name) for v in narrow_inputs]
+    wide_inputs = [
+        Variable(v.value.astype(np.float64) if v.dtype.kind == "f" else v.value.copy(), name=v.name)
+        for v in narrow_inputs
+    ]
     wide_parameters = wide_op.parameters()
     for name, p in narrow_op.parameters().items():
         wide_parameters[name].value[...] = p.value
@@ -392,7 +414,9 @@ def check_linear_in_upstream_gradient(case: OperationCase) -> None:
         runs[scale] = gradients(op, inputs)
     for name, zero in runs[0.0].items():
         if zero is not None and np.any(zero != 0):
-            raise case.fail(check, f"{name}: a zero upstream gradient gave a non-zero gradient (max |g| {np.abs(zero).max():.3g})")
+            raise case.fail(
+                check, f"{name}: a zero upstream gradient gave a non-zero gradient (max |g| {np.abs(zero).max():.3g})"
+            )
         one, two = runs[1.0][name], runs[2.0][name]
         if one is None:
             continue
@@ -420,7 +444,9 @@ def check_eval_mode(case: OperationCase) -> None:
         return
     for i, (a, b) in enumerate(zip(outputs_of(out), outputs_of(train_out))):
         if not np.array_equal(a.value, b.value, equal_nan=True):
-            raise case.fail(check, f"output {i} differs between eval and train mode (set differs_in_eval = True if intended)")
+            raise case.fail(
+                check, f"output {i} differs between eval and train mode (set differs_in_eval = True if intended)"
+            )
     if case.is_loss and not _same_loss(loss, train_loss):
         raise case.fail(check, f"loss differs between eval ({loss}) and train ({train_loss}) mode")
 

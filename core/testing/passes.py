@@ -135,7 +135,9 @@ def _apply(
     return _Pass(kept, states, finite, changed)
 
 
-def _watched(backward: Callable[..., Any], owners: dict[int, str], records: list[tuple[str, np.ndarray, np.ndarray]]) -> Callable[..., Any]:
+def _watched(
+    backward: Callable[..., Any], owners: dict[int, str], records: list[tuple[str, np.ndarray, np.ndarray]]
+) -> Callable[..., Any]:
     """``backward``, noting (with a copy) each array it is handed and each array it returns."""
 
     def watched(ctx: Any, grad: Any) -> Any:
@@ -313,11 +315,17 @@ def check_reuse_in_one_pass(case: OperationCase) -> None:
     sample = case.require_sample()
     arrays = sample_arrays(sample)
     n = len(arrays)
-    apps = [_Application(arrays, [f"input {i}" for i in range(n)], sample.target, f"application 1 (sample {case.sample_name!r})")]
+    apps = [
+        _Application(
+            arrays, [f"input {i}" for i in range(n)], sample.target, f"application 1 (sample {case.sample_name!r})"
+        )
+    ]
 
     def add(inputs: list[np.ndarray], target: Any, what: str) -> bool:
         k = len(apps) + 1
-        app = _Application(inputs, [f"input {i} of application {k}" for i in range(n)], target, f"application {k} ({what})")
+        app = _Application(
+            inputs, [f"input {i} of application {k}" for i in range(n)], target, f"application {k} ({what})"
+        )
         if _usable(case, app):
             apps.append(app)
             return True
@@ -376,7 +384,9 @@ def _fresh_pass(case: OperationCase, values: Mapping[str, np.ndarray], rng_state
         parameters[name].value[...] = value
     graph.rng.bit_generator.state = rng_state
     found, _ = pass_results(case, graph, op, case.inputs())
-    bad = next((name for name, v in found.items() if np.asarray(v).dtype.kind == "f" and not np.isfinite(v).all()), None)
+    bad = next(
+        (name for name, v in found.items() if np.asarray(v).dtype.kind == "f" and not np.isfinite(v).all()), None
+    )
     if bad is not None:
         raise case.fail(check_after_parameters_change, f"{bad} is not finite")
     return found
@@ -455,7 +465,11 @@ def _step_arguments(case: OperationCase, arrays: list[np.ndarray]) -> tuple[Any,
     one. The outputs' shapes come from a fresh op applied to ``arrays`` in eval mode (nothing recorded)."""
     if case.is_loss:
         target = case.target()
-        return (target if isinstance(target, (np.ndarray, Variable)) else as_array(target, f"{case.name} target")), [], []
+        return (
+            (target if isinstance(target, (np.ndarray, Variable)) else as_array(target, f"{case.name} target")),
+            [],
+            [],
+        )
     graph, op = case.build()
     graph.eval()
     outputs = float_outputs(op.forward(*[Variable(a) for a in arrays]))
@@ -504,7 +518,11 @@ def check_capture(case: OperationCase) -> None:
         want = eager(want_inputs, target, second_seeds)
         for i, (g, w) in enumerate(zip(got, want)):
             if not _bitwise(g, w):
-                return f"output {i} of the replay differs from eager" if i < len(got) - case.is_loss else "the loss differs"
+                return (
+                    f"output {i} of the replay differs from eager"
+                    if i < len(got) - case.is_loss
+                    else "the loss differs"
+                )
         for i, (g, w) in enumerate(zip(got_inputs, want_inputs)):
             if not _bitwise(g.peek_grad(), w.peek_grad()):
                 return f"the gradient of input {i} differs"

@@ -105,7 +105,9 @@ def collect_cases(
     for info in _infos(names, plugin, registry):
         samples = usable_samples(info.cls)
         valid = [s for s in samples if isinstance(s, Sample)]
-        pairs.append((OperationCase(info, samples[0] if samples else None, 0, fast, op_samples=valid), check_has_samples))
+        pairs.append(
+            (OperationCase(info, samples[0] if samples else None, 0, fast, op_samples=valid), check_has_samples)
+        )
         checks = ALL_CHECKS + (LOSS_CHECKS if issubclass(info.cls, Loss) else ())
         for index, sample in enumerate(samples):
             if not isinstance(sample, Sample):
@@ -121,7 +123,9 @@ def case_id(case: OperationCase, check: Callable[..., Any]) -> str:
     return f"{case.id}-{check.__name__}"
 
 
-def _expected(expected_failures: Mapping[str, str] | None, case: OperationCase, check: Callable[..., Any]) -> str | None:
+def _expected(
+    expected_failures: Mapping[str, str] | None, case: OperationCase, check: Callable[..., Any]
+) -> str | None:
     if not expected_failures:
         return None
     for key in (case_id(case, check), f"{case.name}-{check.__name__}", check.__name__, case.name):
@@ -206,7 +210,9 @@ def run_cases(
                 error = exc.error
                 detail = str(error) if isinstance(error, ContractError) else case.message(exc.prerequisite, str(error))
                 outcome = "xfailed" if reason else "failed"
-                message = f"{case_id(case, check)} cannot run: {exc.prerequisite} (not part of this run) failed:\n{detail}"
+                message = (
+                    f"{case_id(case, check)} cannot run: {exc.prerequisite} (not part of this run) failed:\n{detail}"
+                )
         except AssertionError as exc:
             outcome, message = ("xfailed", f"expected: {reason}\n{exc}") if reason else ("failed", str(exc))
         except TapegradError as exc:
@@ -215,7 +221,11 @@ def run_cases(
             detail = f"the op's code raised SystemExit({exc.code!r}) (sys.exit)"
             outcome, message = ("xfailed", detail) if reason else ("failed", case.message(check.__name__, detail))
         else:
-            outcome, message = ("xpassed", f"{case_id(case, check)} passed but was expected to fail: {reason}") if reason else ("passed", "")
+            outcome, message = (
+                ("xpassed", f"{case_id(case, check)} passed but was expected to fail: {reason}")
+                if reason
+                else ("passed", "")
+            )
         yield ContractResult(case_id(case, check), case.name, case.sample_name, check.__name__, outcome, message)
 
 
