@@ -148,7 +148,9 @@ def test_clipping_happens_inside_the_step_and_the_schedule_after_each_epoch(digi
     assert history.step_losses[1] != history2.step_losses[1]
     with pytest.raises(tg.ArgumentError, match="clip_grad_norm must be above 0"):
         tg.Trainer(model, trainer.optimizer, clip_grad_norm=0.0)
-    with pytest.raises(tg.ArgumentError, match="scheduler must be a tapegrad.optim schedule of this Trainer's optimizer"):
+    with pytest.raises(
+        tg.ArgumentError, match="scheduler must be a tapegrad.optim schedule of this Trainer's optimizer"
+    ):
         tg.Trainer(model, Adam(model.graph.parameter), scheduler=trainer.scheduler)
 
 
@@ -279,7 +281,9 @@ def test_files_that_are_not_checkpoints_are_refused(digits, tmp_path):
         archive.writestr("manifest.json", json.dumps({"format": "tapegrad-checkpoint", "version": 99, "content": {}}))
     cases["version.npz"] = "is of checkpoint format version 99; this tapegrad reads version 1"
     with zipfile.ZipFile(tmp_path / "empty.npz", "w") as archive:
-        archive.writestr("manifest.json", json.dumps({"format": "tapegrad-checkpoint", "version": 1, "content": {"dict": {}}}))
+        archive.writestr(
+            "manifest.json", json.dumps({"format": "tapegrad-checkpoint", "version": 1, "content": {"dict": {}}})
+        )
     cases["empty.npz"] = "is incomplete or malformed"
     for name, fault in cases.items():
         message = attempt(digits, tmp_path / name)
@@ -294,7 +298,9 @@ def test_a_checkpoint_never_unpickles_and_refuses_a_bomb_before_reading_it(digit
 
     monkeypatch.setattr(pickle, "loads", no_unpickling)
     monkeypatch.setattr(pickle, "load", no_unpickling)
-    manifest = json.dumps({"format": "tapegrad-checkpoint", "version": 1, "content": {"dict": {"x": {"array": "arrays/0.npy"}}}})
+    manifest = json.dumps(
+        {"format": "tapegrad-checkpoint", "version": 1, "content": {"dict": {"x": {"array": "arrays/0.npy"}}}}
+    )
     path = tmp_path / "pickled.npz"
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("manifest.json", manifest)
@@ -335,7 +341,9 @@ def test_a_failed_save_leaves_the_previous_checkpoint_whole_and_stops_training(d
 
     monkeypatch.setattr(np.lib.format, "write_array", full_disk)
     model, trainer = make(written, configuration={"--model": "dropnet", "--hidden": 16})
-    with pytest.raises(tg.TrainingError, match=r"cannot write checkpoint .*ck.npz' after epoch 3: No space left on device"):
+    with pytest.raises(
+        tg.TrainingError, match=r"cannot write checkpoint .*ck.npz' after epoch 3: No space left on device"
+    ):
         train(trainer, digits)
     assert written.read_bytes() == before
     assert sorted(os.listdir(written.parent)) == ["ck.npz"]  # no temporary file left

@@ -34,7 +34,10 @@ def test_check_exits_2_when_a_named_plugin_failed_to_load(capsys, kaputt, plugin
         code, out, err = run(capsys, "check", "--plugin", plugins)
     assert code == 2 and out == ""
     assert err.startswith("tapegrad check: error: ") and err.count("\n") == 1
-    assert "'tgtest_kaputt' (tgtest-kaputt==0.1) did not load (failed: import of 'tgtest_kaputt' failed: ImportError: kaputt)" in err
+    assert (
+        "'tgtest_kaputt' (tgtest-kaputt==0.1) did not load "
+        "(failed: import of 'tgtest_kaputt' failed: ImportError: kaputt)" in err
+    )
 
 
 def test_check_exits_2_when_a_named_plugin_is_not_installed_or_blocked(capsys, monkeypatch):
@@ -66,7 +69,10 @@ def test_check_of_named_plugins_that_loaded_still_passes(capsys, kaputt):
 
 
 def test_ops_and_plugins_survive_a_plugin_that_calls_sys_exit(capsys, plugin_dir):
-    make_dist(plugin_dir, "tgtest-quitter", "1.0", {"tgtest_quitter": "tgtest_quitter"}, {"tgtest_quitter": "import sys\nsys.exit(0)\n"})
+    make_dist(
+        plugin_dir, "tgtest-quitter", "1.0", {"tgtest_quitter": "tgtest_quitter"},
+        {"tgtest_quitter": "import sys\nsys.exit(0)\n"},
+    )
     make_dist(plugin_dir, "tgtest-fine", "1.0", {"tgtest_fine": "tgtest_fine"}, {"tgtest_fine": op_module("FineOp")})
     with pytest.warns(tg.PluginWarning, match="tgtest_quitter"):
         code, out, _ = run(capsys, "ops")
@@ -84,7 +90,9 @@ def test_the_check_table_has_a_column_for_every_check_of_tapegrad_testing(capsys
     for check in (*testing.ALL_CHECKS, *testing.LOSS_CHECKS):
         for word in check.__name__.removeprefix("check_").split("_"):
             assert word in header, (check.__name__, header)
-    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.startswith(("Sigmoid", "SoftmaxLoss"))}
+    rows = {
+        line.split()[0]: line.split()[1:] for line in out.splitlines() if line.startswith(("Sigmoid", "SoftmaxLoss"))
+    }
     columns = len(testing.ALL_CHECKS) + len(testing.LOSS_CHECKS)
     assert rows["SoftmaxLoss"][1:] == ["ok"] * columns and rows["Sigmoid"][1:] == ["ok"] * (columns - 1) + ["-"]
 

@@ -32,7 +32,8 @@ def values(path):
 @pytest.mark.parametrize(
     "model, header",
     [("mlp", "tapegrad train: MLP 64-30-10, sgd lr=0.3, batch size 1, 1 epochs, seed 0 (300 train / 450 test samples)"),
-     ("linear", "tapegrad train: Linear 64-10, sgd lr=0.1, batch size 1, 1 epochs, seed 0 (300 train / 450 test samples)")],
+     ("linear",
+      "tapegrad train: Linear 64-10, sgd lr=0.1, batch size 1, 1 epochs, seed 0 (300 train / 450 test samples)")],
 )
 def test_each_first_party_model_trains_an_epoch_on_a_small_limit(capsys, tmp_path, model, header):
     code, out, _ = run(capsys, "train", "--model", model, *QUICK, "--save", str(tmp_path / "m.npz"))
@@ -77,7 +78,9 @@ def test_optimizer_clip_and_schedule_options_are_the_python_apis(capsys, tmp_pat
     optimizer = AdamW(model.graph.parameter, lr=0.01)
     scheduler = {"step": lambda: StepLR(optimizer, 1, 0.1), "exponential": lambda: ExponentialLR(optimizer, 0.01**0.25),
                  "cosine": lambda: CosineAnnealingLR(optimizer, 4)}[schedule]()
-    trainer = tg.Trainer(model, optimizer, batch_size=16, seed=0, verbose=False, scheduler=scheduler, clip_grad_norm=0.5)
+    trainer = tg.Trainer(
+        model, optimizer, batch_size=16, seed=0, verbose=False, scheduler=scheduler, clip_grad_norm=0.5
+    )
     trainer.train(x_train[:120], y_train[:120], x_test, y_test, epochs=4)
     saved = values(tmp_path / "cli.npz")
     for name, v in model.graph.parameter.variable_dict.items():
@@ -112,8 +115,11 @@ def test_checkpoint_resumes_a_run_and_refuses_one_with_other_options(capsys, tmp
     argv = ["--limit", "150", "--batch-size", "8", "--no-progress", "--optimizer", "adam", "--schedule", "step"]
     code, out, _ = run(capsys, "train", *argv, "--epochs", "2", "--checkpoint", check)
     assert code == 0 and "resumed" not in out
-    code, out, _ = run(capsys, "train", *argv, "--epochs", "3", "--checkpoint", check, "--save", str(tmp_path / "a.npz"),
-                       "--no-capture")  # (captured or eager: the same numbers, so either may resume the other)
+    # (captured or eager: the same numbers, so either may resume the other)
+    code, out, _ = run(
+        capsys, "train", *argv, "--epochs", "3", "--checkpoint", check, "--save", str(tmp_path / "a.npz"),
+        "--no-capture",
+    )
     assert code == 0 and f"resumed from {check} after epoch 2\n=== Epoch 3 Summary" in out
     assert "=== Epoch 1 Summary" not in out
     code, out, _ = run(capsys, "train", *argv, "--epochs", "3", "--save", str(tmp_path / "b.npz"))
@@ -193,14 +199,18 @@ DEV_FULL = pytest.mark.skipif(not os.path.exists("/dev/full"), reason="/dev/full
 
 
 @DEV_FULL
-@pytest.mark.parametrize("argv", [["ops"], ["plugins"], ["check", "Affine"], ["train", "--epochs", "1", "--limit", "40"]])
+@pytest.mark.parametrize(
+    "argv", [["ops"], ["plugins"], ["check", "Affine"], ["train", "--epochs", "1", "--limit", "40"]]
+)
 def test_dev_full(tmp_path, argv):
     save = ["--save", str(tmp_path / "m.npz")] if argv[0] == "train" else []
     with open("/dev/full", "w") as full:
         done = subprocess.run([sys.executable, "-m", "tapegrad.cli", *argv, *save], stdout=full, stderr=subprocess.PIPE,
                               text=True, timeout=300)
     assert done.returncode == 1 and "Traceback" not in done.stderr and "Exception ignored" not in done.stderr
-    assert done.stderr.startswith(f"tapegrad {argv[0]}: error: cannot write to standard output: No space left on device")
+    assert done.stderr.startswith(
+        f"tapegrad {argv[0]}: error: cannot write to standard output: No space left on device"
+    )
     assert done.stderr.count("\n") == 1
     if save:
         assert (tmp_path / "m.npz").exists() and "training went on without printing and wrote --save" in done.stderr
@@ -238,7 +248,9 @@ def test_a_run_that_cannot_fit_is_refused_before_allocating(capsys, no_model, no
         (["--hidden", "200000", "--optimizer", "adam"], "parameters 582.4 MB"),
     ],
 )
-def test_the_estimate_is_set_against_the_memory_the_process_may_use(capsys, monkeypatch, no_model, no_training, argv, needs):
+def test_the_estimate_is_set_against_the_memory_the_process_may_use(
+    capsys, monkeypatch, no_model, no_training, argv, needs
+):
     from tapegrad import cli_train
 
     monkeypatch.setattr(cli_train, "available_memory", lambda: (100_000, "a test's bound"))
@@ -251,7 +263,9 @@ def test_the_estimate_of_the_seed_recipe(monkeypatch):
 
     from tapegrad.models import MLPTask
 
-    options = argparse.Namespace(seed=0, limit=None, dtype=np.dtype(np.float64), hidden=30, batch_size=1, optimizer="sgd")
+    options = argparse.Namespace(
+        seed=0, limit=None, dtype=np.dtype(np.float64), hidden=30, batch_size=1, optimizer="sgd"
+    )
     task = MLPTask(options)
     estimate = task.memory_estimate(task.load_data())
     weights, count = 64 * 30 + 30 * 10, 64 * 30 + 30 + 30 * 10 + 10

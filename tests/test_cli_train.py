@@ -85,7 +85,9 @@ def test_read_only_folder_is_refused_before_training(tmp_path, capsys, no_traini
 
 
 def test_outputs_in_folders_still_to_be_made_and_a_default_plot_format(tmp_path, capsys):
-    code, out, _ = run(capsys, *TRAIN, "--save", str(tmp_path / "a" / "b" / "m"), "--plot", str(tmp_path / "c" / "curve"))
+    code, out, _ = run(
+        capsys, *TRAIN, "--save", str(tmp_path / "a" / "b" / "m"), "--plot", str(tmp_path / "c" / "curve")
+    )
     assert code == 0
     assert (tmp_path / "a" / "b" / "m.npz").exists()
     assert (tmp_path / "c" / "curve.png").read_bytes()[:4] == b"\x89PNG" and "curve.png" in out
@@ -258,11 +260,16 @@ def test_train_draw_writes_one_training_step_captured_or_eager(tmp_path, capsys)
     captured, eager = drawings[False], drawings[True]
     assert "captured step" in captured and "Graph 'MLP'" in eager
     assert _statements(captured) == _statements(eager)
-    assert len(re.findall(r"^  a\d+ \[", eager, flags=re.M)) == 4 and len(re.findall(r"^  \w+ -> \w+", eager, flags=re.M)) == 9
+    assert (
+        len(re.findall(r"^  a\d+ \[", eager, flags=re.M)) == 4
+        and len(re.findall(r"^  \w+ -> \w+", eager, flags=re.M)) == 9
+    )
     assert eager.count("|grad| = ") == 4 and "input\\n(16, 64)" in eager  # the four parameters' gradients
 
 
-def test_train_draw_without_graphviz_is_refused_before_training_and_writes_the_dot(tmp_path, capsys, no_training, monkeypatch):
+def test_train_draw_without_graphviz_is_refused_before_training_and_writes_the_dot(
+    tmp_path, capsys, no_training, monkeypatch
+):
     import sys
 
     monkeypatch.setenv("PATH", str(tmp_path / "no-programs-here"))
@@ -280,7 +287,9 @@ def test_train_draw_without_graphviz_is_refused_before_training_and_writes_the_d
         assert text.startswith("digraph tape {") and "affine_0.W" in text and "-> loss" in text
 
 
-@pytest.mark.parametrize("name, fault", [("tape.jpeg", "unsupported format 'jpeg'"), ("tape", "unsupported format '(no extension)'")])
+@pytest.mark.parametrize(
+    "name, fault", [("tape.jpeg", "unsupported format 'jpeg'"), ("tape", "unsupported format '(no extension)'")]
+)
 def test_train_draw_to_an_unknown_format_is_refused_before_training(tmp_path, capsys, no_training, name, fault):
     code, _, err = run(capsys, *TRAIN, "--draw", str(tmp_path / name))
     assert code == 2 and err.count("\n") == 1 and fault in err
@@ -341,12 +350,17 @@ def test_train_help_documents_profile_draw_and_no_capture(capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        ([*TRAIN, "--seed", "4294967296"], "argument --seed: expected a whole number from 0 to 4294967295, got 4294967296"),
-        (["evaluate", "--load", "m.npz", "--seed", "4294967296"], "argument --seed: expected a whole number from 0 to 4294967295, got 4294967296"),
+        ([*TRAIN, "--seed", "4294967296"],
+         "argument --seed: expected a whole number from 0 to 4294967295, got 4294967296"),
+        (["evaluate", "--load", "m.npz", "--seed", "4294967296"],
+         "argument --seed: expected a whole number from 0 to 4294967295, got 4294967296"),
         ([*TRAIN, "--seed", "-1"], "argument --seed: expected a whole number from 0 to 4294967295, got -1"),
-        ([*TRAIN, "--hidden", "100000000000"], "argument --hidden: expected a whole number from 1 to 1000000, got 100000000000"),
-        (["evaluate", "--load", "m.npz", "--hidden", "100000000000"], "argument --hidden: expected a whole number from 1 to 1000000, got 100000000000"),
-        ([*TRAIN, "--batch-size", "9" * 23], f"argument --batch-size: expected a whole number from 1 to 1000000000, got {'9' * 23}"),
+        ([*TRAIN, "--hidden", "100000000000"],
+         "argument --hidden: expected a whole number from 1 to 1000000, got 100000000000"),
+        (["evaluate", "--load", "m.npz", "--hidden", "100000000000"],
+         "argument --hidden: expected a whole number from 1 to 1000000, got 100000000000"),
+        ([*TRAIN, "--batch-size", "9" * 23],
+         f"argument --batch-size: expected a whole number from 1 to 1000000000, got {'9' * 23}"),
         ([*TRAIN, "--epochs", "0"], "argument --epochs: expected a whole number from 1 to 1000000000, got 0"),
         ([*TRAIN, "--lr", "1e400"], "argument --lr: expected a finite number, got 1e400"),
     ],
@@ -362,7 +376,9 @@ def test_numbers_out_of_range_are_refused_by_the_parser(capsys, no_training, arg
 def test_the_bounds_themselves_are_accepted():
     from tapegrad.cli import build_parser
 
-    args = build_parser().parse_args(["train", "--seed", str(2**32 - 1), "--hidden", "1000000", "--batch-size", str(10**9)])
+    args = build_parser().parse_args(
+        ["train", "--seed", str(2**32 - 1), "--hidden", "1000000", "--batch-size", str(10**9)]
+    )
     assert (args.seed, args.hidden, args.batch_size) == (2**32 - 1, 10**6, 10**9)
     args = build_parser().parse_args(["evaluate", "--load", "m.npz", "--seed", "0", "--hidden", "1000000"])
     assert (args.seed, args.hidden) == (0, 10**6)
@@ -382,7 +398,9 @@ def test_running_out_of_memory_is_one_line(capsys, monkeypatch):
     monkeypatch.setattr(models, "MLP", too_big)
     code, _, err = run(capsys, *TRAIN)
     assert code == 1 and err.count("\n") == 1
-    assert err.startswith("tapegrad train: error: out of memory: Unable to allocate") and "(64, 1000000000000000)" in err
+    assert (
+        err.startswith("tapegrad train: error: out of memory: Unable to allocate") and "(64, 1000000000000000)" in err
+    )
 
 
 @pytest.fixture
@@ -411,10 +429,14 @@ def _link(path, to):
         lambda d: [("--save", _link(d / "m.npz", "p.png")), ("--plot", d / "p.png")],  # m.npz -> p.png
         lambda d: [("--save", _link(d / "m.npz", "p.png")), ("--plot", d / "p")],  # p: PNG by default
         lambda d: [("--plot", _link(d / "p.png", "tape.dot")), ("--draw", d / "tape.svg")],  # beside tape.svg
-        lambda d: [("--save", _link(d / "m.npz", _folder(d / "real") / "tape.dot")), ("--draw", d / "real" / "tape.pdf")],
+        lambda d: [
+            ("--save", _link(d / "m.npz", _folder(d / "real") / "tape.dot")), ("--draw", d / "real" / "tape.pdf")
+        ],
     ],
 )
-def test_outputs_that_are_one_file_are_refused_before_training(tmp_path, capsys, monkeypatch, no_training, graphviz_found, outputs):
+def test_outputs_that_are_one_file_are_refused_before_training(
+    tmp_path, capsys, monkeypatch, no_training, graphviz_found, outputs
+):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "sub").mkdir()
     pairs = outputs(tmp_path)
@@ -460,7 +482,9 @@ def test_a_loop_of_symbolic_links_is_refused_before_training(tmp_path, capsys, n
     for target in ("la.npz", "la.npz/../m.npz"):
         code, _, err = run(capsys, *TRAIN, "--save", str(tmp_path / target))
         assert code == 2 and err.count("\n") == 1
-        assert err.startswith(f"tapegrad train: error: cannot write --save '{tmp_path}/la.npz") and "symbolic links" in err
+        assert (
+            err.startswith(f"tapegrad train: error: cannot write --save '{tmp_path}/la.npz") and "symbolic links" in err
+        )
     assert sorted(os.listdir(tmp_path)) == ["la.npz", "lb.npz"]
 
 

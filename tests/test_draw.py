@@ -16,7 +16,10 @@ import tapegrad as tg
 from tapegrad.models import MLP
 
 # -- a small DOT parser: the subset of the DOT language a drawing may use ---------------------------------
-TOKEN = re.compile(r'\s*(?:(?P<string>"(?:[^"\\]|\\.)*")|(?P<arrow>->)|(?P<id>[A-Za-z_][A-Za-z_0-9.]*|-?\d+(?:\.\d+)?)|(?P<punct>[{}\[\]=;,]))')
+TOKEN = re.compile(
+    r'\s*(?:(?P<string>"(?:[^"\\]|\\.)*")|(?P<arrow>->)'
+    r'|(?P<id>[A-Za-z_][A-Za-z_0-9.]*|-?\d+(?:\.\d+)?)|(?P<punct>[{}\[\]=;,]))'
+)
 
 
 def _tokens(text):
@@ -126,8 +129,8 @@ def lstm_unrolled():
     cell, loss = g.get_operation("LSTMCell", [3, 4]), g.get_operation("SquareLoss")
     rng = np.random.default_rng(0)
     args = (
-        rng.standard_normal((2, 3)), rng.standard_normal((2, 3)), tg.Variable(np.zeros((2, 4))), tg.Variable(np.zeros((2, 4))),
-        np.ones((2, 4)),
+        rng.standard_normal((2, 3)), rng.standard_normal((2, 3)), tg.Variable(np.zeros((2, 4))),
+        tg.Variable(np.zeros((2, 4))), np.ones((2, 4)),
     )
 
     def step(x1, x2, h0, c0, target):
@@ -179,7 +182,8 @@ def test_an_op_applied_twice_has_two_applications_sharing_its_parameters():
     step(*args)
     nodes, edges = parse_dot(g.to_dot())
     assert labels(nodes, "a") == [
-        "affine_0 #1\nAffine\n-> (2, 3)", "tanh_0\nTanh\n-> (2, 3)", "affine_0 #2\nAffine\n-> (2, 3)", "square_loss_0\nSquareLoss\n-> (2, 3)\n-> loss",
+        "affine_0 #1\nAffine\n-> (2, 3)", "tanh_0\nTanh\n-> (2, 3)", "affine_0 #2\nAffine\n-> (2, 3)",
+        "square_loss_0\nSquareLoss\n-> (2, 3)\n-> loss",
     ]
     weight = next(name for name, attrs in nodes.items() if attrs["label"].startswith("affine_0.W"))
     assert sorted(head for tail, head, _ in edges if tail == weight) == ["a0", "a2"]
@@ -217,7 +221,10 @@ def test_gradient_norms_appear_on_inputs_and_parameters_after_backward():
     assert "input\n(2, 3)" in shown  # an array: no gradient
 
 
-@pytest.mark.parametrize("grad, shown", [(1e200, "|grad| = 2e+200"), (np.inf, "|grad| = inf"), (np.nan, "|grad| = nan"), (0.0, "|grad| = 0")])
+@pytest.mark.parametrize(
+    "grad, shown",
+    [(1e200, "|grad| = 2e+200"), (np.inf, "|grad| = inf"), (np.nan, "|grad| = nan"), (0.0, "|grad| = 0")],
+)
 def test_any_gradient_norm_is_shown_without_warnings(grad, shown):
     g = tg.Graph("norms")
     x = tg.Variable(np.zeros(4))
@@ -466,7 +473,9 @@ def test_without_dot_the_error_says_what_to_install(drawn_graph, tmp_path, monke
         raise missing("failed to execute 'dot'")
 
     monkeypatch.setitem(sys.modules, "graphviz", fake_graphviz(pipe))
-    with pytest.raises(tg.MissingDependencyError, match=r"needs Graphviz's dot program.*pip install 'tapegrad\[draw\]'"):
+    with pytest.raises(
+        tg.MissingDependencyError, match=r"needs Graphviz's dot program.*pip install 'tapegrad\[draw\]'"
+    ):
         tg.draw(drawn_graph, tmp_path / "tape.svg")
     assert (tmp_path / "tape.dot").read_text() == drawn_graph.to_dot() and not (tmp_path / "tape.svg").exists()
 
@@ -474,7 +483,9 @@ def test_without_dot_the_error_says_what_to_install(drawn_graph, tmp_path, monke
 def test_dot_missing_from_the_path_with_the_real_package(drawn_graph, tmp_path, monkeypatch):
     pytest.importorskip("graphviz")
     monkeypatch.setenv("PATH", str(tmp_path / "no-programs-here"))
-    with pytest.raises(tg.MissingDependencyError, match="needs Graphviz's dot program, which is not on the PATH") as info:
+    with pytest.raises(
+        tg.MissingDependencyError, match="needs Graphviz's dot program, which is not on the PATH"
+    ) as info:
         tg.draw(drawn_graph, tmp_path / "tape.svg")
     assert str(tmp_path / "tape.dot") in str(info.value)
     assert (tmp_path / "tape.dot").read_text() == drawn_graph.to_dot() and not (tmp_path / "tape.svg").exists()

@@ -121,7 +121,9 @@ class GraphModel(tg.Graph):
 
 
 def test_numerical_gradient_check_on_a_graph_subclass(rng, capsys):
-    report = tg.numerical_gradient_check(GraphModel(), tg.Variable(rng.random((2, 3))), tg.Variable(np.zeros((2, 2))), verbose=False)
+    report = tg.numerical_gradient_check(
+        GraphModel(), tg.Variable(rng.random((2, 3))), tg.Variable(np.zeros((2, 2))), verbose=False
+    )
     assert report and len(report) == 2
     assert capsys.readouterr().out == ""
 

@@ -29,9 +29,14 @@ def assert_first_party_mlp_trains_a_step(model):
 @pytest.fixture
 def look_alikes(plugin_dir):
     """A third-party distribution offering its own Affine, Sigmoid and SoftmaxLoss."""
-    source = op_module("Affine", "lookalike") + "\nclass Sigmoid(Affine):\n    pass\n\nclass SoftmaxLoss(Affine):\n    pass\n"
+    source = (
+        op_module("Affine", "lookalike")
+        + "\nclass Sigmoid(Affine):\n    pass\n\nclass SoftmaxLoss(Affine):\n    pass\n"
+    )
     source = source.replace("return [Affine]", "return [Affine, Sigmoid, SoftmaxLoss]")
-    make_dist(plugin_dir, "tgtest-lookalike", "1.0", {"tgtest_lookalike": "tgtest_lookalike"}, {"tgtest_lookalike": source})
+    make_dist(
+        plugin_dir, "tgtest-lookalike", "1.0", {"tgtest_lookalike": "tgtest_lookalike"}, {"tgtest_lookalike": source}
+    )
     with pytest.raises(tg.AmbiguousOperationError):
         tg.Graph().get_operation("Affine", [2, 2])
     return plugin_dir

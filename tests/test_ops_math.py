@@ -122,7 +122,10 @@ def test_property_broadcasting_ops_match_numpy_and_gradients_have_input_shapes(d
 
 
 @settings(max_examples=30, deadline=None)
-@given(x=hnp.arrays(np.float64, shapes, elements=finite), name=st.sampled_from(["Exp", "Sigmoid", "Tanh", "Relu", "LeakyRelu"]))
+@given(
+    x=hnp.arrays(np.float64, shapes, elements=finite),
+    name=st.sampled_from(["Exp", "Sigmoid", "Tanh", "Relu", "LeakyRelu"]),
+)
 def test_property_elementwise_ops_keep_shape_and_pass_gradcheck(x, name):
     if name in ("Relu", "LeakyRelu"):
         x = np.where(np.abs(x) < 0.05, 0.5, x)  # stay away from the kink
@@ -136,8 +139,8 @@ def test_property_elementwise_ops_keep_shape_and_pass_gradcheck(x, name):
 # -- Index, Stack, Unstack ---------------------------------------------------------------------
 @pytest.mark.parametrize(
     "index",
-    [2, -1, (slice(None), 2), (slice(1, None, 2), slice(None, 2)), (Ellipsis, 0), (None, 1), (1, 2, 3), slice(None, None, -1),
-     (np.int64(1), slice(np.int32(0), 2)), ()],
+    [2, -1, (slice(None), 2), (slice(1, None, 2), slice(None, 2)), (Ellipsis, 0), (None, 1), (1, 2, 3),
+     slice(None, None, -1), (np.int64(1), slice(np.int32(0), 2)), ()],
     ids=repr,
 )
 def test_index_is_numpy_basic_indexing_and_its_gradient_matches_central_differences(index, rng):
@@ -175,7 +178,8 @@ def test_index_and_unstack_keep_integer_ids_integers_and_stack_computes_in_the_g
 @pytest.mark.parametrize(
     "index, error, match",
     [
-        (np.array([0, 1]), tg.InputTypeError, r"index must be an int, a slice, None or Ellipsis, got ndarray .*advanced indexing"),
+        (np.array([0, 1]), tg.InputTypeError,
+         r"index must be an int, a slice, None or Ellipsis, got ndarray .*advanced indexing"),
         ([0, 1], tg.InputTypeError, r"index must be .*, got list \[0, 1\] \(arrays, lists and booleans are advanced"),
         ((slice(None), [0, 2]), tg.InputTypeError, r"index\[1\] must be .*, got list"),
         (1.0, tg.InputTypeError, "index must be an int, a slice, None or Ellipsis, got float 1.0"),
@@ -194,7 +198,8 @@ def test_index_refuses_what_is_not_basic_indexing_when_made(index, error, match)
 @pytest.mark.parametrize(
     "index, shape, match",
     [
-        ((slice(None), 3), (4, 3), r"index \[:, 3\] does not fit an input of shape \(4, 3\): index 3 is out of bounds for axis 1"),
+        ((slice(None), 3), (4, 3),
+         r"index \[:, 3\] does not fit an input of shape \(4, 3\): index 3 is out of bounds for axis 1"),
         ((0, 0, 0), (4, 3), r"index \[0, 0, 0\] does not fit an input of shape \(4, 3\): too many indices"),
         (-5, (4, 3), r"index \[-5\] does not fit an input of shape \(4, 3\)"),
         ((Ellipsis, None, slice(1, None, 2)), (), r"index \[\.\.\., None, 1::2\] does not fit an input of shape \(\)"),
@@ -230,10 +235,13 @@ def test_unstack_gives_unused_outputs_zero_gradient(rng):
 @pytest.mark.parametrize(
     "name, inputs, kwargs, match",
     [
-        ("Stack", [np.ones((2, 3)), np.ones((3, 2))], {}, r"inputs must all have the same shape, got \(2, 3\), \(3, 2\)"),
-        ("Stack", [np.ones((2, 3)), np.ones((2, 3))], {"axis": 3}, r"axis 3 is out of range for stacking inputs of rank 2 .*-3\.\.2"),
+        ("Stack", [np.ones((2, 3)), np.ones((3, 2))], {},
+         r"inputs must all have the same shape, got \(2, 3\), \(3, 2\)"),
+        ("Stack", [np.ones((2, 3)), np.ones((2, 3))], {"axis": 3},
+         r"axis 3 is out of range for stacking inputs of rank 2 .*-3\.\.2"),
         ("Stack", [np.ones((2, 3))], {"axis": -4}, "axis -4 is out of range"),
-        ("Unstack", [np.ones((2, 0, 3))], {"axis": 1}, r"axis 1 of the input \(shape \(2, 0, 3\)\) has length 0: nothing to unstack"),
+        ("Unstack", [np.ones((2, 0, 3))], {"axis": 1},
+         r"axis 1 of the input \(shape \(2, 0, 3\)\) has length 0: nothing to unstack"),
         ("Unstack", [np.ones((2, 3))], {"axis": 2}, "axis 2 is out of range for an input of rank 2"),
         ("Unstack", [np.array(1.0)], {}, r"expected the input to have at least 1 dimensions, got shape \(\)"),
     ],
@@ -245,7 +253,10 @@ def test_stack_and_unstack_shape_errors_name_the_op(name, inputs, kwargs, match)
 
 
 @pytest.mark.parametrize("name", ["Stack", "Unstack"])
-@pytest.mark.parametrize("axis, error", [("1", tg.InputTypeError), (1.0, tg.InputTypeError), (None, tg.InputTypeError), (True, tg.InputTypeError)])
+@pytest.mark.parametrize(
+    "axis, error",
+    [("1", tg.InputTypeError), (1.0, tg.InputTypeError), (None, tg.InputTypeError), (True, tg.InputTypeError)],
+)
 def test_stack_and_unstack_check_their_axis_when_made(name, axis, error):
     with pytest.raises(error, match=rf"^{name} \(\w+\): axis must be an int"):
         tg.Graph().get_operation(name, axis=axis)
@@ -299,7 +310,8 @@ def test_ids_unstacked_in_a_captured_step_stay_integers_and_replay_bit_for_bit(r
     def model():
         g = tg.Graph("ids", seed=0)
         split, emb = g.get_operation("Unstack", axis=1), g.get_operation("Embedding", [7, 3])
-        add, tanh, head, loss = g.get_operation("Add"), g.get_operation("Tanh"), g.get_operation("Affine", [3, 7]), g.get_operation("SoftmaxLoss")
+        add, tanh = g.get_operation("Add"), g.get_operation("Tanh")
+        head, loss = g.get_operation("Affine", [3, 7]), g.get_operation("SoftmaxLoss")
         optimizer = SGD(g.parameter, lr=0.5)
 
         def step(ids, y, h):  # (the initial state is an argument: the step makes no array itself)

@@ -68,7 +68,9 @@ def test_affine_matches_numpy_and_initialises_as_documented():
 def test_affine_wrong_width_names_the_op_and_shapes():
     g = tg.Graph()
     aff = g.get_operation("Affine", [64, 30])
-    with pytest.raises(tg.ShapeError, match=r"Affine \(affine_0\): expected input of shape \(batch, 64\), got \(8, 63\)"):
+    with pytest.raises(
+        tg.ShapeError, match=r"Affine \(affine_0\): expected input of shape \(batch, 64\), got \(8, 63\)"
+    ):
         aff(tg.Variable(np.ones((8, 63))))
 
 
@@ -178,7 +180,9 @@ def test_softmax_loss_takes_labels_of_any_integral_dtype(dtype):
 
 
 def test_softmax_loss_needs_logits_with_a_class_axis():
-    with pytest.raises(tg.ShapeError, match=r"SoftmaxLoss \(softmax_loss_0\): expected logits of shape \(\.\.\., classes\)"):
+    with pytest.raises(
+        tg.ShapeError, match=r"SoftmaxLoss \(softmax_loss_0\): expected logits of shape \(\.\.\., classes\)"
+    ):
         apply("SoftmaxLoss", np.array(4.0))
 
 
@@ -252,7 +256,9 @@ def test_ignored_positions_contribute_nothing_whatever_their_logits(rng):
     assert np.isfinite(zv.grad).all()
 
 
-@pytest.mark.parametrize("labels", [np.full((2, 3), -1), np.full((2, 3), -1.0), np.array([[-1, -1, -1], [-1, -1, -1]], dtype=np.int8)])
+@pytest.mark.parametrize(
+    "labels", [np.full((2, 3), -1), np.full((2, 3), -1.0), np.array([[-1, -1, -1], [-1, -1, -1]], dtype=np.int8)]
+)
 def test_a_loss_with_every_position_ignored_is_zero_with_zero_gradient(labels, rng):
     """torch gives NaN (0/0); tapegrad refuses a NaN loss, so a batch of padding contributes nothing."""
     g, op, _ = apply("SoftmaxLoss", rng.standard_normal((2, 3, 4)), ignore_index=-1)
@@ -265,9 +271,13 @@ def test_a_loss_with_every_position_ignored_is_zero_with_zero_gradient(labels, r
 def test_ignore_index_may_be_a_class_and_float_labels_may_be_ignored(rng):
     z = rng.standard_normal((5, 3))
     _, op, _ = apply("SoftmaxLoss", z, ignore_index=1)
-    assert op.loss(np.array([1, 0, 2, 1, 2])) == pytest.approx(cross_entropy(z[[1, 2, 4]], np.array([0, 2, 2]))[0], rel=1e-12)
+    assert op.loss(np.array([1, 0, 2, 1, 2])) == pytest.approx(
+        cross_entropy(z[[1, 2, 4]], np.array([0, 2, 2]))[0], rel=1e-12
+    )
     _, op, _ = apply("SoftmaxLoss", z, ignore_index=-1)
-    assert op.loss(np.array([-1.0, 0.0, 2.0, -1.0, 2.0])) == pytest.approx(cross_entropy(z[[1, 2, 4]], np.array([0, 2, 2]))[0])
+    assert op.loss(np.array([-1.0, 0.0, 2.0, -1.0, 2.0])) == pytest.approx(
+        cross_entropy(z[[1, 2, 4]], np.array([0, 2, 2]))[0]
+    )
 
 
 def test_the_seed_path_and_the_general_path_agree(rng):
@@ -288,14 +298,20 @@ def test_the_seed_path_and_the_general_path_agree(rng):
 @pytest.mark.parametrize(
     "z, labels, kwargs, error, match",
     [
-        (np.zeros((2, 3, 4)), np.zeros((2, 4), int), {}, tg.ShapeError, r"expected labels of shape \(2, 3\) .*got shape \(2, 4\)"),
+        (np.zeros((2, 3, 4)), np.zeros((2, 4), int), {}, tg.ShapeError,
+         r"expected labels of shape \(2, 3\) .*got shape \(2, 4\)"),
         (np.zeros((2, 3, 4)), np.array([[0, 4, -1], [0, 0, 0]]), {"ignore_index": -1}, tg.OutOfRangeError,
          r"label 4 is out of range \[0, 4\) \(positions labelled ignore_index=-1 are skipped\)"),
-        (np.zeros((2, 3, 4)), np.array([[0, -2, -1], [0, 0, 0]]), {"ignore_index": -1}, tg.OutOfRangeError, "label -2 is out of range"),
-        (np.zeros((2, 3, 4)), np.array([[0, 1, 2], [0, 5, 0]]), {}, tg.OutOfRangeError, r"label 5 is out of range \[0, 4\)$"),
-        (np.zeros((2, 0, 4)), np.zeros((2, 0), int), {}, tg.ShapeError, r"the batch is empty \(logits shape \(2, 0, 4\)\)"),
-        (np.zeros((2, 3, 4)), np.array([[0.5, 1, 2], [0, 0, 0]]), {"ignore_index": -1}, tg.InputTypeError, "expected integer labels, got the non-integral value 0.5"),
-        (np.zeros((2, 3, 4)), np.array([[np.nan, 1, 2], [0, 0, 0]]), {"ignore_index": -1}, tg.NonFiniteError, "the labels hold NaN"),
+        (np.zeros((2, 3, 4)), np.array([[0, -2, -1], [0, 0, 0]]), {"ignore_index": -1}, tg.OutOfRangeError,
+         "label -2 is out of range"),
+        (np.zeros((2, 3, 4)), np.array([[0, 1, 2], [0, 5, 0]]), {}, tg.OutOfRangeError,
+         r"label 5 is out of range \[0, 4\)$"),
+        (np.zeros((2, 0, 4)), np.zeros((2, 0), int), {}, tg.ShapeError,
+         r"the batch is empty \(logits shape \(2, 0, 4\)\)"),
+        (np.zeros((2, 3, 4)), np.array([[0.5, 1, 2], [0, 0, 0]]), {"ignore_index": -1}, tg.InputTypeError,
+         "expected integer labels, got the non-integral value 0.5"),
+        (np.zeros((2, 3, 4)), np.array([[np.nan, 1, 2], [0, 0, 0]]), {"ignore_index": -1}, tg.NonFiniteError,
+         "the labels hold NaN"),
     ],
 )
 def test_softmax_loss_on_positions_rejects_bad_labels_naming_the_op(z, labels, kwargs, error, match):
@@ -306,8 +322,10 @@ def test_softmax_loss_on_positions_rejects_bad_labels_naming_the_op(z, labels, k
 
 @pytest.mark.parametrize(
     "value, error, match",
-    [("a", tg.InputTypeError, "must be a whole number, got str"), (1.5, tg.InputTypeError, "must be a whole number, got float"),
-     (True, tg.InputTypeError, "must be a whole number, got bool"), (float("nan"), tg.InputTypeError, "must be a whole number, got float")],
+    [("a", tg.InputTypeError, "must be a whole number, got str"),
+     (1.5, tg.InputTypeError, "must be a whole number, got float"),
+     (True, tg.InputTypeError, "must be a whole number, got bool"),
+     (float("nan"), tg.InputTypeError, "must be a whole number, got float")],
 )
 def test_softmax_loss_checks_ignore_index_when_made(value, error, match):
     with pytest.raises(error, match=rf"^SoftmaxLoss \(softmax_loss_0\): ignore_index {match}"):
@@ -328,5 +346,7 @@ def test_softmax_loss_probabilities_and_loss_hold_at_every_logit_scale_and_dtype
         value = op.loss(labels)
     expected, _ = cross_entropy(z.astype(dtype).astype(np.float64), labels)
     tolerance = {np.float64: 1e-12, np.float32: 1e-5, np.float16: 2e-2}[dtype]
-    assert probs.dtype == dtype and np.allclose(probs.value, softmax(z.astype(dtype).astype(np.float64)), atol=tolerance)
+    assert probs.dtype == dtype and np.allclose(
+        probs.value, softmax(z.astype(dtype).astype(np.float64)), atol=tolerance
+    )
     assert value == pytest.approx(expected, rel=tolerance, abs=tolerance)

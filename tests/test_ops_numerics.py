@@ -83,7 +83,10 @@ def test_cases_cover_every_first_party_op():
 # -- huge and tiny finite inputs (item 4) ------------------------------------------------------
 @pytest.mark.parametrize(
     "row",
-    [[1e308, -1e308, 0.0, 1.0], [1.7e308, 1.7e308, -1.7e308, 1.7e308], [1e200, -1e200, 3.0, 1.0], [1e-310, -1e-310, 1e-320, 2.0]],
+    [
+        [1e308, -1e308, 0.0, 1.0], [1.7e308, 1.7e308, -1.7e308, 1.7e308], [1e200, -1e200, 3.0, 1.0],
+        [1e-310, -1e-310, 1e-320, 2.0],
+    ],
     ids=["1e308", "1.7e308", "1e200", "1e-310"],
 )
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -175,7 +178,9 @@ def test_softmax_of_logits_further_apart_than_the_float_range():
 def test_a_result_beyond_the_float_range_raises_naming_the_op(name, inputs, kwargs):
     g = tg.Graph(seed=1)
     op = g.get_operation(name, **kwargs)
-    with pytest.raises(tg.NonFiniteError, match=rf"^{op.label.replace('(', '.').replace(')', '.')}:.*(range|overflows)"):
+    with pytest.raises(
+        tg.NonFiniteError, match=rf"^{op.label.replace('(', '.').replace(')', '.')}:.*(range|overflows)"
+    ):
         op(*[tg.Variable(x) for x in inputs])
 
 
@@ -212,7 +217,9 @@ def test_loss_beyond_the_float_range_is_not_blamed_on_nan():
         g = tg.Graph()
         op = g.get_operation(name)
         op(tg.Variable(x))
-        with pytest.raises(tg.NonFiniteError, match=rf"{name} .*: the loss exceeds the float64 range .*every input is finite"):
+        with pytest.raises(
+            tg.NonFiniteError, match=rf"{name} .*: the loss exceeds the float64 range .*every input is finite"
+        ):
             op.loss(target)
 
 
@@ -316,7 +323,9 @@ def test_float_labels_beyond_the_range_are_out_of_range_without_a_cast_warning(l
         op.loss(np.array(labels))
 
 
-@pytest.mark.parametrize("ids, error", [([1e20], tg.OutOfRangeError), ([np.nan], tg.NonFiniteError), ([-np.inf], tg.OutOfRangeError)])
+@pytest.mark.parametrize(
+    "ids, error", [([1e20], tg.OutOfRangeError), ([np.nan], tg.NonFiniteError), ([-np.inf], tg.OutOfRangeError)]
+)
 def test_float_embedding_ids_are_checked_before_the_cast(ids, error):
     emb = tg.Graph().get_operation("Embedding", [5, 2])
     with pytest.raises(error, match=r"^Embedding \(embedding_0\): .*id"):
@@ -335,7 +344,8 @@ def test_integral_float_labels_still_work():
         ("SquareLoss", np.zeros((0, 3)), np.zeros((0, 3)), r"the batch is empty \(prediction shape \(0, 3\)\)"),
         ("SoftmaxLoss", np.zeros((0, 3)), np.zeros(0, dtype=int), r"the batch is empty \(logits shape \(0, 3\)\)"),
         ("SigmoidCrossEntropyLoss", np.zeros((0, 3)), np.zeros((0, 3)), "the batch is empty"),
-        ("SigmoidCrossEntropyLoss", np.zeros((3, 0)), np.zeros((3, 0)), r"the logits have no elements \(shape \(3, 0\)\)"),
+        ("SigmoidCrossEntropyLoss", np.zeros((3, 0)), np.zeros((3, 0)),
+         r"the logits have no elements \(shape \(3, 0\)\)"),
     ],
 )
 def test_a_loss_on_an_empty_batch_says_so(name, x, target, match):
@@ -390,7 +400,8 @@ def test_a_scalar_fed_to_three_applications_gets_every_contribution(name):
     "name, args, kwargs, error, match",
     [
         ("Affine", [-1, 5], {}, tg.ArgumentError, r"Affine \(affine_0\): input_size must be at least 1, got -1"),
-        ("Affine", [None, 2], {}, tg.InputTypeError, r"Affine \(affine_0\): input_size must be a whole number, got NoneType"),
+        ("Affine", [None, 2], {}, tg.InputTypeError,
+         r"Affine \(affine_0\): input_size must be a whole number, got NoneType"),
         ("Affine", [3, 0], {}, tg.ArgumentError, "output_size must be at least 1"),
         ("Affine", [3.5, 2], {}, tg.InputTypeError, "input_size must be a whole number, got float"),
         ("Affine", [3, 2], {"bias": "yes"}, tg.InputTypeError, "bias must be True or False"),
@@ -414,7 +425,8 @@ def test_a_scalar_fed_to_three_applications_gets_every_contribution(name):
         ("Sum", [(0, 0)], {}, tg.ArgumentError, "axis must not repeat an axis"),
         ("Mean", [(0, 1.5)], {}, tg.InputTypeError, r"Mean \(mean_0\): axis\[1\] must be a whole number"),
         ("Mean", [0], {"keepdims": 1}, tg.InputTypeError, "keepdims must be True or False"),
-        ("Reshape", ["abc"], {}, tg.InputTypeError, r"Reshape \(reshape_0\): shape must be an int or a sequence of ints"),
+        ("Reshape", ["abc"], {}, tg.InputTypeError,
+         r"Reshape \(reshape_0\): shape must be an int or a sequence of ints"),
         ("Reshape", [(2, "a")], {}, tg.InputTypeError, r"shape\[1\] must be a whole number"),
         ("Reshape", [(-1, -1)], {}, tg.ArgumentError, "infer one dimension"),
         ("Reshape", [(2, -3)], {}, tg.ArgumentError, r"shape\[1\] must be at least -1"),
@@ -486,7 +498,9 @@ def softmax_loss(logits, labels, dtype=np.float64, **kwargs):
         ([[1e308, 0.0], [1e308, 0.0]], [1, 1], {}, 1e308),
     ],
 )
-def test_softmax_loss_of_logits_further_apart_than_the_float_range_is_its_mean_without_a_signal(logits, labels, kwargs, expected):
+def test_softmax_loss_of_logits_further_apart_than_the_float_range_is_its_mean_without_a_signal(
+    logits, labels, kwargs, expected
+):
     (value, grad), (again, _) = quietly(lambda: softmax_loss(logits, labels, **kwargs))
     assert value == again == pytest.approx(expected, rel=1e-15)
     assert np.isfinite(grad).all()
@@ -553,7 +567,10 @@ def test_sum_signals_overflow_only_for_a_sum_beyond_the_float_range(x, kwargs, e
     assert np.allclose(value, expected, rtol=1e-15, equal_nan=True) and value.shape == np.shape(expected)
 
 
-@pytest.mark.parametrize("inputs, expected", [([1e308, 1e308, -1e308], 1e308), ([1e308, 1e308, np.nan], np.nan), ([1e308, 1e308, np.inf], np.inf)])
+@pytest.mark.parametrize(
+    "inputs, expected",
+    [([1e308, 1e308, -1e308], 1e308), ([1e308, 1e308, np.nan], np.nan), ([1e308, 1e308, np.inf], np.inf)],
+)
 def test_add_of_three_inputs_signals_overflow_only_for_a_sum_beyond_the_float_range(inputs, expected):
     def add():
         g = tg.Graph()
@@ -570,5 +587,8 @@ def test_add_of_three_inputs_signals_overflow_only_for_a_sum_beyond_the_float_ra
 @pytest.mark.parametrize("name, inputs", [("Sum", [np.array([1e308, 1e308])]), ("Add", [np.array(1e308)] * 3)])
 def test_a_sum_truly_beyond_the_float_range_still_raises_where_numpy_is_asked_to(name, inputs):
     op = tg.Graph().get_operation(name)
-    with np.errstate(over="raise"), pytest.raises(tg.NonFiniteError, match=rf"^{name} \(\w+\): forward went beyond the float range"):
+    with (
+        np.errstate(over="raise"),
+        pytest.raises(tg.NonFiniteError, match=rf"^{name} \(\w+\): forward went beyond the float range"),
+    ):
         op(*[tg.Variable(x) for x in inputs])

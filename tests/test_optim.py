@@ -338,7 +338,8 @@ def test_variables_assigned_later_keep_the_state_of_those_that_stay():
         (
             lambda p: SGD(None, 0.1),
             tg.InputTypeError,
-            r"SGD: expected the Variables to use \(a Parameter store, a model with .graph, a dict, or a list of Variables\), got NoneType",
+            r"SGD: expected the Variables to use "
+            r"\(a Parameter store, a model with .graph, a dict, or a list of Variables\), got NoneType",
         ),
         (lambda p: Adam("w"), tg.InputTypeError, r"Adam: expected the Variables to use .*got str"),
         (
@@ -403,7 +404,8 @@ def test_a_non_finite_gradient_is_refused_before_anything_changes(name, bad):
     before = snapshot(optimizer)
     with pytest.raises(
         tg.NonFiniteError,
-        match=rf"{type(optimizer).__name__}.step: the gradient of 'p0' holds {bad} at \[2, 1\]; no parameter or optimizer state was changed",
+        match=rf"{type(optimizer).__name__}.step: the gradient of 'p0' holds {bad} at \[2, 1\]; "
+        r"no parameter or optimizer state was changed",
     ):
         optimizer.step()
     assert_unchanged(optimizer, before)
@@ -704,7 +706,8 @@ def changed(state: dict[str, Any], path: tuple[Any, ...], value: Any) -> dict[st
             ("hyperparameters", "eps"),
             KeyError,
             tg.ParameterLoadError,
-            r"hyperparameters: the state dict's keys must be \['lr', 'betas', 'eps', 'weight_decay', 'amsgrad'\]; missing \['eps'\]",
+            r"hyperparameters: the state dict's keys must be \['lr', 'betas', 'eps', 'weight_decay', 'amsgrad'\]; "
+            r"missing \['eps'\]",
         ),
         (("hyperparameters", "momentum"), 0.9, tg.ParameterLoadError, r"unexpected \['momentum'\]"),
         (

@@ -124,7 +124,9 @@ import zipfile  # noqa: E402
 
 from tapegrad.parameter import ParameterFile  # noqa: E402
 
-AWKWARD_NAMES = ["emb", "emb.npy", "file", "a/b", "", "\x00", "a\x00", "ünï 名", "\ud800", "0", "__tapegrad_names__", "x" * 300]
+AWKWARD_NAMES = [
+    "emb", "emb.npy", "file", "a/b", "", "\x00", "a\x00", "ünï 名", "\ud800", "0", "__tapegrad_names__", "x" * 300
+]
 
 
 def _named(names, seed=0, shape=(3, 2)):

@@ -30,7 +30,10 @@ def data():
 def train(data, capture, batch_size=8, epochs=2, optimizer=SGD, profiled=True):
     x, y, x_test, y_test = data
     model = MLP(64, 10, 10, seed=0)
-    trainer = tg.Trainer(model, optimizer(model.graph.parameter, lr=0.1), batch_size=batch_size, capture=capture, verbose=False, progress=False)
+    trainer = tg.Trainer(
+        model, optimizer(model.graph.parameter, lr=0.1), batch_size=batch_size, capture=capture, verbose=False,
+        progress=False,
+    )
     prof = tg.profile(model.graph)
     if profiled:
         with prof:
@@ -266,7 +269,9 @@ def test_when_off_no_profiler_is_touched(data, monkeypatch):
     monkeypatch.setattr(Record, "observed", touched)
     x, y, x_test, y_test = data
     for capture in (True, False):
-        trainer = tg.Trainer(model, SGD(model.graph.parameter, lr=0.1), batch_size=8, capture=capture, verbose=False, progress=False)
+        trainer = tg.Trainer(
+            model, SGD(model.graph.parameter, lr=0.1), batch_size=8, capture=capture, verbose=False, progress=False
+        )
         trainer.train(x, y, x_test, y_test, epochs=2)
     assert prof.to_dict()["by_class"] == before["by_class"]
 

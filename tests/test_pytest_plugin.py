@@ -77,7 +77,10 @@ def test_a_named_plugin_that_failed_to_load_fails_the_run_with_exit_2(pytester, 
     result = pytester.runpytest_subprocess("--tapegrad-contract=acme,tgtest_kaputt", *ARGS)
     assert result.ret == pytest.ExitCode.INTERRUPTED == 2
     for stream in (result.stdout.str(), result.stderr.str()):
-        assert "'tgtest_kaputt' (tgtest-kaputt==0.1) did not load (failed: import of 'tgtest_kaputt' failed: ImportError: kaputt)" in stream
+        assert (
+            "'tgtest_kaputt' (tgtest-kaputt==0.1) did not load "
+            "(failed: import of 'tgtest_kaputt' failed: ImportError: kaputt)" in stream
+        )
     assert "passed" not in result.stdout.str()
 
 

@@ -36,13 +36,16 @@ def test_import_tapegrad_alone_loads_no_plugin(pytester):
     result = pytester.run(
         sys.executable,
         "-c",
-        "import sys, tapegrad; bad = [m for m in sys.modules if m.startswith(('tapegrad.plugins', 'sklearn', 'pytest', 'matplotlib', 'tqdm'))]; print(bad); sys.exit(bool(bad))",
+        "import sys, tapegrad; bad = [m for m in sys.modules if m.startswith("
+        "('tapegrad.plugins', 'sklearn', 'pytest', 'matplotlib', 'tqdm'))]; print(bad); sys.exit(bool(bad))",
     )
     assert result.ret == 0, result.stdout.str()
 
 
 def test_third_party_plugin_is_discovered_through_its_entry_point(plugin_dir):
-    make_dist(plugin_dir, "tgtest-dist", "0.3", {"tgtest": "tgtest_ops"}, {"tgtest_ops": op_module("Doubler", "tgtest")})
+    make_dist(
+        plugin_dir, "tgtest-dist", "0.3", {"tgtest": "tgtest_ops"}, {"tgtest_ops": op_module("Doubler", "tgtest")}
+    )
     registry = Registry()
     info = registry.lookup("Doubler")
     assert (info.plugin, info.distribution, info.version) == ("tgtest", "tgtest-dist", "0.3")
@@ -55,14 +58,17 @@ def test_third_party_plugin_is_discovered_through_its_entry_point(plugin_dir):
     "source, reason",
     [
         ("raise ImportError('missing dependency foo')", "import of"),
-        ("import tapegrad as tg\n@tg.hookimpl\ndef tapegrad_operations():\n    raise RuntimeError('boom')\n", "raised RuntimeError: boom"),
+        ("import tapegrad as tg\n@tg.hookimpl\ndef tapegrad_operations():\n    raise RuntimeError('boom')\n",
+         "raised RuntimeError: boom"),
         ("import tapegrad as tg\n@tg.hookimpl\ndef tapegrad_operations():\n    return [int]\n", "non-Operation"),
         ("x = 1\n", "no @tapegrad.hookimpl"),
     ],
 )
 def test_a_broken_plugin_is_recorded_and_everything_else_keeps_working(plugin_dir, source, reason):
     make_dist(plugin_dir, "tgtest-broken", "1.0", {"tgtest_broken": "tgtest_broken"}, {"tgtest_broken": source})
-    make_dist(plugin_dir / "..", "tgtest-good", "1.0", {"tgtest_good": "tgtest_good"}, {"tgtest_good": op_module("GoodOp")})
+    make_dist(
+        plugin_dir / "..", "tgtest-good", "1.0", {"tgtest_good": "tgtest_good"}, {"tgtest_good": op_module("GoodOp")}
+    )
     registry = Registry()
     with pytest.warns(tg.PluginWarning, match=r"tgtest_broken.*tgtest-broken"):
         ops = names(registry)
@@ -79,7 +85,9 @@ def test_two_plugins_offering_one_name_are_ambiguous_until_qualified(plugin_dir)
     with pytest.raises(tg.AmbiguousOperationError) as err:
         registry.resolve("Twin")
     message = str(err.value)
-    assert "tgtest_a (tgtest-a==1.0)" in message and "tgtest_b (tgtest-b==2.0)" in message and "'tgtest_a:Twin'" in message
+    assert (
+        "tgtest_a (tgtest-a==1.0)" in message and "tgtest_b (tgtest-b==2.0)" in message and "'tgtest_a:Twin'" in message
+    )
     g = tg.Graph(registry=registry)
     assert g.get_operation("tgtest_b:Twin")(np.ones(1)).value[0] == 3.0
     assert g.get_operation("tgtest_a:Twin")(np.ones(1)).value[0] == 2.0
@@ -87,7 +95,9 @@ def test_two_plugins_offering_one_name_are_ambiguous_until_qualified(plugin_dir)
 
 
 def test_plugin_names_match_exactly(plugin_dir):
-    make_dist(plugin_dir, "tgtest-acmebad", "1.0", {"tgtest_acmebad": "tgtest_acmebad"}, {"tgtest_acmebad": op_module("Bad")})
+    make_dist(
+        plugin_dir, "tgtest-acmebad", "1.0", {"tgtest_acmebad": "tgtest_acmebad"}, {"tgtest_acmebad": op_module("Bad")}
+    )
     registry = Registry()
     with pytest.raises(tg.UnknownOperationError, match="no plugin named 'tgtest_acme'"):
         registry.resolve("tgtest_acme:Bad")
@@ -97,7 +107,10 @@ def test_plugin_names_match_exactly(plugin_dir):
 
 
 def test_disable_plugins_by_entry_point_or_distribution_name(plugin_dir, monkeypatch):
-    make_dist(plugin_dir, "tgtest-blockme", "1.0", {"tgtest_blockme": "tgtest_blockme"}, {"tgtest_blockme": op_module("Blocked")})
+    make_dist(
+        plugin_dir, "tgtest-blockme", "1.0", {"tgtest_blockme": "tgtest_blockme"},
+        {"tgtest_blockme": op_module("Blocked")},
+    )
     monkeypatch.setenv("TAPEGRAD_DISABLE_PLUGINS", "tgtest_blockme, activations")
     registry = Registry()
     ops = names(registry)
@@ -187,7 +200,9 @@ tgtest_gate.release.wait(10)
 
 
 def test_first_load_publishes_nothing_until_every_entry_point_is_read(plugin_dir):
-    (plugin_dir / "tgtest_gate.py").write_text("import threading\nentered = threading.Event()\nrelease = threading.Event()\n")
+    (plugin_dir / "tgtest_gate.py").write_text(
+        "import threading\nentered = threading.Event()\nrelease = threading.Event()\n"
+    )
     make_dist(plugin_dir, "tgtest-gated", "1.0", {"tgtest_gated": "tgtest_gated"}, {"tgtest_gated": GATED_PLUGIN})
     import tgtest_gate
 
@@ -284,8 +299,12 @@ def test_first_lookups_from_threads_of_a_fresh_process_all_succeed():
 
 
 def test_an_interrupted_first_load_keeps_nothing_and_the_next_query_loads_again(plugin_dir, monkeypatch):
-    source = "import os\nif os.environ.pop('TGTEST_INTERRUPT', None):\n    raise KeyboardInterrupt\n" + op_module("Later")
-    make_dist(plugin_dir, "tgtest-interrupt", "1.0", {"tgtest_interrupt": "tgtest_interrupt"}, {"tgtest_interrupt": source})
+    source = (
+        "import os\nif os.environ.pop('TGTEST_INTERRUPT', None):\n    raise KeyboardInterrupt\n" + op_module("Later")
+    )
+    make_dist(
+        plugin_dir, "tgtest-interrupt", "1.0", {"tgtest_interrupt": "tgtest_interrupt"}, {"tgtest_interrupt": source}
+    )
     monkeypatch.setenv("TGTEST_INTERRUPT", "1")
     registry = Registry()
     with pytest.raises(KeyboardInterrupt):
@@ -314,7 +333,11 @@ def test_a_plugin_registering_at_import_time_does_not_deadlock_the_first_load(pl
 
 
 # -- plugins that must fail alone (issue 13, item 16) -----------------------------------------
-HOOK = "import itertools, sys\nimport tapegrad as tg\n" + op_module("Inner") .split("@tg.hookimpl")[0] + "\n@tg.hookimpl\ndef tapegrad_operations():\n"
+HOOK = (
+    "import itertools, sys\nimport tapegrad as tg\n"
+    + op_module("Inner").split("@tg.hookimpl")[0]
+    + "\n@tg.hookimpl\ndef tapegrad_operations():\n"
+)
 
 BROKEN_PLUGINS = {
     "sys.exit at import": ("import sys\nsys.exit(3)\n", "import of 'tgtest_broken' failed: SystemExit: 3"),
@@ -325,7 +348,9 @@ BROKEN_PLUGINS = {
     "endless repeat of an op": (HOOK + "    return itertools.repeat(Inner)\n", "more than 10000 entries"),
     "endless generator": (HOOK + "    while True:\n        yield Inner\n", "more than 10000 entries"),
     "list subclass iterating forever": (
-        HOOK + "    class L(list):\n        def __iter__(self):\n            return itertools.cycle([Inner])\n    return L([Inner])\n",
+        HOOK
+        + "    class L(list):\n        def __iter__(self):\n            return itertools.cycle([Inner])\n"
+        "    return L([Inner])\n",
         "more than 10000 entries",
     ),
     "None": (HOOK + "    return None\n", "returned None"),
@@ -340,8 +365,12 @@ BROKEN_PLUGINS = {
         HOOK + "    Other = type('Inner', (tg.Operation,), {'__module__': 'elsewhere'})\n    return [Inner, Other]\n",
         "two different classes are named 'Inner': tgtest_broken.Inner and elsewhere.Inner",
     ),
-    "a name with a colon": (HOOK + "    Inner.__name__ = 'my:Inner'\n    return [Inner]\n", "'my:Inner' is not a Python identifier"),
-    "a name with a dot": (HOOK + "    Inner.__name__ = 'my.Inner'\n    return [Inner]\n", "'my.Inner' is not a Python identifier"),
+    "a name with a colon": (
+        HOOK + "    Inner.__name__ = 'my:Inner'\n    return [Inner]\n", "'my:Inner' is not a Python identifier"
+    ),
+    "a name with a dot": (
+        HOOK + "    Inner.__name__ = 'my.Inner'\n    return [Inner]\n", "'my.Inner' is not a Python identifier"
+    ),
     "an empty name": (HOOK + "    Inner.__name__ = ''\n    return [Inner]\n", "'' is not a Python identifier"),
     "an unprintable error": (
         HOOK + "    class E(Exception):\n        def __str__(self):\n            raise RuntimeError\n    raise E()\n",
@@ -352,7 +381,9 @@ BROKEN_PLUGINS = {
         "non-Operation entries: <R object>",
     ),
     "a hook wrapper": (HOOK.replace("@tg.hookimpl", "@tg.hookimpl(wrapper=True)") + "    return (yield)\n", "wrapper"),
-    "a hook with an unknown argument": (HOOK.replace("tapegrad_operations()", "tapegrad_operations(size)") + "    return [Inner]\n", "size"),
+    "a hook with an unknown argument": (
+        HOOK.replace("tapegrad_operations()", "tapegrad_operations(size)") + "    return [Inner]\n", "size"
+    ),
 }
 
 
@@ -374,12 +405,15 @@ def test_a_plugin_that_breaks_a_rule_fails_alone(plugin_dir, source, reason):
 
 def test_entry_point_attribute_that_raises_or_is_none_fails_the_plugin(plugin_dir):
     source = "def __getattr__(name):\n    raise RuntimeError(f'no {name} here')\nNOTHING = None\n"
-    make_dist(plugin_dir, "tgtest-attrs", "1.0", {"tgtest_raises": "tgtest_attrs:plugin", "tgtest_none": "tgtest_attrs:NOTHING"},
+    make_dist(plugin_dir, "tgtest-attrs", "1.0",
+              {"tgtest_raises": "tgtest_attrs:plugin", "tgtest_none": "tgtest_attrs:NOTHING"},
               {"tgtest_attrs": source})
     registry = Registry()
     with pytest.warns(tg.PluginWarning):
         status = {p.name: p for p in registry.plugins()}
-    assert status["tgtest_raises"].status == "failed" and "RuntimeError: no plugin here" in status["tgtest_raises"].error
+    assert (
+        status["tgtest_raises"].status == "failed" and "RuntimeError: no plugin here" in status["tgtest_raises"].error
+    )
     assert status["tgtest_none"].status == "failed" and "None" in status["tgtest_none"].error
     assert "Affine" in names(registry)
 
@@ -400,7 +434,10 @@ def test_a_finite_generator_is_accepted(plugin_dir):
 
 
 def test_a_keyboard_interrupt_in_a_plugin_is_not_swallowed(plugin_dir):
-    make_dist(plugin_dir, "tgtest-ctrlc", "1.0", {"tgtest_ctrlc": "tgtest_ctrlc"}, {"tgtest_ctrlc": HOOK + "    raise KeyboardInterrupt\n"})
+    make_dist(
+        plugin_dir, "tgtest-ctrlc", "1.0", {"tgtest_ctrlc": "tgtest_ctrlc"},
+        {"tgtest_ctrlc": HOOK + "    raise KeyboardInterrupt\n"},
+    )
     with pytest.raises(KeyboardInterrupt):
         Registry().operations()
 
@@ -411,7 +448,10 @@ def test_an_entry_point_named_like_a_first_party_one_never_shadows_it(tmp_path, 
 
     root = tmp_path / "impostor"
     source = op_module("Affine", "impostor") + "\nclass Extra(Affine):\n    pass\n"
-    make_dist(root, "tgtest-impostor", "6.6", {"layers": "tgtest_impostor", "math": "tgtest_impostor"}, {"tgtest_impostor": source})
+    make_dist(
+        root, "tgtest-impostor", "6.6", {"layers": "tgtest_impostor", "math": "tgtest_impostor"},
+        {"tgtest_impostor": source},
+    )
     monkeypatch.setattr(sys, "path", [str(root), *sys.path] if order == "first" else [*sys.path, str(root)])
     importlib.invalidate_caches()
     registry = Registry()
@@ -429,7 +469,9 @@ def test_an_entry_point_named_like_a_first_party_one_never_shadows_it(tmp_path, 
 
 
 def test_an_impostor_stays_out_when_the_first_party_plugin_is_blocked(plugin_dir, monkeypatch):
-    make_dist(plugin_dir, "tgtest-impostor", "6.6", {"activations": "tgtest_fake"}, {"tgtest_fake": op_module("Sigmoid")})
+    make_dist(
+        plugin_dir, "tgtest-impostor", "6.6", {"activations": "tgtest_fake"}, {"tgtest_fake": op_module("Sigmoid")}
+    )
     monkeypatch.setenv("TAPEGRAD_DISABLE_PLUGINS", "tapegrad")
     registry = Registry()
     with pytest.warns(tg.PluginWarning, match="reserved"):
@@ -495,7 +537,10 @@ def test_register_plugin_object_that_breaks_a_rule_is_recorded_as_failed():
 
 # -- queries (issue 11) ---------------------------------------------------------------------------
 def test_require_names_every_missing_failed_or_blocked_plugin(plugin_dir, monkeypatch):
-    make_dist(plugin_dir, "tgtest-kaputt", "0.1", {"tgtest_kaputt": "tgtest_kaputt"}, {"tgtest_kaputt": "raise ImportError('kaputt')"})
+    make_dist(
+        plugin_dir, "tgtest-kaputt", "0.1", {"tgtest_kaputt": "tgtest_kaputt"},
+        {"tgtest_kaputt": "raise ImportError('kaputt')"},
+    )
     monkeypatch.setenv("TAPEGRAD_DISABLE_PLUGINS", "losses")
     registry = Registry()
     with pytest.warns(tg.PluginWarning, match="kaputt"):
@@ -504,7 +549,10 @@ def test_require_names_every_missing_failed_or_blocked_plugin(plugin_dir, monkey
     with pytest.raises(tg.PluginUnavailableError) as err:
         registry.require(["layers", "tgtest_kaputt", "nope", "losses"])
     message = str(err.value)
-    assert "'tgtest_kaputt' (tgtest-kaputt==0.1) did not load (failed: import of 'tgtest_kaputt' failed: ImportError: kaputt)" in message
+    assert (
+        "'tgtest_kaputt' (tgtest-kaputt==0.1) did not load "
+        "(failed: import of 'tgtest_kaputt' failed: ImportError: kaputt)" in message
+    )
     assert "plugin 'nope' is not installed" in message and "'losses' (tapegrad==" in message and "blocked" in message
     assert err.value.missing == ("nope",) and set(err.value.unavailable) == {"tgtest_kaputt", "losses"}
     assert isinstance(err.value, ValueError) and isinstance(err.value, tg.TapegradError)

@@ -185,7 +185,9 @@ def test_regressor_predictions_beyond_float64_raise_a_clear_error():
     import tapegrad as tg
 
     x = np.linspace(-1, 1, 40)[:, None]
-    est = MLPRegressor(random_state=0, max_epochs=100, hidden_layer_sizes=(8,), activation="relu").fit(x, x[:, 0] * 1.7e308)
+    est = MLPRegressor(random_state=0, max_epochs=100, hidden_layer_sizes=(8,), activation="relu").fit(
+        x, x[:, 0] * 1.7e308
+    )
     with pytest.raises(tg.NonFiniteError, match="exceed the float64 range"):
         est.predict(x * 1000)  # far outside the data: the network extrapolates past the largest float
 

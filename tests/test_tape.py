@@ -361,7 +361,9 @@ def test_an_op_applied_by_an_op_that_fails_leaves_the_tape_usable(composite_ops)
     assert len(g.forward_ops) == 1
 
 
-@pytest.mark.parametrize("graph_dtype, narrow", [(np.float64, np.float16), (np.float64, np.float32), (np.float32, np.float16)])
+@pytest.mark.parametrize(
+    "graph_dtype, narrow", [(np.float64, np.float16), (np.float64, np.float32), (np.float32, np.float16)]
+)
 def test_floats_narrower_than_the_graph_compute_in_its_dtype(graph_dtype, narrow):
     g = tg.Graph(dtype=graph_dtype)
     softmax_loss, exp, tanh = g.get_operation("SoftmaxLoss"), g.get_operation("Exp"), g.get_operation("Tanh")
@@ -391,7 +393,9 @@ def test_wider_floats_stay_as_they_are_in_a_narrower_graph():
 def test_dropout_refuses_a_scale_beyond_the_dtype_instead_of_nan():
     g = tg.Graph(seed=0, dtype=np.float16)
     dropout = g.get_operation("Dropout", [0.99999])
-    with pytest.raises(tg.NonFiniteError, match=r"Dropout \(dropout_0\): p=0.99999 scales .* beyond the range of float16"):
+    with pytest.raises(
+        tg.NonFiniteError, match=r"Dropout \(dropout_0\): p=0.99999 scales .* beyond the range of float16"
+    ):
         dropout(tg.Variable(np.ones((1, 6), dtype=np.float16)))
     assert np.all(np.isfinite(tg.Graph(seed=0).get_operation("Dropout", [0.99999])(np.ones((1, 6))).value))
 

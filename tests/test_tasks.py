@@ -89,7 +89,10 @@ def test_a_plugin_offering_models_only_is_not_failed_and_trains_from_the_command
     assert (info.status, info.operations, info.models) == ("ok", [], ["toy-task"])
     code, out, _ = run(capsys, "train", "--model", "toy-task", "--no-progress", "--shift", "4")
     assert code == 0, out
-    assert "tapegrad train: Linear(3, 2), sgd lr=0.5, batch size 4, 3 epochs, seed 0 (30 train / 10 validation samples)" in out
+    assert (
+        "tapegrad train: Linear(3, 2), sgd lr=0.5, batch size 4, 3 epochs, seed 0 (30 train / 10 validation samples)"
+        in out
+    )
     assert "=== Epoch 3 Summary === train loss:" in out and "validation accuracy" in out
     assert "final validation accuracy: 1.0000" in out and out.rstrip().endswith("toy says: random")
     code, out, _ = run(capsys, "plugins", "--json")
@@ -124,7 +127,10 @@ def test_a_plugin_may_offer_ops_and_models_from_one_module(plugin_dir, capsys):
     assert np.array_equal(out.value, [3.0, 3.0])
 
 
-HOOK = "import tapegrad as tg\nfrom tapegrad.tasks import Task\n\nclass Good(Task):\n    name = 'good'\n\n@tg.hookimpl\ndef tapegrad_models():\n"
+HOOK = (
+    "import tapegrad as tg\nfrom tapegrad.tasks import Task\n\nclass Good(Task):\n    name = 'good'\n\n"
+    "@tg.hookimpl\ndef tapegrad_models():\n"
+)
 
 BROKEN = {
     "not a Task": (HOOK + "    return [Good, dict]\n", "not Task subclasses: <class 'dict'>"),
@@ -160,7 +166,9 @@ def test_two_plugins_offering_one_model_are_asked_for_by_qualified_name(plugin_d
     make_dist(plugin_dir, "tgtest-one", "1.0", {"one": "tgtest_one"}, {"tgtest_one": task_module("one")})
     make_dist(plugin_dir, "tgtest-two", "1.0", {"two": "tgtest_two"}, {"tgtest_two": task_module("two")})
     registry = Registry()
-    with pytest.raises(tg.PluginUnavailableError, match=r"offered by 2 plugins.*--model one:toy-task.*--model two:toy-task"):
+    with pytest.raises(
+        tg.PluginUnavailableError, match=r"offered by 2 plugins.*--model one:toy-task.*--model two:toy-task"
+    ):
         registry.lookup_model("toy-task")
     assert registry.lookup_model("two:toy-task").summary == "a toy: two classes, two"
     code, _, err = run(capsys, "train", "--model", "toy-task")
@@ -173,7 +181,8 @@ def test_an_unknown_model_is_a_usage_error_with_close_matches(capsys):
     code, _, err = run(capsys, "train", "--model", "mpl")
     assert code == 2
     assert err.splitlines()[-1] == (
-        "tapegrad train: error: argument --model: unknown model 'mpl'; did you mean 'mlp'? Installed models: linear, mlp"
+        "tapegrad train: error: argument --model: unknown model 'mpl'; did you mean 'mlp'? "
+        "Installed models: linear, mlp"
     )
     code, _, err = run(capsys, "evaluate", "--model", "linearr", "--load", "x.npz")
     assert code == 2 and "did you mean 'linear'" in err
@@ -198,7 +207,9 @@ def test_char_lstm_without_its_pack_names_the_pack(monkeypatch, capsys):
     monkeypatch.setenv("TAPEGRAD_DISABLE_PLUGINS", "rnn")
     code, _, err = run(capsys, "train", "--model", "char-lstm")
     last = err.splitlines()[-1]
-    assert code == 2 and last.startswith("tapegrad train: error: argument --model: model 'char-lstm' comes with tapegrad-rnn")
+    assert code == 2 and last.startswith(
+        "tapegrad train: error: argument --model: model 'char-lstm' comes with tapegrad-rnn"
+    )
     assert "did not load (blocked: TAPEGRAD_DISABLE_PLUGINS)" in last
 
 

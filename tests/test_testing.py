@@ -206,7 +206,9 @@ def test_each_failure_is_reported_under_the_name_of_the_function_that_raised_it(
 def test_failure_message_names_plugin_sample_and_worst_element():
     registry = tg.Registry(entry_points=False)
     registry.register_operation(WrongDerivative, plugin="broken")
-    report = check_operation(WrongDerivative, registry=registry, raise_on_failure=False, checks=["check_gradient_inputs"])
+    report = check_operation(
+        WrongDerivative, registry=registry, raise_on_failure=False, checks=["check_gradient_inputs"]
+    )
     message = report.failures[0].message
     assert "WrongDerivative (plugin 'broken')" in message and "[sample 's']" in message
     assert "tapegrad check WrongDerivative --plugin broken" in message
@@ -601,7 +603,8 @@ class NoiseInItsDtype(tg.Operation):
     [
         (TanhInPlaceForFloat32, "forward changed input 0 (float32 graph, float32 inputs) at [0, 0]: "),
         (BackwardWritesIntoFloat32Input, "backward changed input 0 (float32 graph, float32 inputs) at [0, 0]: "),
-        (BackwardWritesIntoFloat32Upstream, "backward wrote into the upstream gradient array (float32 graph, float32 inputs) at [0, 0]: "),
+        (BackwardWritesIntoFloat32Upstream,
+         "backward wrote into the upstream gradient array (float32 graph, float32 inputs) at [0, 0]: "),
     ],
 )
 def test_inputs_left_unmodified_is_checked_in_float32_too(cls, detail):
@@ -640,7 +643,9 @@ def test_float32_results_are_checked_against_float64_on_the_same_values(cls, nam
 
 
 def test_float32_sign_flip_names_both_values():
-    report = check_operation(SignFlipsForFloat32, checks=[testing.check_float32_matches_float64], raise_on_failure=False)
+    report = check_operation(
+        SignFlipsForFloat32, checks=[testing.check_float32_matches_float64], raise_on_failure=False
+    )
     message = report.failures[0].message
     got, expected = (float(v) for v in re.findall(r": (-?[\d.]+) in float32 vs (-?[\d.]+) in float64", message)[0])
     assert got == pytest.approx(-expected, rel=1e-6) and expected != 0
@@ -792,7 +797,9 @@ def test_correct_ops_pass_the_whole_contract_at_shape_0d_with_shared_and_passed_
     assert check_operation(cls).passed
 
 
-@pytest.mark.parametrize("cls, name", [(Square, "input 0"), (ScalarGain, "scalar_gain_0.w"), (ScalarHalfSquareLoss, "input 0")])
+@pytest.mark.parametrize(
+    "cls, name", [(Square, "input 0"), (ScalarGain, "scalar_gain_0.w"), (ScalarHalfSquareLoss, "input 0")]
+)
 def test_fan_out_catches_a_lost_third_contribution_that_two_applications_miss(monkeypatch, cls, name):
     monkeypatch.setattr(tg.Variable, "add_grad", _old_accumulation)
     report = check_operation(cls, checks=["check_fan_out"], raise_on_failure=False)
@@ -818,7 +825,9 @@ def test_fan_out_and_reuse_catch_a_gradient_buffer_reused_across_calls():
     report = check_operation(GradientBufferOnSelf, raise_on_failure=False)
     failed = {r.check: r.message for r in report.failures}
     assert set(failed) == {"check_fan_out", "check_reuse_in_one_pass"}
-    assert "the gradient of input 0 that backward returned for application 3 was written into" in failed["check_fan_out"]
+    assert (
+        "the gradient of input 0 that backward returned for application 3 was written into" in failed["check_fan_out"]
+    )
 
 
 def test_fan_out_names_an_overwritten_contribution():
@@ -1053,7 +1062,9 @@ def test_reuse_with_values_only_catches_a_mask_on_self():
 
         samples = classmethod(_sample)
 
-    message = check_operation(ThreeByTwoOnly, checks=["check_reuse_in_one_pass"], raise_on_failure=False).results[0].message
+    message = check_operation(
+        ThreeByTwoOnly, checks=["check_reuse_in_one_pass"], raise_on_failure=False
+    ).results[0].message
     assert "other values and signs" in message and "batch doubled" not in message
     assert "when application 1 runs alone" in message
 
@@ -1199,7 +1210,8 @@ def test_after_parameters_change_catches_a_transposed_weight_cached_on_first_use
         (CachesTransposedView, "by assigning new arrays (variable.value = ...)", "the gradient of input 0", set()),
         (CachesParameterFactor, "in place", "the gradient of caches_parameter_factor_0.w", set()),
         # (central differences move the parameter too, and see the forward's stale value)
-        (CachesScaleInForward, "in place", "output 0", {"check_gradient_parameters", "check_gradient_with_plain_inputs"}),
+        (CachesScaleInForward, "in place", "output 0",
+         {"check_gradient_parameters", "check_gradient_with_plain_inputs"}),
     ],
 )
 def test_after_parameters_change_catches_other_values_kept_from_an_earlier_application(cls, how, what, also):
@@ -1286,7 +1298,9 @@ def test_check_capture_passes_every_array_its_ops_read_as_an_argument_of_the_ste
         return step
 
     monkeypatch.setattr(tg.Graph, "capture", spy)
-    pairs = [(case, check) for case, check in testing.collect_cases(plugin=FIRST_PARTY) if check is testing.check_capture]
+    pairs = [
+        (case, check) for case, check in testing.collect_cases(plugin=FIRST_PARTY) if check is testing.check_capture
+    ]
     results = list(testing.run_cases(pairs))
     assert results and all(r.outcome == "passed" for r in results)
     records = [record for step in steps for record in step.records.values()]
@@ -1303,7 +1317,10 @@ def test_every_check_is_collected_for_every_sample_and_the_loss_checks_for_losse
     for case, check in testing.collect_cases("Sigmoid", "SoftmaxLoss"):
         checks.setdefault(case.name if check is testing.check_has_samples else case.id, []).append(check)
     assert checks.pop("Sigmoid") == checks.pop("SoftmaxLoss") == [testing.check_has_samples]
-    assert sum(key.startswith("Sigmoid[") for key in checks) >= 2 and sum(key.startswith("SoftmaxLoss[") for key in checks) >= 2
+    assert (
+        sum(key.startswith("Sigmoid[") for key in checks) >= 2
+        and sum(key.startswith("SoftmaxLoss[") for key in checks) >= 2
+    )
     for key, collected in checks.items():
         expected = testing.ALL_CHECKS + (testing.LOSS_CHECKS if key.startswith("SoftmaxLoss") else ())
         assert tuple(collected) == expected, key
@@ -1397,7 +1414,10 @@ def test_collect_and_parametrize_fail_for_a_named_plugin_that_is_missing_or_fail
 
     make_dist(plugin_dir, "tgtest-kaputt", "0.1", {"tgtest_kaputt": "tgtest_kaputt"},
               {"tgtest_kaputt": "raise ImportError('kaputt')"})
-    with pytest.warns(tg.PluginWarning), pytest.raises(tg.PluginUnavailableError, match="'tgtest_kaputt' .*ImportError: kaputt"):
+    with (
+        pytest.warns(tg.PluginWarning),
+        pytest.raises(tg.PluginUnavailableError, match="'tgtest_kaputt' .*ImportError: kaputt"),
+    ):
         parametrize_operations(plugin=["acme", "tgtest_kaputt"])
     with pytest.raises(tg.PluginUnavailableError, match="'brokenops' is not installed"):
         parametrize_operations(plugin=["acme", "brokenops"])

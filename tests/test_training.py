@@ -110,7 +110,9 @@ def test_a_diverging_step_stops_training_before_it_is_applied(digits, capture):
 def test_cli_train_save_evaluate_round_trip(tmp_path, capsys):
     path = tmp_path / "mlp.npz"
     plot = tmp_path / "curve.png"
-    assert main(["train", "--epochs", "2", "--no-progress", "--save", str(path), "--plot", str(plot), "--gradcheck"]) == 0
+    assert (
+        main(["train", "--epochs", "2", "--no-progress", "--save", str(path), "--plot", str(plot), "--gradcheck"]) == 0
+    )
     out = capsys.readouterr().out
     assert "gradient check passed" in out and "affine_0.W match" in out
     final = float(out.split("final test accuracy: ")[1].split()[0])
@@ -131,7 +133,11 @@ def test_cli_evaluate_refuses_a_file_that_does_not_fit(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    "argv", [["--epochs", "0"], ["--lr", "-1"], ["--lr", "abc"], ["--optimizer", "rmsprop"], ["--batch-size", "x"], ["--seed", "-2"]]
+    "argv",
+    [
+        ["--epochs", "0"], ["--lr", "-1"], ["--lr", "abc"], ["--optimizer", "rmsprop"], ["--batch-size", "x"],
+        ["--seed", "-2"],
+    ],
 )
 def test_cli_train_rejects_invalid_values(argv, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -201,7 +207,9 @@ def test_trainer_arguments_are_checked(digits, kwargs, error, match):
     make = {k: v for k, v in kwargs.items() if k == "batch_size"}
     train = {k: v for k, v in kwargs.items() if k != "batch_size"}
     with pytest.raises(error, match=match):
-        tg.Trainer(model, SGD(model.graph.parameter, 0.1), verbose=False, **make).train(x_train[:10], y_train[:10], **train)
+        tg.Trainer(model, SGD(model.graph.parameter, 0.1), verbose=False, **make).train(
+            x_train[:10], y_train[:10], **train
+        )
 
 
 @pytest.fixture
@@ -238,8 +246,10 @@ def test_an_out_of_range_float_label_is_named_as_given(fitted):
 @pytest.mark.parametrize(
     "call, match",
     [
-        (lambda t: t.train(np.float64(3), np.int64(1)), r"Trainer.train: expected x of shape \(samples, 4\).*shape \(\)"),
-        (lambda t: t.train(np.ones((1, 4)), np.int64(1)), r"Trainer.train: expected y of shape \(samples,\).*shape \(\)"),
+        (lambda t: t.train(np.float64(3), np.int64(1)),
+         r"Trainer.train: expected x of shape \(samples, 4\).*shape \(\)"),
+        (lambda t: t.train(np.ones((1, 4)), np.int64(1)),
+         r"Trainer.train: expected y of shape \(samples,\).*shape \(\)"),
         (lambda t: t.test(np.ones(4)[0], np.int64(1)), r"Trainer.test: expected x of shape \(samples, 4\)"),
         (lambda t: t.predict(np.float64(3)), r"Trainer.predict: expected x of shape \(samples, 4\).*shape \(\)"),
     ],
@@ -328,7 +338,9 @@ def test_the_trainer_names_a_label_out_of_range_even_with_padding():
     labels[4, 1] = 6
     model = TokenModel()
     trainer = tg.Trainer(model, SGD(model.graph.parameter, 0.1), verbose=False)
-    with pytest.raises(tg.TrainingError, match=r"label 6 is out of range \[0, 6\) \(positions labelled ignore_index=-1"):
+    with pytest.raises(
+        tg.TrainingError, match=r"label 6 is out of range \[0, 6\) \(positions labelled ignore_index=-1"
+    ):
         trainer.train((ids, scale), labels, epochs=1)
     labels[4, 1] = -2
     with pytest.raises(tg.TrainingError, match=r"label -2 is out of range"):
@@ -392,7 +404,10 @@ def test_the_model_names_its_metric_and_the_summary_shows_every_value(capsys):
     expected = np.exp(model.loss(labels))
     model.graph.train()
     assert history[-1].metric == pytest.approx(expected, rel=1e-12)
-    assert f"=== Epoch 2 Summary === train loss: {history[-1].train_loss:.4f} validation perplexity {expected:.4f}" in capsys.readouterr().out
+    assert (
+        f"=== Epoch 2 Summary === train loss: {history[-1].train_loss:.4f} validation perplexity {expected:.4f}"
+        in capsys.readouterr().out
+    )
     batched = tg.Trainer(model, None, eval_batch_size=5, verbose=False).evaluate((ids, scale), labels)
     assert batched["perplexity"] == pytest.approx(expected, rel=1e-12)  # every sample counts five positions
     model.metric = Twice()
@@ -440,7 +455,9 @@ def test_the_shipped_models_capture_cleanly_and_their_captured_runs_equal_eager(
     x_train, x_test, y_train, y_test = digits
     results = []
     for capture in (True, False):
-        options = argparse.Namespace(seed=0, limit=None, dtype=np.dtype(np.float64), hidden=8, batch_size=16, optimizer="sgd")
+        options = argparse.Namespace(
+            seed=0, limit=None, dtype=np.dtype(np.float64), hidden=8, batch_size=16, optimizer="sgd"
+        )
         task = find_task(name)(options)
         model = task.build_model(task.load_data())
         trainer = tg.Trainer(model, SGD(model.graph.parameter, 0.3), batch_size=16, verbose=False, capture=capture)

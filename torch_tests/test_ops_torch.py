@@ -24,7 +24,10 @@ def leaf(array):
 # -- Index, Stack, Unstack -----------------------------------------------------------------------
 @pytest.mark.parametrize(
     "index",
-    [2, -1, (slice(None), 2), (slice(1, None, 2), slice(None, 2)), (Ellipsis, 0), (None, 1), (1, 2, 3), (0, None, slice(1, 3), Ellipsis)],
+    [
+        2, -1, (slice(None), 2), (slice(1, None, 2), slice(None, 2)), (Ellipsis, 0), (None, 1), (1, 2, 3),
+        (0, None, slice(1, 3), Ellipsis),
+    ],
     ids=repr,
 )
 def test_index_equals_torch_indexing(index):
@@ -119,7 +122,8 @@ def torch_ctc(logits, targets, input_lengths, blank, reduction, zero_infinity):
     t = leaf(logits)
     log_probs = F.log_softmax(t, dim=2).transpose(0, 1)  # (T, N, C)
     target_lengths = (targets >= 0).sum(axis=1)
-    padded = np.where(targets >= 0, targets, (blank + 1) % logits.shape[2])  # (torch reads only the first target_lengths)
+    # (torch reads only the first target_lengths)
+    padded = np.where(targets >= 0, targets, (blank + 1) % logits.shape[2])
     value = F.ctc_loss(
         log_probs, torch.tensor(padded), torch.tensor(input_lengths), torch.tensor(target_lengths),
         blank=blank, reduction=reduction, zero_infinity=zero_infinity,
@@ -183,24 +187,34 @@ def test_lstm_equals_torch_lstm_outputs_states_and_every_gradient(with_state):
     torch.manual_seed(0)
     torch_lstm = torch.nn.LSTM(d, hidden, batch_first=True).double()
     x, h0, c0 = rng.standard_normal((n, steps, d)), rng.standard_normal((n, hidden)), rng.standard_normal((n, hidden))
-    seed_out, seed_h, seed_c = rng.standard_normal((n, steps, hidden)), rng.standard_normal((n, hidden)), rng.standard_normal((n, hidden))
+    seed_out, seed_h, seed_c = (
+        rng.standard_normal((n, steps, hidden)), rng.standard_normal((n, hidden)), rng.standard_normal((n, hidden))
+    )
 
     g = tg.Graph(seed=0)
     lstm = g.get_operation("LSTM", [d, hidden], return_state=True)
-    load_torch_weights(lstm, torch_lstm.weight_ih_l0, torch_lstm.weight_hh_l0, torch_lstm.bias_ih_l0, torch_lstm.bias_hh_l0)
+    load_torch_weights(
+        lstm, torch_lstm.weight_ih_l0, torch_lstm.weight_hh_l0, torch_lstm.bias_ih_l0, torch_lstm.bias_hh_l0
+    )
     xv, hv, cv = tg.Variable(x), tg.Variable(h0), tg.Variable(c0)
     out, h_T, c_T = lstm(xv, hv, cv) if with_state else lstm(xv)
     g.backward(grads={out: seed_out, h_T: seed_h, c_T: seed_c})
 
     xt, ht, ct = leaf(x), leaf(h0), leaf(c0)
     out_t, (h_t, c_t) = torch_lstm(xt, (ht[None], ct[None])) if with_state else torch_lstm(xt)
-    ((out_t * torch.tensor(seed_out)).sum() + (h_t[0] * torch.tensor(seed_h)).sum() + (c_t[0] * torch.tensor(seed_c)).sum()).backward()
+    (
+        (out_t * torch.tensor(seed_out)).sum()
+        + (h_t[0] * torch.tensor(seed_h)).sum()
+        + (c_t[0] * torch.tensor(seed_c)).sum()
+    ).backward()
 
     assert close(out.value, out_t) and close(h_T.value, h_t[0]) and close(c_T.value, c_t[0])
     assert close(xv.grad, xt.grad)
     if with_state:
         assert close(hv.grad, ht.grad) and close(cv.grad, ct.grad)
-    assert close(lstm.W_ih.grad, torch_lstm.weight_ih_l0.grad.T) and close(lstm.W_hh.grad, torch_lstm.weight_hh_l0.grad.T)
+    assert (
+        close(lstm.W_ih.grad, torch_lstm.weight_ih_l0.grad.T) and close(lstm.W_hh.grad, torch_lstm.weight_hh_l0.grad.T)
+    )
     assert close(lstm.b.grad, torch_lstm.bias_ih_l0.grad) and close(lstm.b.grad, torch_lstm.bias_hh_l0.grad)
 
 
