@@ -43,7 +43,9 @@ class SeedMLP:
         self.input_size, self.output_size = 64, 10
 
     def forward(self, x: object) -> tg.Variable:
-        return self.softmax_loss.forward(self.out.forward(self.sigmoid.forward(self.affine.forward(x))))  # type: ignore[no-any-return]
+        return self.softmax_loss.forward(  # type: ignore[no-any-return]
+            self.out.forward(self.sigmoid.forward(self.affine.forward(x)))
+        )
 
     def loss(self, target: object) -> float:
         return self.softmax_loss.loss(target)  # type: ignore[no-any-return]

@@ -30,5 +30,7 @@ def load_digits(test_size: float = 0.25, seed: int = 0) -> tuple[np.ndarray, np.
     data = sk_load_digits()  # type: ignore[operator]
     x = np.asarray(data.data, dtype=np.float64) / 16.0
     y = np.asarray(data.target, dtype=np.int64)
-    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=test_size, random_state=seed)  # type: ignore[operator]
+    x_train, x_test, y_train, y_test = train_test_split(  # type: ignore[operator]
+        x, y, test_size=test_size, random_state=seed
+    )
     return x_train, x_test, y_train, y_test

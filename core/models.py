@@ -38,7 +38,9 @@ class MLP:
         self.softmax_loss = self.graph.get_operation("losses:SoftmaxLoss")
 
     def forward(self, x: Any) -> Variable:
-        return self.softmax_loss.forward(self.affine2.forward(self.sigmoid.forward(self.affine1.forward(x))))  # type: ignore[no-any-return]
+        return self.softmax_loss.forward(  # type: ignore[no-any-return]
+            self.affine2.forward(self.sigmoid.forward(self.affine1.forward(x)))
+        )
 
     def loss(self, target: Any) -> float:
         return self.softmax_loss.loss(target)  # type: ignore[attr-defined,no-any-return]

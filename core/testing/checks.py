@@ -431,7 +431,11 @@ def check_eval_mode(case: OperationCase) -> None:
     check = check_eval_mode
     train_graph, train_op = case.build()
     train_out = guarded(case, check, lambda: train_op.forward(*case.inputs()))
-    train_loss = guarded(case, check, lambda: train_op.loss(case.target())) if case.is_loss else None  # type: ignore[attr-defined]
+    train_loss = (
+        guarded(case, check, lambda: train_op.loss(case.target()))  # type: ignore[attr-defined]
+        if case.is_loss
+        else None
+    )
     graph, op = case.build()
     graph.eval()
     out = guarded(case, check, lambda: op.forward(*case.inputs()))
@@ -461,7 +465,9 @@ def check_loss_scalar(case: OperationCase) -> None:
     input matches central differences."""
     check = check_loss_scalar
     graph, op = case.build()
-    value = guarded(case, check, lambda: (op.forward(*case.inputs()), op.loss(case.target()))[1])  # type: ignore[attr-defined]
+    value = guarded(
+        case, check, lambda: (op.forward(*case.inputs()), op.loss(case.target()))[1]  # type: ignore[attr-defined]
+    )
     if not isinstance(value, float) or not math.isfinite(value):
         raise case.fail(check, f"loss returned {value!r}, expected a finite float")
     report = guarded(case, check, case.gradcheck_report)

@@ -202,7 +202,11 @@ def _run_applications(case: OperationCase, check: Check, apps: list[_Application
             "gradient itself) on every call",
         )
     parts = [
-        guarded(case, check, lambda k=k: _apply(case, [(k, apps[k])], rng_states=[whole.rng_states[k]]))  # type: ignore[misc]
+        guarded(
+            case,
+            check,
+            lambda k=k: _apply(case, [(k, apps[k])], rng_states=[whole.rng_states[k]]),  # type: ignore[misc]
+        )
         for k in range(len(apps))
     ]
     return whole, parts
