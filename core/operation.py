@@ -276,7 +276,9 @@ class Operation(events.Reported):
             )
         return self.graph
 
-    def _input_arrays(self, inputs: tuple[Any, ...], low: int, high: float) -> tuple[list[np.ndarray], tuple[bool, ...]]:
+    def _input_arrays(
+        self, inputs: tuple[Any, ...], low: int, high: float
+    ) -> tuple[list[np.ndarray], tuple[bool, ...]]:
         """The arrays ``forward`` receives (Variables' values and constants, checked), and per
         input whether its gradient is wanted (a float Variable).
 
@@ -302,8 +304,11 @@ class Operation(events.Reported):
                 array = plain_array(self, array, f"input {index}")
             kind = array.dtype.kind
             if kind not in "fiub":
-                raise InputTypeError(f"{self.label} input {index}: expected a real numeric array, got dtype {array.dtype}")
-            if (kind != "f" and index not in self.integer_inputs) or (kind == "f" and array.dtype.itemsize < dtype.itemsize):
+                raise InputTypeError(
+                    f"{self.label} input {index}: expected a real numeric array, got dtype {array.dtype}"
+                )
+            narrower = kind == "f" and array.dtype.itemsize < dtype.itemsize
+            if (kind != "f" and index not in self.integer_inputs) or narrower:
                 array = array.astype(dtype)
             arrays.append(array)
         return arrays, tuple(wanted)
@@ -311,7 +316,9 @@ class Operation(events.Reported):
     def author_error(self, stage: str, exc: BaseException, values: Any) -> TapegradError:
         """What an exception from the author's ``stage`` becomes: the op's error naming it."""
         if isinstance(exc, FLOAT_SIGNALS):
-            return NonFiniteError(f"{self.label}: {stage} went beyond the float range on inputs of shapes {_shapes(values)}: {exc}")
+            return NonFiniteError(
+                f"{self.label}: {stage} went beyond the float range on inputs of shapes {_shapes(values)}: {exc}"
+            )
         kind = InputTypeError if isinstance(exc, TypeError) else OperationError
         return kind(f"{self.label}: {stage} failed on inputs of shapes {_shapes(values)}: {exc}")
 

@@ -273,7 +273,9 @@ class Tape:
                 raise GraphError(
                     f"{op.label}: loss() refers to a forward pass that backward() already consumed; run forward again"
                 )
-            raise GraphError(f"{op.label}: loss() needs a forward() in {mode} mode first (it pairs with the latest one)")
+            raise GraphError(
+                f"{op.label}: loss() needs a forward() in {mode} mode first (it pairs with the latest one)"
+            )
         return ctx
 
     def add_loss(self, ctx: Context, target: Any, array: np.ndarray, value: float) -> float:
@@ -408,7 +410,9 @@ class Tape:
         seeds = []
         for variable, grad in grads.items():
             if not isinstance(variable, Variable):
-                raise InputTypeError(f"Graph {name!r}: backward(grads=...) keys must be Variables, got {type(variable).__name__}")
+                raise InputTypeError(
+                    f"Graph {name!r}: backward(grads=...) keys must be Variables, got {type(variable).__name__}"
+                )
             if not variable.differentiable:
                 continue  # integer outputs carry no gradient
             if id(variable) not in produced:
@@ -449,7 +453,8 @@ def _gradient_error(op: Operation, index: int, grad: Any, x: Variable, exc: Tape
     """The error for a gradient an op's backward returned that its input cannot take."""
     if isinstance(exc, ShapeError):
         return BackwardError(
-            f"{op.label}: backward returned a gradient of shape {np.shape(grad)} for input {index}, which has shape {x.shape}"
+            f"{op.label}: backward returned a gradient of shape {np.shape(grad)} for input {index}, which has shape "
+            f"{x.shape}"
         )
     return BackwardError(f"{op.label}: backward's gradient for input {index}: {exc}")
 

@@ -121,7 +121,9 @@ class Variable:
         if type(grad) is not ndarray:
             grad = np.asarray(grad)  # numpy scalars (what ufuncs return for shape ()), lists
         if grad.shape != value.shape:
-            raise ShapeError(f"{self._title()}: got a gradient of shape {grad.shape}; it must have the value's shape {value.shape}")
+            raise ShapeError(
+                f"{self._title()}: got a gradient of shape {grad.shape}; it must have the value's shape {value.shape}"
+            )
         if grad.dtype != value.dtype:
             if grad.dtype.kind not in "fiub":
                 raise InputTypeError(

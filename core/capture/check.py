@@ -89,7 +89,8 @@ def first_difference(replayed: Any, eager: Any, path: str, seen: set[tuple[int, 
         return None
     if isinstance(eager, dict):
         if list(replayed) != list(eager) and set(map(_key, replayed)) != set(map(_key, eager)):
-            return f"{path} holds the keys {sorted(map(repr, replayed))} replayed and {sorted(map(repr, eager))} eagerly"
+            keys = sorted(map(repr, replayed)), sorted(map(repr, eager))
+            return f"{path} holds the keys {keys[0]} replayed and {keys[1]} eagerly"
         by_key = {_key(k): v for k, v in replayed.items()}
         for k, value in eager.items():
             found = first_difference(by_key.get(_key(k)), value, f"{path}[{_name(k)}]", seen)
@@ -119,7 +120,8 @@ def _grad_difference(replayed: Variable, eager: Variable, path: str) -> str | No
     if a is None or b is None:
         if a is None and b is None:
             return None
-        return f"{path}'s gradient is {'missing' if a is None else 'present'} replayed and {'missing' if b is None else 'present'} eagerly"
+        mine, theirs = ("missing" if g is None else "present" for g in (a, b))
+        return f"{path}'s gradient is {mine} replayed and {theirs} eagerly"
     differs = array_difference(a, b)
     return f"{path}'s gradient {differs}" if differs else None
 
@@ -173,7 +175,8 @@ def array_difference(
     if replayed is None or eager is None:
         if replayed is eager:
             return None
-        return f"is {'missing' if replayed is None else 'present'} {first} and {'missing' if eager is None else 'present'} {second}"
+        mine, theirs = ("missing" if a is None else "present" for a in (replayed, eager))
+        return f"is {mine} {first} and {theirs} {second}"
     if replayed.dtype != eager.dtype or replayed.shape != eager.shape:
         return f"differs: {replayed.dtype}{replayed.shape} {first}, {eager.dtype}{eager.shape} {second}"
     if np.ascontiguousarray(replayed).tobytes() == np.ascontiguousarray(eager).tobytes():

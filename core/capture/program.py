@@ -435,7 +435,8 @@ class _Writer:
         if source.kind == "argument" and source.live and self.recording.leaf_kinds[source.index][1]:
             return ("add", f"{self.program.argument_names[source.index]}.add_grad")
         if source.kind == "variable" and source.live:
-            return ("add", f"{self.global_(source.obj, identifier(source.obj.name or 'variable', 'variable'))}.add_grad")
+            variable = self.global_(source.obj, identifier(source.obj.name or "variable", "variable"))
+            return ("add", f"{variable}.add_grad")
         return None
 
     def write_backward(self, event: Backward) -> None:
@@ -499,7 +500,8 @@ class _Writer:
             return
         app, k = where
         slot = f"d_{self.out_names[app][k]}"
-        self.emit(f"{slot} = accumulate({slot}, {grad}, {self.dtype(self.apps[app].output_dtypes[k])})", depth, app=i, stage="backward")
+        dtype = self.dtype(self.apps[app].output_dtypes[k])
+        self.emit(f"{slot} = accumulate({slot}, {grad}, {dtype})", depth, app=i, stage="backward")
 
 
 def _literal(value: Any) -> bool:

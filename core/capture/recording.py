@@ -447,7 +447,9 @@ class Recording(events.Observer):
         self.leaf_kinds = [(isinstance(leaf, Variable), _leaf_array(leaf).dtype.kind == "f") for leaf in leaves]
         self.leaf_shapes = [np.shape(_leaf_array(leaf)) for leaf in leaves]
         #: per argument: its type when it is an ndarray subclass (np.matrix, ...), else None
-        self.leaf_types = [type(leaf) if isinstance(leaf, ndarray) and type(leaf) is not ndarray else None for leaf in leaves]
+        self.leaf_types = [
+            type(leaf) if isinstance(leaf, ndarray) and type(leaf) is not ndarray else None for leaf in leaves
+        ]
         self.apps: list[Application] = []
         self.events: list[tuple[str, Any]] = []
         self.refusals: list[str] = []
@@ -559,12 +561,14 @@ class Recording(events.Observer):
         return result
 
     def _call(self, function: Callable[..., Any], owner: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
-        name = f"{type(owner).__name__}.{function.__name__}()" if not isinstance(owner, (list, tuple)) else f"{function.__name__}()"
+        of = "" if isinstance(owner, (list, tuple)) else f"{type(owner).__name__}."
+        name = f"{of}{function.__name__}()"
         for value in (owner, *args, *kwargs.values()):
             problem = _unreplayable(value)
             if problem:
                 self.refuse(
-                    f"{name} was called with {problem} at {_user_line(sys._getframe(3))}: a replay repeats a call's arguments as "
+                    f"{name} was called with {problem} at {_user_line(sys._getframe(3))}: a replay repeats a call's "
+                    "arguments as "
                     "recorded. Pass numbers, strings, Variables or lists of Variables; set values that change as an "
                     "attribute through a replayable call (a scheduler sets the optimizer's lr)"
                 )
@@ -636,7 +640,8 @@ class Recording(events.Observer):
             if where is None or where.kind != "output" or not where.live:
                 self.refuse("backward(grads=...) inside a captured step must seed op outputs the step made")
                 where = Source("refused")
-            seeded.append((where, self._source(given, grad, "a gradient passed to backward(grads=...)"), variable.dtype))
+            source = self._source(given, grad, "a gradient passed to backward(grads=...)")
+            seeded.append((where, source, variable.dtype))
         if isinstance(loss_grad, TracedFloat) or _unreplayable(loss_grad):
             self.refuse(f"backward(loss_grad=...) got {type(loss_grad).__name__}: pass a number")
         self.events.append(("backward", Backward(apps, losses, seeded, loss_grad)))
@@ -645,7 +650,8 @@ class Recording(events.Observer):
         if not self._ours() or self.depth:
             return
         frame = sys._getframe(1)
-        while frame is not None and frame.f_globals.get("__name__", "").startswith(("tapegrad.events", "tapegrad.capture")):
+        hook = ("tapegrad.events", "tapegrad.capture")
+        while frame is not None and frame.f_globals.get("__name__", "").startswith(hook):
             frame = frame.f_back  # type: ignore[assignment]  # (the hook's own frames: to whoever set it)
         if isinstance(obj, Operation) and (obj.graph is None or obj.graph.operations.get(obj.name) is not obj):
             if name == "graph":  # (the first attribute graph.get_operation sets on an op it makes)
@@ -658,7 +664,10 @@ class Recording(events.Observer):
             return
         if frame is None or _is_kernel(frame):
             return
-        what = obj.label if isinstance(obj, Operation) else f"graph {obj.name!r}" if obj is self.graph else type(obj).__name__
+        if isinstance(obj, Operation):
+            what = obj.label
+        else:
+            what = f"graph {obj.name!r}" if obj is self.graph else type(obj).__name__
         self.refuse(f"the step sets {what}'s attribute {name!r} at {_user_line(frame)}. {_WRITE_FIX}")
 
     # -- tracing ------------------------------------------------------------------------------------
@@ -772,7 +781,8 @@ def plain_result(result: Any) -> Any:
     if isinstance(result, tuple):
         if hasattr(result, "_fields"):
             return type(result)._make(plain_result(r) for r in result)  # type: ignore[attr-defined]
-        return type(result)(plain_result(r) for r in result) if type(result) is not tuple else tuple(map(plain_result, result))
+        plain = tuple(map(plain_result, result))
+        return plain if type(result) is tuple else type(result)(plain)
     if isinstance(result, list):
         items = [plain_result(r) for r in result]
         if type(result) is list:

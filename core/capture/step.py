@@ -248,7 +248,9 @@ def _root_name(obj: Any) -> str:
     return f"{type(obj).__name__} {name!r}" if isinstance(name, str) else type(obj).__name__
 
 
-def _argument_names(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], leaves: list[Any]) -> list[str]:
+def _argument_names(
+    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], leaves: list[Any]
+) -> list[str]:
     """The replay program's parameter names: the step's own where each leaf is one positional argument,
     else ``arg0``, ``arg1``, ..."""
     fallback = [f"arg{k}" for k in range(len(leaves))]
@@ -258,9 +260,11 @@ def _argument_names(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[
         parameters = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):
         return fallback
-    if len(parameters) < len(args) or any(p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in parameters[: len(args)]):
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if len(parameters) < len(args) or any(p.kind not in positional for p in parameters[: len(args)]):
         return fallback
     names = [identifier(p.name, "arg") for p in parameters[: len(args)]]
-    if len(set(names)) != len(names) or RESERVED & set(names) or any(n.startswith(("d_", "loss", "result")) for n in names):
+    ours = ("d_", "loss", "result")  # (the program's own names for gradients, losses and results start so)
+    if len(set(names)) != len(names) or RESERVED & set(names) or any(n.startswith(ours) for n in names):
         return fallback
     return names
