@@ -215,8 +215,8 @@ def captured_step() -> Callable[[np.ndarray, np.ndarray], float]:
 
     @model.graph.capture
     def train_step(xb: np.ndarray, yb: np.ndarray) -> float:
-        model.forward(tg.Variable(xb))
-        loss = model.loss(tg.Variable(yb))
+        model.forward(xb)
+        loss = model.loss(yb)
         model.graph.backward()
         optimizer.step()
         optimizer.zero_grad()

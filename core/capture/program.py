@@ -409,17 +409,20 @@ class _Writer:
     def plan_slots(self) -> None:
         """Which outputs get a gradient slot: those a route can reach, those seeded, those returned."""
         self.slotted = set(self.returned_outputs)
+        self.contributions: dict[tuple[int, int], int] = {}  # how many additions reach each slot, in all passes
         for kind, event in self.recording.events:
             if kind != "backward":
                 continue
             for output, _, _ in event.seeds:
                 if output.kind == "output":
                     self.slotted.add((output.app, output.index))
+                    self.contributions[(output.app, output.index)] = 2  # (never the only one: seeds accumulate)
             for i in event.apps:
                 for source in self.apps[i].sources:
                     target = self.route(event, i, source)
                     if target is not None and target[0] == "slot":
                         self.slotted.add(target[1])
+                        self.contributions[target[1]] = self.contributions.get(target[1], 0) + 1
 
     def route(self, event: Backward, i: int, source: Source) -> tuple[str, Any] | None:
         """Where the gradient of an input of application i goes in ``event``: an output's gradient slot,
@@ -501,7 +504,11 @@ class _Writer:
         app, k = where
         slot = f"d_{self.out_names[app][k]}"
         dtype = self.dtype(self.apps[app].output_dtypes[k])
-        self.emit(f"{slot} = accumulate({slot}, {grad}, {dtype})", depth, app=i, stage="backward")
+        if self.contributions[(app, k)] == 1:  # the only one: kept as it is when it needs no conversion (speed)
+            kept = f"{grad} if type({grad}) is ndarray and {grad}.dtype is {dtype}"
+            self.emit(f"{slot} = {kept} else accumulate(None, {grad}, {dtype})", depth, app=i, stage="backward")
+        else:
+            self.emit(f"{slot} = accumulate({slot}, {grad}, {dtype})", depth, app=i, stage="backward")
 
 
 def _literal(value: Any) -> bool:
