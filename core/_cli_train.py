@@ -1,4 +1,5 @@
-"""The training commands of the CLI: ``tapegrad train`` and ``tapegrad evaluate``."""
+"""The training commands of the CLI: ``tapegrad train`` and ``tapegrad evaluate``, for every model a
+plugin offers (``tapegrad.tasks``)."""
 
 from __future__ import annotations
 
@@ -6,70 +7,147 @@ import argparse
 import contextlib
 import errno
 import io
-import math
 import os
 import shutil
 import stat
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import parameter as _parameter
-from .errors import TapegradError
+from .errors import PluginUnavailableError, TapegradError
+from .tasks import MAX_HIDDEN, PACK_MODELS, MemoryEstimate, Task, TaskData, find_task, hidden_size, number
 
-DEFAULT_LR = {"sgd": 0.3, "adam": 0.001}
+DEFAULT_LR = {"sgd": 0.3, "adam": 0.001, "adamw": 0.001}
+OPTIMIZERS = tuple(DEFAULT_LR)
+SCHEDULES = ("step", "exponential", "cosine")
+DTYPES = {"float64": np.float64, "float32": np.float32}
+DEFAULT_MODEL = "mlp"
+
+MAX_COUNT = 10**9  # epochs, batch size: far beyond any use (a batch larger than the data is the whole data)
+_positive_int = number(int, 1, maximum=MAX_COUNT)
+_positive_float = number(float, 0.0, inclusive=False)
+_seed = number(int, 0, maximum=2**32 - 1)  # what scikit-learn's split accepts
+_hidden = hidden_size  # (kept for callers of the earlier name)
+__all__ = ["add_commands", "cmd_train", "cmd_evaluate", "available_memory", "MAX_HIDDEN"]
+
+# Options that say where output goes or how it looks: a resumed run may change them freely.
+_NOT_CONFIGURATION = {
+    "command", "func", "task", "parser", "epochs", "save", "plot", "draw", "profile", "no_progress", "gradcheck", "checkpoint",
+}
 
 
-def _number(kind: type, minimum: float, inclusive: bool = True, maximum: float | None = None) -> Any:
-    """An argparse type: ``kind`` (int or float), finite, at least (or above) ``minimum``, at most ``maximum``."""
-    what = "a whole number" if kind is int else "a number"
-    show = str if kind is int else "{:g}".format
+def requested_model(argv: Sequence[str] | None, command: str) -> str | None:
+    """The value of ``--model`` after ``command`` in ``argv`` (None when it is not given)."""
+    tokens = list(argv or [])
+    if command not in tokens:
+        return None
+    scan = argparse.ArgumentParser(add_help=False)
+    scan.add_argument("--model")
+    known, _ = scan.parse_known_args(tokens[tokens.index(command) + 1 :])
+    return known.model  # type: ignore[no-any-return]
 
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if maximum is not None and not minimum <= value <= maximum:  # checked first: a huge int is no float
-            raise argparse.ArgumentTypeError(f"expected {what} from {show(minimum)} to {show(maximum)}, got {text}")
-        if kind is float and not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
-        if value < minimum or (not inclusive and value == minimum):
-            bound = f"at least {show(minimum)}" if inclusive else f"above {show(minimum)}"
-            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
-        return value
+
+def _task_for(name: str) -> tuple[type[Task] | None, str]:
+    """The Task class of model ``name``, or None and why."""
+    from .registry import UnknownModelError
+
+    try:
+        return find_task(name), ""
+    except (UnknownModelError, PluginUnavailableError) as exc:
+        return None, str(exc)
+
+
+def _model_type(task: type[Task] | None, problem: str) -> Any:
+    """``--model``'s argparse type: the name when its task was found, else argparse's error with why."""
+
+    def parse(text: str) -> str:
+        if task is None:
+            raise argparse.ArgumentTypeError(problem)
+        return text
 
     return parse
 
 
-MAX_COUNT = 10**9  # epochs, batch size: far beyond any use (a batch larger than the data is the whole data)
-MAX_HIDDEN = 10**6  # a 64-1000000-10 MLP already takes over 1 GB with its gradients
-_positive_int = _number(int, 1, maximum=MAX_COUNT)
-_hidden = _number(int, 1, maximum=MAX_HIDDEN)
-_positive_float = _number(float, 0.0, inclusive=False)
-_seed = _number(int, 0, maximum=2**32 - 1)  # what scikit-learn's split accepts
+def _models_listing() -> str:
+    """Every installed model with its summary and provider, then the packs' models that are not installed."""
+    from .registry import default_registry
+
+    registry = default_registry()
+    rows = registry.models()
+    names = {r.name for r in rows}
+    installed = {p.distribution for p in registry.plugins()}
+    lines = [f"  {r.name:<12} {r.summary} [{r.distribution or r.plugin}]" for r in rows]
+    for name, packs in PACK_MODELS.items():
+        missing = [pack for pack in packs if pack not in installed]
+        if name not in names:
+            needs = f"not installed: pip install {' '.join(missing)}" if missing else f"needs a newer {' and '.join(packs)}"
+            lines.append(f"  {name:<12} ({needs})")
+    return "\n".join(lines) if lines else "  (none: is tapegrad installed whole?)"
 
 
-def add_commands(sub: Any) -> None:
+def add_commands(sub: Any, argv: Sequence[str] | None = None) -> None:
+    """The ``train`` and ``evaluate`` parsers, with the options of the model ``argv`` asks for (the default
+    model's when it names none, and when ``argv`` is None). For other commands, ``train`` and ``evaluate``
+    are added without looking the models up."""
+    command = next((t for t in argv or [] if not t.startswith("-")), None) if argv is not None else None
+    full = argv is None or command in ("train", "evaluate")
+    for name in ("train", "evaluate"):
+        wanted = requested_model(argv, name) or DEFAULT_MODEL
+        task, problem = _task_for(wanted) if full and (argv is None or command == name) else (None, "")
+        (_train_parser if name == "train" else _evaluate_parser)(sub, task, problem, full)
+
+
+def _train_parser(sub: Any, task: type[Task] | None, problem: str, full: bool) -> None:
+    shown = task.name if task is not None else DEFAULT_MODEL
     p = sub.add_parser(
         "train",
-        help="train the seed's MLP (64-hidden-10, sigmoid, softmax loss) on scikit-learn's digits",
-        description="Train the seed's MLP on the digits data set and report test accuracy per epoch.",
+        help="train a model (default: the seed's MLP on scikit-learn's digits); --model NAME picks another",
+        description="Train a model and report its metric on held-out data after every epoch.",
+        epilog=(
+            "models (--model NAME; `tapegrad train --model NAME --help` shows a model's own options):\n"
+            + _models_listing()
+            if full else None
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--epochs", type=_positive_int, default=40, help="epochs (default 40)")
-    p.add_argument("--hidden", type=_hidden, default=30, help=f"hidden units (default 30, at most {MAX_HIDDEN})")
-    p.add_argument("--lr", type=_positive_float, default=None, help="learning rate (default: 0.3 for sgd, 0.001 for adam)")
     p.add_argument(
-        "--batch-size", type=_positive_int, default=1,
-        help="mini-batch size (default 1, the seed's; one larger than the training set makes one batch of it)",
+        "--model", type=_model_type(task, problem) if full else str, default=DEFAULT_MODEL,
+        help=f"the model to train (default {DEFAULT_MODEL}; the list is below)",
     )
-    p.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd", help="optimizer (default sgd)")
+    defaults = task if task is not None else None
+    p.add_argument("--epochs", type=_positive_int, default=None,
+                   help=f"epochs (default: the model's{f', {defaults.epochs} for {shown}' if defaults else ''})")
+    p.add_argument("--lr", type=_positive_float, default=None,
+                   help="learning rate (default: the model's, else 0.3 for sgd and 0.001 for adam and adamw)")
+    p.add_argument(
+        "--batch-size", type=_positive_int, default=None,
+        help=f"mini-batch size (default: the model's{f', {defaults.batch_size} for {shown}' if defaults else ''}; one "
+        "larger than the training set makes one batch of it)",
+    )
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
+                   help=f"optimizer (default: the model's{f', {defaults.optimizer} for {shown}' if defaults else ''})")
+    p.add_argument("--clip", metavar="NORM", type=_positive_float, default=None,
+                   help="clip the gradients' total 2-norm to NORM in every step (tapegrad.optim.clip_grad_norm)")
+    p.add_argument(
+        "--schedule", choices=SCHEDULES, default=None,
+        help="learning-rate schedule, stepped after every epoch: step (x0.1 every third of the epochs), exponential "
+        "(down to 1/100 of the rate by the end), cosine (a half cosine down to 0 over the epochs); default: none",
+    )
     p.add_argument("--seed", type=_seed, default=0, help="fixes the split, the initial values and the shuffling")
-    p.add_argument("--gradcheck", action="store_true", help="check the model's gradients numerically first")
-    p.add_argument("--plot", metavar="PATH", help="write a plot of train loss and test accuracy per epoch (format from the extension, default PNG)")
+    p.add_argument("--limit", metavar="N", type=_positive_int, default=None,
+                   help="train on the first N training samples only (quick runs); the held-out data stays whole")
+    p.add_argument("--dtype", choices=DTYPES, default="float64", help="the graph's float type (default float64)")
+    p.add_argument(
+        "--checkpoint", metavar="PATH",
+        help="save everything a resumed run needs to PATH after every epoch; if PATH exists, resume from it "
+        "(refused when it was written by a run with other options; --epochs may grow)",
+    )
+    p.add_argument("--gradcheck", action="store_true", help="check the model's gradients numerically first (float64)")
+    p.add_argument("--plot", metavar="PATH", help="write a plot of train loss and the held-out metric per epoch (format from the extension, default PNG)")
     p.add_argument("--save", metavar="PATH", help="write the trained parameters (.npz)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
@@ -88,13 +166,89 @@ def add_commands(sub: Any) -> None:
         ".svg, .png and .pdf need Graphviz (pip install 'tapegrad[draw]' and the dot program); without it, "
         "training is refused and the .dot is written anyway",
     )
-    p.set_defaults(func=cmd_train)
+    if task is not None:
+        task.add_arguments(p.add_argument_group(f"options of model {task.name}"), "train")
+    p.set_defaults(func=cmd_train, task=task, parser=p)
 
-    p = sub.add_parser("evaluate", help="test accuracy of saved parameters on the digits test split")
+
+def _evaluate_parser(sub: Any, task: type[Task] | None, problem: str, full: bool) -> None:
+    p = sub.add_parser(
+        "evaluate", help="the metric of saved parameters on a model's held-out data",
+        description="Load parameters written by `tapegrad train --save` and measure them on the model's held-out data.",
+    )
+    p.add_argument("--model", type=_model_type(task, problem) if full else str, default=DEFAULT_MODEL,
+                   help=f"the model the parameters are of (default {DEFAULT_MODEL})")
     p.add_argument("--load", metavar="PATH", required=True, help="parameters written by `tapegrad train --save`")
     p.add_argument("--seed", type=_seed, default=0, help="the split to evaluate on (default 0)")
-    p.add_argument("--hidden", type=_hidden, default=None, help=f"hidden units (default: read from the file; at most {MAX_HIDDEN})")
-    p.set_defaults(func=cmd_evaluate)
+    p.add_argument("--dtype", choices=DTYPES, default=None, help="the graph's float type (default: the file's)")
+    if task is not None:
+        task.add_arguments(p.add_argument_group(f"options of model {task.name}"), "evaluate")
+    p.set_defaults(func=cmd_evaluate, task=task, parser=p)
+
+
+def available_memory() -> tuple[int, str] | None:
+    """The bytes this process may still allocate and where that bound comes from: the smaller of its
+    address-space limit (less what it maps already) and the memory the OS says is available; None when
+    neither is known."""
+    bounds: list[tuple[int, str]] = []
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != resource.RLIM_INFINITY and soft > 0:
+            used = _mapped_bytes()
+            bounds.append((max(0, soft - used), f"its address-space limit (ulimit -v) of {_size(soft)}, {_size(used)} of it mapped already"))
+    except (ImportError, OSError, ValueError):  # no resource module (Windows), or no limit to read
+        pass
+    available = _meminfo_available()
+    if available is not None:
+        bounds.append((available, "the memory available on this machine (MemAvailable in /proc/meminfo)"))
+    return min(bounds) if bounds else None
+
+
+def _mapped_bytes() -> int:
+    """The process's virtual size where the OS says (Linux), else 0."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def _meminfo_available() -> int | None:
+    try:
+        with open("/proc/meminfo", encoding="ascii", errors="replace") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _size(count: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB", "PB"):
+        if count < 1000 or unit == "PB":
+            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
+        count /= 1000
+    raise AssertionError  # (unreachable)
+
+
+def _too_big(estimate: MemoryEstimate, task: Task) -> str | None:
+    """Why a run of this estimate cannot fit (None when it can, or when nothing bounds the memory)."""
+    bound = available_memory()
+    if bound is None or estimate.total <= bound[0]:
+        return None
+    limit, source = bound
+    knobs = "--batch-size or the model's size" + (" (--hidden)" if task.name == "mlp" else "")
+    return (
+        f"this run needs about {_size(estimate.total)} (parameters {_size(estimate.parameters)} with their gradients "
+        f"and optimizer state; activations {_size(estimate.activations)} for a batch of {estimate.batch} samples), "
+        f"more than the {_size(limit)} this process may use ({source}); make {knobs} smaller"
+    )
 
 
 def _unwritable(target: Path) -> str | None:
@@ -192,15 +346,15 @@ def _draw_target(path: str) -> tuple[Path, Path, str] | str:
     return target, target if renderer is None else target.with_suffix(".dot"), ""
 
 
-def _draw_step(model: Any, x: np.ndarray, y: np.ndarray, capture: bool, target: Path) -> None:
-    """Draw forward, loss and backward on ``(x, y)``, captured (from its record) or eagerly; the
+def _draw_step(model: Any, inputs: tuple[np.ndarray, ...], y: np.ndarray, capture: bool, target: Path) -> None:
+    """Draw forward, loss and backward on ``(inputs, y)``, captured (from its record) or eagerly; the
     parameters keep their values, and their gradients are cleared afterwards."""
     from .draw import draw
 
     graph = model.graph
 
-    def gradient_step(x: np.ndarray, y: np.ndarray) -> float:
-        model.forward(x)
+    def gradient_step(inputs: tuple[np.ndarray, ...], y: np.ndarray) -> float:
+        model.forward(*inputs)
         value = model.loss(y)
         graph.backward()
         return value  # type: ignore[no-any-return]
@@ -209,17 +363,27 @@ def _draw_step(model: Any, x: np.ndarray, y: np.ndarray, capture: bool, target: 
     try:
         if capture:
             step = graph.capture(gradient_step)
-            step(x, y)
+            step(inputs, y)
             draw(step, target)
         else:
-            gradient_step(x, y)
+            gradient_step(inputs, y)
             draw(graph, target)
     finally:
         graph.parameter.clear_grads()
 
 
-def _render(history: Any, fmt: str) -> bytes:
-    """The figure of train loss and test accuracy per epoch (empty for None) as ``fmt`` bytes."""
+def _first_batch(data: TaskData, size: int, dtype: Any) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+    """The first ``size`` training samples as the Trainer feeds them (float inputs in ``dtype``)."""
+    parts = data.x_train if isinstance(data.x_train, tuple) else (data.x_train,)
+    inputs = tuple(
+        np.asarray(p[:size]).astype(dtype, copy=False) if np.asarray(p[:size]).dtype.kind == "f" else np.asarray(p[:size])
+        for p in parts
+    )
+    return inputs, np.asarray(data.y_train[:size])
+
+
+def _render(history: Any, fmt: str, title: str = "", metric: str = "") -> bytes:
+    """The figure of train loss and the held-out metric per epoch (empty for None) as ``fmt`` bytes."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7, 4))
@@ -229,10 +393,10 @@ def _render(history: Any, fmt: str) -> bytes:
         loss_axis.plot(epochs, history.train_loss, color="tab:blue", label="train loss")
         loss_axis.set_xlabel("epoch")
         loss_axis.set_ylabel("train loss", color="tab:blue")
-        accuracy_axis = loss_axis.twinx()
-        accuracy_axis.plot(epochs, history.test_accuracy, color="tab:orange", label="test accuracy")
-        accuracy_axis.set_ylabel("test accuracy", color="tab:orange")
-        fig.suptitle("tapegrad: seed MLP on digits")
+        metric_axis = loss_axis.twinx()
+        metric_axis.plot(epochs, history.metric, color="tab:orange", label=metric)
+        metric_axis.set_ylabel(metric, color="tab:orange")
+        fig.suptitle(title)
         fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format=fmt, dpi=100)
@@ -246,10 +410,12 @@ def _error(command: str, message: str) -> None:
 def _save_or_rescue(parameter: Any, path: str) -> bool:
     """Save to ``path``; if that fails, say why in one line and save to a temporary file instead."""
     try:
-        print(f"saved parameters to {parameter.save(path)}")
-        return True
+        saved = parameter.save(path)
     except OSError as exc:
         reason = f"cannot write parameters to {path!r}: {exc.strerror or exc}"
+    else:
+        print(f"saved parameters to {saved}")
+        return True
     try:
         fd, rescue = tempfile.mkstemp(prefix="tapegrad-parameters-", suffix=".npz")
         os.close(fd)
@@ -260,17 +426,53 @@ def _save_or_rescue(parameter: Any, path: str) -> bool:
     return False
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from .datasets import load_digits
-    from .gradcheck import numerical_gradient_check
-    from .models import MLP
-    from .optim import SGD, Adam
-    from .parameter import parameter_file_path
-    from .profile import profile
-    from .training import Trainer
-    from .variable import Variable
+def _optimizer(name: str, model: Any, lr: float) -> Any:
+    from .optim import SGD, Adam, AdamW
 
-    # Every output is checked before training, so that a bad path never costs the trained model.
+    return {"sgd": SGD, "adam": Adam, "adamw": AdamW}[name](model.graph.parameter, lr=lr)
+
+
+def _scheduler(name: str | None, optimizer: Any, epochs: int) -> Any:
+    """The ``--schedule``: StepLR every third of the epochs (x0.1), ExponentialLR reaching 1/100 after the
+    last epoch, or CosineAnnealingLR over the epochs; None without one."""
+    from .optim import CosineAnnealingLR, ExponentialLR, StepLR
+
+    if name is None:
+        return None
+    if name == "step":
+        return StepLR(optimizer, step_size=max(1, epochs // 3), gamma=0.1)
+    if name == "exponential":
+        return ExponentialLR(optimizer, gamma=0.01 ** (1.0 / epochs))
+    return CosineAnnealingLR(optimizer, T_max=epochs)
+
+
+def _configuration(args: argparse.Namespace) -> dict[str, Any]:
+    """The options that decide what a run computes, by option name (``--hidden``): what a checkpoint keeps
+    to refuse a resume under other ones. ``--epochs`` and the outputs are not among them."""
+    found = {}
+    for key, value in sorted(vars(args).items()):
+        if key in _NOT_CONFIGURATION:
+            continue
+        if not (value is None or isinstance(value, (bool, int, float, str))):
+            value = str(value)
+        found["--" + key.replace("_", "-")] = value
+    return found
+
+
+def _settings(args: argparse.Namespace, task: type[Task]) -> None:
+    """Fill the options left to the model (None) with the task's defaults, in place."""
+    args.epochs = args.epochs if args.epochs is not None else task.epochs
+    args.batch_size = args.batch_size if args.batch_size is not None else task.batch_size
+    args.optimizer = args.optimizer if args.optimizer is not None else task.optimizer
+    if args.lr is None:
+        args.lr = task.lr if task.lr is not None and args.optimizer == task.optimizer else DEFAULT_LR[args.optimizer]
+
+
+def _outputs(args: argparse.Namespace) -> tuple[list[tuple[str, Path]], Any, Any, str] | int:
+    """The files the run writes, checked before anything is computed: (outputs, plot, drawing, why the
+    drawing cannot be rendered), or the exit code after saying why one cannot be written."""
+    from .parameter import parameter_file_path
+
     plot: tuple[Path, str] | None = None
     if args.plot is not None:
         found = _plot_target(args.plot)
@@ -286,6 +488,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             reason = "it is a directory" if isinstance(exc, IsADirectoryError) else exc.strerror or str(exc)
             _error("train", f"cannot write --save {args.save!r}: {reason}")
             return 2
+    if args.checkpoint is not None:
+        outputs.append(("--checkpoint", Path(args.checkpoint)))
     drawing: tuple[Path, Path] | None = None
     unrenderable = ""
     if args.draw is not None:
@@ -308,41 +512,88 @@ def cmd_train(args: argparse.Namespace) -> int:
     if collision:
         _error("train", collision)
         return 2
+    return outputs, plot, drawing, unrenderable
 
-    x_train, x_test, y_train, y_test = load_digits(seed=args.seed)
-    model = MLP(x_train.shape[1], args.hidden, 10, seed=args.seed)
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .gradcheck import numerical_gradient_check
+    from .profile import profile
+    from .training import Trainer
+    from .variable import Variable
+
+    task_class: type[Task] = args.task
+    _settings(args, task_class)
+    if args.gradcheck and args.dtype != "float64":
+        _error("train", "--gradcheck needs --dtype float64 (central differences in float32 are too coarse to tell)")
+        return 2
+    # Every output is checked before training, so that a bad path never costs the trained model.
+    checked = _outputs(args)
+    if isinstance(checked, int):
+        return checked
+    _, plot, drawing, unrenderable = checked
+    configuration = _configuration(args)
+    args.dtype = np.dtype(DTYPES[args.dtype])
+    task = task_class(args)
+    data = task.load_data().limited(args.limit)
+    estimate = task.memory_estimate(data)
+    if estimate is not None:
+        problem = _too_big(estimate, task)
+        if problem:
+            _error("train", problem)
+            return 2
+    model = task.build_model(data)
+    size = min(args.batch_size, data.train_samples)
     if drawing is not None and unrenderable:
         # Refused before training (a missing renderer must not cost it), but the DOT text is
         # written anyway, as tg.draw writes it: one step of the model as built, untrained.
-        size = min(args.batch_size, len(x_train))
-        _draw_step(model, x_train[:size], y_train[:size], not args.no_capture, drawing[1])
+        _draw_step(model, *_first_batch(data, size, args.dtype), not args.no_capture, drawing[1])
         _error(
             "train",
             f"cannot draw to {args.draw!r}: {unrenderable}; the DOT text of one training step of the untrained "
             f"model is in {str(drawing[1])!r} (render it once Graphviz is there, or draw to a .dot file)",
         )
         return 2
-    lr = args.lr if args.lr is not None else DEFAULT_LR[args.optimizer]
-    optimizer = SGD(model.graph.parameter, lr) if args.optimizer == "sgd" else Adam(model.graph.parameter, lr)
+    optimizer = _optimizer(args.optimizer, model, args.lr)
+    scheduler = _scheduler(args.schedule, optimizer, args.epochs)
+    extras = "".join(
+        [f", clip {args.clip:g}" if args.clip else "", f", {args.schedule} schedule" if args.schedule else "",
+         f", {args.dtype}" if args.dtype != np.float64 else ""]
+    )
     print(
-        f"tapegrad train: MLP {x_train.shape[1]}-{args.hidden}-10, {args.optimizer} lr={lr:g}, "
+        f"tapegrad train: {task.describe(model, data)}, {args.optimizer} lr={args.lr:g}{extras}, "
         f"batch size {args.batch_size}, {args.epochs} epochs, seed {args.seed} "
-        f"({len(x_train)} train / {len(x_test)} test samples)"
+        f"({data.train_samples} train / {data.test_samples} {task.held_out} samples)"
     )
     if args.gradcheck:
-        report = numerical_gradient_check(model, Variable(x_train[:8]), Variable(y_train[:8]))
+        inputs, labels = _first_batch(data, 8, args.dtype)
+        given = Variable(inputs[0]) if len(inputs) == 1 and inputs[0].dtype.kind == "f" else inputs
+        report = numerical_gradient_check(model, given, Variable(labels))
         if not report:
             print("tapegrad train: gradient check FAILED; not training", file=sys.stderr)
             return 1
         print("gradient check passed")
     trainer = Trainer(
         model, optimizer, batch_size=args.batch_size, progress=not args.no_progress, seed=args.seed,
-        capture=not args.no_capture,
+        capture=not args.no_capture, scheduler=scheduler, clip_grad_norm=args.clip, checkpoint=args.checkpoint,
+        configuration=configuration, eval_batch_size=task.eval_batch_size,
     )
+
+    def after_epoch(record: Any) -> None:
+        report = task.epoch_report(model, record)
+        if report:
+            print(report)
+
     with profile(model.graph) if args.profile else contextlib.nullcontext() as prof:
-        history = trainer.train(x_train, y_train, x_test, y_test, epochs=args.epochs)
-    final = history[-1].test_accuracy
-    print(f"final test accuracy: {final:.4f} ({sum(history.seconds):.1f} s of training)")
+        history = trainer.train(
+            data.x_train, data.y_train, data.x_test, data.y_test, epochs=args.epochs, held_out=task.held_out,
+            on_epoch=after_epoch,
+        )
+    last = history[-1]
+    shown = ", ".join(f"{name}: {value:.4f}" for name, value in last.metrics.items())
+    print(f"final {task.held_out} {shown} ({sum(history.seconds):.1f} s of training)")
+    final = task.final_report(model, data)
+    if final:
+        print(final)
     if prof is not None:
         print(f"\nprofile of the training ({'eager' if args.no_capture else 'captured'} steps, times of each op's own code):")
         print(prof.table(), end="")
@@ -352,7 +603,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if plot is not None:
         target, fmt = plot
         try:
-            image = _render(history, fmt)
+            metric = f"{task.held_out} {trainer.metric.name}"
+            image = _render(history, fmt, f"tapegrad: {task.describe(model, data)} ({task.name})", metric)
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(image)
             print(f"wrote {target}")
@@ -364,9 +616,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             ok = False
     if drawing is not None:
         target, dot_file = drawing
-        size = min(args.batch_size, len(x_train))
         try:
-            _draw_step(model, x_train[:size], y_train[:size], not args.no_capture, target)
+            _draw_step(model, *_first_batch(data, size, args.dtype), not args.no_capture, target)
             print(f"wrote {target}" + (f" (and its DOT text, {dot_file})" if dot_file != target else ""))
         except OSError as exc:
             _error("train", f"cannot write --draw {str(target)!r}: {exc.strerror or exc}")
@@ -377,63 +628,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-def _digits_mlp_shapes(inputs: int, hidden: int, outputs: int) -> dict[str, tuple[int, ...]]:
-    return {"affine_0.W": (inputs, hidden), "affine_0.b": (hidden,), "affine_1.W": (hidden, outputs), "affine_1.b": (outputs,)}
-
-
-# A file may describe a model at most this much larger than itself (beyond a floor): more is a zip bomb.
-_EXPANSION, _EXPANSION_FLOOR = _parameter._EXPANSION, _parameter._EXPANSION_FLOOR
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .datasets import load_digits
     from .errors import ParameterLoadError
-    from .models import MLP
     from .parameter import ParameterFile
     from .training import Trainer
 
-    x_train, x_test, y_train, y_test = load_digits(seed=args.seed)
-    inputs, outputs = x_train.shape[1], 10
-    # Only headers are read until the file is known to fit the model its first layer describes.
-    with ParameterFile(args.load, expected_names=_digits_mlp_shapes(inputs, 1, outputs)) as source:
+    task_class: type[Task] = args.task
+    args.dtype = np.dtype(DTYPES[args.dtype]) if args.dtype is not None else None
+    task = task_class(args)
+    data = task.load_data()
+    # Only headers are read until the file is known to fit the model (model_for_file checks them).
+    with ParameterFile(args.load) as source:
         label = source.label
-        first = source.shapes.get("affine_0.W")
-        hidden = args.hidden
-        if first is not None:
-            if len(first) != 2 or first[0] != inputs or first[1] < 1:
-                raise ParameterLoadError(
-                    f"{label} does not fit the digits MLP (nothing was loaded): affine_0.W: shape {first} given, "
-                    f"({inputs}, hidden) expected"
-                )
-            if hidden is not None and first[1] != hidden:
-                raise ParameterLoadError(
-                    f"{label} does not fit these parameters (nothing was loaded): affine_0.W: shape {first} given, "
-                    f"({inputs}, {hidden}) expected"
-                )
-            hidden = first[1]
-        hidden = hidden if hidden is not None else 30
-        expected = _digits_mlp_shapes(inputs, hidden, outputs)
-        missing = [name for name in expected if name not in source.shapes]
-        extra = [name for name in source.shapes if name not in expected]
-        wrong = [f"missing: {', '.join(missing)}"] if missing else []
-        wrong += [f"unexpected: {', '.join(map(repr, extra))}"] if extra else []
-        wrong += [
-            f"{name}: shape {source.shapes[name]} given, {shape} expected"
-            for name, shape in expected.items() if name in source.shapes and source.shapes[name] != shape
-        ]
-        if wrong:
-            raise ParameterLoadError(f"{label} does not fit these parameters (nothing was loaded): {'; '.join(wrong)}")
-        needed = sum(8 * math.prod(shape) for shape in expected.values())
-        if needed > max(_EXPANSION_FLOOR, _EXPANSION * source.file_size):
-            raise ParameterLoadError(
-                f"{label} describes a hidden size of {hidden} ({needed} bytes of values) in {source.file_size} "
-                "bytes: refusing to expand it"
-            )
-        model = MLP(inputs, hidden, outputs, seed=args.seed)
-        model.graph.parameter.load(source)
+        model = task.model_for_file(source, data)
     broken = [name for name, v in model.graph.parameter.variable_dict.items() if not np.isfinite(v.value).all()]
     if broken:
         raise ParameterLoadError(f"{label} holds NaN or infinite values in {', '.join(broken)}: nothing to evaluate")
-    accuracy = Trainer(model, optimizer=None, verbose=False).test(x_test, y_test)
-    print(f"test accuracy: {accuracy:.4f} ({len(x_test)} samples, seed {args.seed})")
+    metrics = Trainer(model, None, verbose=False, eval_batch_size=task.eval_batch_size).evaluate(data.x_test, data.y_test)
+    shown = ", ".join(f"{name}: {value:.4f}" for name, value in metrics.items())
+    print(f"{task.held_out} {shown} ({data.test_samples} samples, seed {args.seed})")
+    final = task.final_report(model, data)
+    if final:
+        print(final)
     return 0

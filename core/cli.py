@@ -1,8 +1,15 @@
-"""The ``tapegrad`` command: list operations and plugins, run the contract, train the seed MLP."""
+"""The ``tapegrad`` command: list operations and plugins, run the contract, train and evaluate models.
+
+Every command exits non-zero with a one-line message when its standard output cannot be written
+(``tapegrad ops > /dev/full``); ``tapegrad train`` goes on without printing, writes the files it was
+asked for, and then exits non-zero naming the output that failed.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import shlex
@@ -58,12 +65,16 @@ def cmd_plugins(args: argparse.Namespace) -> int:
                 "status": p.status,
                 "error": p.error,
                 "operations": len(p.operations),
+                "models": len(p.models),
             }
             for p in rows
         ], indent=2))
         return EXIT_OK
-    table = [("name", "distribution", "version", "status", "ops")]
-    table += [(p.name, p.distribution or "-", p.version or "-", p.status_text, str(len(p.operations))) for p in rows]
+    table = [("name", "distribution", "version", "status", "ops", "models")]
+    table += [
+        (p.name, p.distribution or "-", p.version or "-", p.status_text, str(len(p.operations)), str(len(p.models)))
+        for p in rows
+    ]
     print(_table(table))
     return EXIT_OK
 
@@ -180,8 +191,10 @@ def cmd_new_plugin(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tapegrad", description=__doc__)
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser of the ``tapegrad`` command. ``argv`` (the arguments to parse) picks the model whose own
+    options ``train`` and ``evaluate`` take; None: the default model's."""
+    parser = argparse.ArgumentParser(prog="tapegrad", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=f"tapegrad {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -207,28 +220,107 @@ def build_parser() -> argparse.ArgumentParser:
 
     from . import _cli_train
 
-    _cli_train.add_commands(sub)
+    _cli_train.add_commands(sub, argv)
     return parser
 
 
+class _OutputFailed(Exception):
+    """Internal: standard output could not be written, and the command stops."""
+
+
+class _GuardedOutput:
+    """Standard output that survives a failing write: the first failure is kept (``failure``), and from then
+    on nothing is written (the stream's descriptor points at the null device, so that what is still
+    buffered goes nowhere at exit instead of failing again). ``keep_going``: the command goes on without
+    printing (training); otherwise it stops (``_OutputFailed``)."""
+
+    def __init__(self, stream: Any, keep_going: bool) -> None:
+        self.stream = stream
+        self.keep_going = keep_going
+        self.failure: OSError | None = None
+
+    def write(self, text: str) -> int:
+        if self.failure is None:
+            try:
+                return int(self.stream.write(text))
+            except OSError as exc:
+                self._failed(exc)
+        return len(text)
+
+    def flush(self) -> None:
+        if self.failure is None:
+            try:
+                self.stream.flush()
+            except OSError as exc:
+                self._failed(exc)
+
+    def _failed(self, exc: OSError) -> None:
+        self.failure = exc
+        # (no descriptor: a test's capture)
+        with contextlib.suppress(OSError, ValueError, AttributeError, io.UnsupportedOperation):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self.stream.fileno())
+        if not self.keep_going:
+            raise _OutputFailed from exc
+
+    def __getattr__(self, name: str) -> Any:  # isatty, encoding, fileno, ...: the stream's
+        return getattr(self.stream, name)
+
+
+def _say(message: str) -> None:
+    """One line on standard error, if even that can be written."""
+    with contextlib.suppress(OSError):
+        print(message, file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    output = _GuardedOutput(sys.stdout, keep_going="train" in argv)
+    sys.stdout = output  # type: ignore[assignment]
+    command = "?"
+    try:
+        parser = build_parser(argv)
+        args, unknown = parser.parse_known_args(argv)
+        command = args.command
+        if unknown:
+            _unrecognized(getattr(args, "parser", parser), args, unknown)
+        code = _run(args)
+        output.flush()
+    except _OutputFailed:
+        code = EXIT_FAILED
+    finally:
+        sys.stdout = output.stream
+    failure = output.failure
+    if failure is None:
+        return code
+    if isinstance(failure, BrokenPipeError):
+        return 141  # the reader went away (`tapegrad ops | head`): quietly, as other command-line tools do
+    went_on = "; training went on without printing and wrote the files it was asked for" if command == "train" else ""
+    _say(f"tapegrad {command}: error: cannot write to standard output: {failure.strerror or failure}{went_on}")
+    return code or EXIT_FAILED
+
+
+def _unrecognized(parser: argparse.ArgumentParser, args: argparse.Namespace, unknown: list[str]) -> None:
+    """argparse's error for arguments nobody takes, from the command's own parser; for a model's
+    command, saying which model's options were read."""
+    task = getattr(args, "task", None)
+    hint = ""
+    if task is not None:
+        hint = f" (with --model {task.name}; `tapegrad {args.command} --model {task.name} --help` lists its options)"
+    parser.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args))
     except TapegradError as exc:
-        print(f"tapegrad {args.command}: error: {exc}", file=sys.stderr)
+        _say(f"tapegrad {args.command}: error: {exc}")
         return EXIT_FAILED
     except MemoryError as exc:  # numpy's says how much it wanted for what: one line, not a traceback
-        print(f"tapegrad {args.command}: error: out of memory" + (f": {exc}" if str(exc) else ""), file=sys.stderr)
+        _say(f"tapegrad {args.command}: error: out of memory" + (f": {exc}" if str(exc) else ""))
         return EXIT_FAILED
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        _say("interrupted")
         return 130
-    except BrokenPipeError:
-        # the reader went away (`tapegrad ops | head`): stop quietly, as other command-line tools do
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141
 
 
 if __name__ == "__main__":

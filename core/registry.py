@@ -1,8 +1,9 @@
-"""The operation registry: pluggy plugins found through entry points, loaded lazily.
+"""The registry of operations and runnable models: pluggy plugins found through entry points, loaded lazily.
 
-Each entry point of group ``tapegrad`` is loaded on its own. A plugin that fails to import,
-raises (even ``SystemExit``) at import or in its hook, returns anything but a finite
-collection of distinct, nameable Operation subclasses, or takes a name it may not have, is
+Each entry point of group ``tapegrad`` is loaded on its own. A plugin offers operations
+(``tapegrad_operations``), models (``tapegrad_models``) or both. One that implements neither hook,
+fails to import, raises (even ``SystemExit``) at import or in a hook, returns anything but a finite
+collection of distinct, nameable Operation (or Task) subclasses, or takes a name it may not have, is
 recorded as ``failed`` (with a ``PluginWarning``) while everything else keeps working.
 Entry points of the ``tapegrad`` distribution itself are read first and own their names,
 whatever the ``sys.path`` order.
@@ -24,7 +25,7 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any, TypeVar, overload
+from typing import Any, Literal, TypeVar, overload
 
 import pluggy
 
@@ -34,18 +35,33 @@ from .errors import (
     PluginUnavailableError,
     PluginWarning,
     RegistrationError,
+    TapegradError,
     UnknownOperationError,
 )
 from .operation import Loss, Operation
 
-__all__ = ["Registry", "PluginInfo", "OperationInfo", "default_registry", "register_operation"]
+__all__ = [
+    "Registry",
+    "PluginInfo",
+    "OperationInfo",
+    "ModelInfo",
+    "UnknownModelError",
+    "default_registry",
+    "register_operation",
+]
 
 log = logging.getLogger(__name__)
 
 FIRST_PARTY = "tapegrad"
 RUNTIME = "runtime"  # the plugin name of run-time registrations that give none
-#: The most entries a plugin's ``tapegrad_operations()`` may return; more is taken for an endless iterable.
+#: The most entries a plugin's ``tapegrad_operations()`` (or ``tapegrad_models()``) may return; more is
+#: taken for an endless iterable.
 MAX_OPERATIONS_PER_PLUGIN = 10_000
+#: tapegrad's own plugins that must be there even when the installed metadata predates their entry point
+#: (an editable install made before it was declared): each is loaded as an entry point of the tapegrad
+#: distribution would be, unless that distribution declares one of the same name.
+BUILT_IN = {"tasks": "tapegrad.tasks"}
+_MODEL_NAME = re.compile(r"[a-z][a-z0-9]*(?:-[a-z0-9]+)*\Z")
 T = TypeVar("T", bound=type[Operation])
 
 
@@ -100,6 +116,24 @@ def operation_name_problem(name: object) -> str | None:
     return None
 
 
+def model_name_problem(name: object) -> str | None:
+    """Why ``name`` (a Task's ``name``) cannot name a model (None if it can).
+
+    Model names are what ``--model`` takes: lowercase letters, digits and single hyphens,
+    starting with a letter (``mlp``, ``char-lstm``).
+    """
+    if not isinstance(name, str) or not _MODEL_NAME.match(name):
+        return (
+            f"model name {_describe(name)} is not lowercase letters, digits and single hyphens starting with "
+            "a letter (like 'char-lstm'), so --model could not ask for it"
+        )
+    return None
+
+
+class UnknownModelError(TapegradError, ValueError):
+    """No installed plugin offers a model of the requested name (or several do; qualify it)."""
+
+
 class _PluginFailed(Exception):
     """Internal: a plugin breaks a rule; the message says which."""
 
@@ -136,6 +170,37 @@ class OperationInfo:
         return lines[0] if lines else ""
 
 
+@dataclass(frozen=True)
+class ModelInfo:
+    """One registered runnable model (a ``tapegrad.tasks.Task`` subclass) and who provides it."""
+
+    name: str
+    cls: type
+    plugin: str
+    distribution: str | None = None
+    version: str | None = None
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.plugin}:{self.name}"
+
+    @property
+    def provider(self) -> str:
+        """``plugin (distribution==version)``, for messages."""
+        if self.distribution:
+            return f"{self.plugin} ({self.distribution}=={self.version})"
+        return f"{self.plugin} (registered at run time from {self.cls.__module__})"
+
+    @property
+    def summary(self) -> str:
+        """The Task's one-line ``summary`` ("" when it has none that is text)."""
+        try:
+            text = getattr(self.cls, "summary", "")
+        except Exception:  # a hostile class attribute must not take `tapegrad train --help` down
+            return ""
+        return " ".join(text.split()) if isinstance(text, str) else ""
+
+
 @dataclass
 class PluginInfo:
     """A plugin as the registry saw it: ``status`` is "ok", "blocked" or "failed"."""
@@ -147,6 +212,7 @@ class PluginInfo:
     error: str | None = None
     operations: list[str] = field(default_factory=list)
     source: str = "entry point"
+    models: list[str] = field(default_factory=list)
 
     @property
     def status_text(self) -> str:
@@ -187,6 +253,8 @@ class Registry:
         self._providers: dict[str, list[OperationInfo]] = {}
         self._qualified: dict[tuple[str, str], OperationInfo] = {}
         self._overrides: dict[str, OperationInfo] = {}
+        self._model_providers: dict[str, list[ModelInfo]] = {}
+        self._qualified_models: dict[tuple[str, str], ModelInfo] = {}
         self._unwarned: list[str] = []  # PluginWarnings to issue once the lock is released
 
     # -- loading -----------------------------------------------------------------------
@@ -222,6 +290,14 @@ class Registry:
         blocked = {_normalize(s.strip()) for s in os.environ.get("TAPEGRAD_DISABLE_PLUGINS", "").split(",") if s.strip()}
         autoload = os.environ.get("TAPEGRAD_AUTOLOAD", "1").strip().lower() not in ("0", "false", "no", "off")
         found = [(ep, *_distribution(ep)) for ep in entry_points(group=self.group)]
+        if self.group == hookspecs.ENTRY_POINT_GROUP:
+            declared = {ep.name for ep, dist, _ in found if _normalize(dist) == FIRST_PARTY}
+            version = _own_version()
+            found += [
+                (EntryPoint(name, value, self.group), FIRST_PARTY, version)
+                for name, value in BUILT_IN.items()
+                if name not in declared
+            ]
         # tapegrad's own entry points first: they own their names whatever the sys.path order.
         found.sort(key=lambda row: _normalize(row[1]) != FIRST_PARTY)
         # Also reserved: the distribution's own name (``--plugin tapegrad``) and run-time registration's default.
@@ -271,11 +347,12 @@ class Registry:
     def _fail(self, info: PluginInfo, error: str, *, owner: bool = True) -> None:
         info.status, info.error = "failed", error
         info.operations.clear()
+        info.models.clear()
         self._record(info, owner=owner)
         where = f" from distribution {info.distribution}" if info.distribution else ""
         self._unwarned.append(
             f"tapegrad plugin {info.name!r}{where} was not loaded: {error}. "
-            "Its operations are unavailable; everything else works."
+            "Its operations and models are unavailable; everything else works."
         )
 
     def _add_plugin(self, plugin: Any, info: PluginInfo) -> None:
@@ -288,7 +365,12 @@ class Registry:
                 raise _PluginFailed(f"the same object is already registered as plugin {self._pm.get_name(plugin)!r}")
             self._pm.register(plugin, name=info.name)
             registered = True
-            classes = self._collect(info.name)
+            classes = self._collect(info.name, "tapegrad_operations")
+            models = self._collect(info.name, "tapegrad_models")
+            if classes is None and models is None:
+                raise _PluginFailed(
+                    "it has no @tapegrad.hookimpl function tapegrad_operations() or tapegrad_models()"
+                )
         except KeyboardInterrupt:
             raise
         except BaseException as exc:  # whatever a plugin does, it fails alone
@@ -300,49 +382,47 @@ class Registry:
             self._fail(info, str(exc) if isinstance(exc, _PluginFailed) else _error_text(exc))
             return
         self._record(info)
-        for cls in classes:
+        for cls in classes or ():
             self._add(OperationInfo(cls.__name__, cls, info.name, info.distribution, info.version))
             info.operations.append(cls.__name__)
+        for name, cls in models or ():
+            self._add_model(ModelInfo(name, cls, info.name, info.distribution, info.version))
+            info.models.append(name)
 
-    def _collect(self, plugin_name: str) -> list[type[Operation]]:
-        """The distinct classes a registered plugin's hook(s) return, checked; raises on any fault."""
-        impls = [i for i in self._pm.hook.tapegrad_operations.get_hookimpls() if i.plugin_name == plugin_name]
+    @overload
+    def _collect(self, plugin_name: str, hook: Literal["tapegrad_operations"]) -> list[type[Operation]] | None: ...
+    @overload
+    def _collect(self, plugin_name: str, hook: Literal["tapegrad_models"]) -> list[tuple[str, type]] | None: ...
+    def _collect(self, plugin_name: str, hook: str) -> Any:
+        """What a registered plugin's ``hook`` returns, checked: the distinct Operation classes, or
+        (name, Task class) pairs for ``tapegrad_models``; None when the plugin does not implement it.
+        Raises on any fault."""
+        impls = [i for i in getattr(self._pm.hook, hook).get_hookimpls() if i.plugin_name == plugin_name]
         if not impls:
-            raise _PluginFailed("it has no @tapegrad.hookimpl function tapegrad_operations()")
+            return None
         entries: list[Any] = []
         for impl in impls:
             if getattr(impl, "hookwrapper", False) or getattr(impl, "wrapper", False):
-                raise _PluginFailed("tapegrad_operations() must be a plain @tapegrad.hookimpl, not a wrapper")
+                raise _PluginFailed(f"{hook}() must be a plain @tapegrad.hookimpl, not a wrapper")
             try:
-                entries.extend(_finite_entries(impl.function()))
+                entries.extend(_finite_entries(impl.function(), hook))
             except (_PluginFailed, KeyboardInterrupt):
                 raise
             except BaseException as exc:
-                raise _PluginFailed(f"tapegrad_operations() raised {_error_text(exc)}") from None
-        bad = [e for e in entries if not (isinstance(e, type) and issubclass(e, Operation))]
-        if bad:
-            shown = ", ".join(_describe(e) for e in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-            raise _PluginFailed(f"tapegrad_operations() returned non-Operation entries: {shown}; it must return Operation subclasses")
-        classes: dict[str, type[Operation]] = {}
-        for cls in entries:
-            if cls is Operation or cls is Loss:
-                raise _PluginFailed(f"tapegrad_operations() returned tapegrad's base class {cls.__name__} itself")
-            problem = operation_name_problem(cls.__name__)
-            if problem is not None:
-                raise _PluginFailed(f"{problem} (class {_class_path(cls)})")
-            other = classes.setdefault(cls.__name__, cls)
-            if other is not cls:
-                raise _PluginFailed(
-                    f"two different classes are named {cls.__name__!r}: {_class_path(other)} and "
-                    f"{_class_path(cls)}; only one could be looked up"
-                )
-        return list(classes.values())
+                raise _PluginFailed(f"{hook}() raised {_error_text(exc)}") from None
+        return _checked_models(entries) if hook == "tapegrad_models" else _checked_operations(entries)
 
     def _add(self, op: OperationInfo) -> None:
         providers = self._providers.setdefault(op.name, [])
         self._qualified[(op.plugin, op.name)] = op
         if not any(p.cls is op.cls for p in providers):
             providers.append(op)
+
+    def _add_model(self, model: ModelInfo) -> None:
+        providers = self._model_providers.setdefault(model.name, [])
+        self._qualified_models[(model.plugin, model.name)] = model
+        if not any(p.cls is model.cls for p in providers):
+            providers.append(model)
 
     # -- run-time registration ---------------------------------------------------------
     def register_plugin(
@@ -478,7 +558,10 @@ class Registry:
         """Every plugin seen, with its status (copies: changing them changes nothing here)."""
         self.load()
         with self._lock:
-            rows = [dataclasses.replace(p, operations=list(p.operations)) for p in self._plugins.values()]
+            rows = [
+                dataclasses.replace(p, operations=list(p.operations), models=list(p.models))
+                for p in self._plugins.values()
+            ]
         return sorted(rows, key=lambda p: (p.name, p.distribution or ""))
 
     def require(self, names: str | Iterable[str]) -> list[PluginInfo]:
@@ -500,7 +583,7 @@ class Registry:
                 if not rows:
                     missing.append(name)
                 unavailable += [p for p in rows if p.status != "ok"]
-                found += [dataclasses.replace(p, operations=list(p.operations)) for p in rows]
+                found += [dataclasses.replace(p, operations=list(p.operations), models=list(p.models)) for p in rows]
             known = ", ".join(sorted({p.name for p in self._plugins.values()})) or "none"
         if missing or unavailable:
             problems = [
@@ -513,6 +596,52 @@ class Registry:
                 "; ".join(problems), missing=tuple(missing), unavailable=tuple(p.name for p in unavailable)
             )
         return found
+
+    def models(self, plugin: str | Iterable[str] | None = None) -> list[ModelInfo]:
+        """Every registered runnable model (one row per provider), sorted by name; ``plugin`` as for
+        ``operations``."""
+        self.load()
+        wanted = None if plugin is None else ({plugin} if isinstance(plugin, str) else set(plugin))
+        with self._lock:
+            rows = [p for providers in self._model_providers.values() for p in providers]
+        if wanted is not None:
+            rows = [r for r in rows if r.plugin in wanted or r.distribution in wanted]
+        return sorted(rows, key=lambda p: (p.name, p.plugin))
+
+    def lookup_model(self, name: str) -> ModelInfo:
+        """The ``ModelInfo`` for ``"name"`` or ``"plugin:name"``; ``UnknownModelError`` (with close matches
+        and the plugins that did not load) when none or several plugins offer it."""
+        self.load()
+        with self._lock:
+            if ":" in name:
+                plugin, _, short = name.partition(":")
+                found = self._qualified_models.get((plugin, short))
+                if found is not None:
+                    return found
+                info = self._plugins.get(plugin)
+                if info is None:
+                    raise UnknownModelError(f"no plugin named {plugin!r} (for model {name!r}); see `tapegrad plugins`")
+                if info.status != "ok":
+                    raise UnknownModelError(f"plugin {info.label} is unavailable ({info.status_text}), so model {name!r} is too")
+                offered = ", ".join(info.models) or "none"
+                raise UnknownModelError(f"plugin {plugin!r} offers no model {short!r}; its models: {offered}")
+            providers = self._model_providers.get(name, [])
+            if len(providers) == 1:
+                return providers[0]
+            if providers:
+                listed = "; ".join(
+                    f"{p.provider}: use --model {p.qualified_name}" for p in sorted(providers, key=lambda p: p.qualified_name)
+                )
+                raise UnknownModelError(f"model {name!r} is offered by {len(providers)} plugins ({listed})")
+            known = sorted(self._model_providers)
+            message = f"unknown model {name!r}"
+            close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+            message += f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else "."
+            message += f" Installed models: {', '.join(known) or 'none'}"
+            unavailable = [p for p in self._plugins.values() if p.status != "ok"]
+            if unavailable:
+                message += " (not loaded: " + ", ".join(f"{p.name} [{p.status_text}]" for p in unavailable) + ")"
+            raise UnknownModelError(message)
 
     def __contains__(self, name: object) -> bool:
         try:
@@ -533,26 +662,85 @@ def _distribution(ep: EntryPoint) -> tuple[str | None, str | None]:
         return None, None
 
 
-def _finite_entries(result: Any) -> list[Any]:
+def _own_version() -> str | None:
+    from . import __version__
+
+    return __version__
+
+
+def _finite_entries(result: Any, hook: str = "tapegrad_operations") -> list[Any]:
     """The entries of a hook's return value: a finite collection, consumed at most up to the bound."""
+    wanted = "Task subclasses" if hook == "tapegrad_models" else "Operation subclasses"
     if result is None:
-        raise _PluginFailed("tapegrad_operations() returned None; it must return a list of Operation subclasses")
+        raise _PluginFailed(f"{hook}() returned None; it must return a list of {wanted}")
     if isinstance(result, type):
-        raise _PluginFailed(
-            f"tapegrad_operations() returned the class {result.__name__} itself; return a list: [{result.__name__}]"
-        )
+        raise _PluginFailed(f"{hook}() returned the class {result.__name__} itself; return a list: [{result.__name__}]")
     if isinstance(result, (str, bytes, Mapping)) or not isinstance(result, Iterable):
-        raise _PluginFailed(
-            f"tapegrad_operations() returned {type(result).__name__} {_describe(result)}; "
-            "it must return a list of Operation subclasses"
-        )
+        raise _PluginFailed(f"{hook}() returned {type(result).__name__} {_describe(result)}; it must return a list of {wanted}")
     entries = list(itertools.islice(result, MAX_OPERATIONS_PER_PLUGIN + 1))
     if len(entries) > MAX_OPERATIONS_PER_PLUGIN:
         raise _PluginFailed(
-            f"tapegrad_operations() returned more than {MAX_OPERATIONS_PER_PLUGIN} entries "
-            "(an endless iterable?); return a list of Operation subclasses"
+            f"{hook}() returned more than {MAX_OPERATIONS_PER_PLUGIN} entries (an endless iterable?); "
+            f"return a list of {wanted}"
         )
     return entries
+
+
+def _shown(bad: list[Any]) -> str:
+    return ", ".join(_describe(e) for e in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+
+
+def _checked_operations(entries: list[Any]) -> list[type[Operation]]:
+    """``tapegrad_operations()``'s entries: distinct, nameable Operation subclasses (else _PluginFailed)."""
+    bad = [e for e in entries if not (isinstance(e, type) and issubclass(e, Operation))]
+    if bad:
+        raise _PluginFailed(
+            f"tapegrad_operations() returned non-Operation entries: {_shown(bad)}; it must return Operation subclasses"
+        )
+    classes: dict[str, type[Operation]] = {}
+    for cls in entries:
+        if cls is Operation or cls is Loss:
+            raise _PluginFailed(f"tapegrad_operations() returned tapegrad's base class {cls.__name__} itself")
+        problem = operation_name_problem(cls.__name__)
+        if problem is not None:
+            raise _PluginFailed(f"{problem} (class {_class_path(cls)})")
+        other = classes.setdefault(cls.__name__, cls)
+        if other is not cls:
+            raise _PluginFailed(
+                f"two different classes are named {cls.__name__!r}: {_class_path(other)} and "
+                f"{_class_path(cls)}; only one could be looked up"
+            )
+    return list(classes.values())
+
+
+def _checked_models(entries: list[Any]) -> list[tuple[str, type]]:
+    """``tapegrad_models()``'s entries as (name, class): distinct Task subclasses with usable names."""
+    from .tasks import Task
+
+    bad = [e for e in entries if not (isinstance(e, type) and issubclass(e, Task))]
+    if bad:
+        raise _PluginFailed(
+            f"tapegrad_models() returned entries that are not Task subclasses: {_shown(bad)}; it must return "
+            "tapegrad.tasks.Task subclasses"
+        )
+    classes: dict[str, type] = {}
+    for cls in entries:
+        if cls is Task:
+            raise _PluginFailed("tapegrad_models() returned tapegrad's base class Task itself")
+        try:
+            name = getattr(cls, "name", None)
+        except Exception as exc:  # a hostile class attribute fails its plugin alone
+            raise _PluginFailed(f"reading the name of {_class_path(cls)} raised {_error_text(exc)}") from None
+        problem = model_name_problem(name)
+        if problem is not None or not isinstance(name, str):
+            raise _PluginFailed(f"{problem} (class {_class_path(cls)})")
+        other = classes.setdefault(name, cls)
+        if other is not cls:
+            raise _PluginFailed(
+                f"two different classes offer model {name!r}: {_class_path(other)} and {_class_path(cls)}; "
+                "only one could be asked for"
+            )
+    return list(classes.items())
 
 
 _default: Registry | None = None

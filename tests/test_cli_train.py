@@ -188,9 +188,9 @@ def test_evaluate_refuses_malformed_files(tmp_path, capsys):
 
 
 def test_evaluate_refuses_a_bomb_that_describes_a_huge_model(tmp_path, capsys, monkeypatch):
-    from tapegrad import _cli_train
+    from tapegrad import tasks
 
-    monkeypatch.setattr(_cli_train, "_EXPANSION_FLOOR", 1 << 20)
+    monkeypatch.setattr(tasks, "EXPANSION_FLOOR", 1 << 20)
     hidden = 20_000  # 12 MB of values in a file of a few KB
     path = tmp_path / "bomb.npz"
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:

@@ -27,7 +27,9 @@ def test_first_party_ops_come_from_entry_points_of_the_tapegrad_distribution():
     assert set(rows) >= FIRST_PARTY
     assert rows["Affine"].plugin == "layers" and rows["Affine"].distribution == "tapegrad"
     assert rows["Sigmoid"].plugin == "activations"
-    assert {p.name for p in registry.plugins() if p.distribution == "tapegrad"} == {"math", "activations", "layers", "losses"}
+    assert {p.name for p in registry.plugins() if p.distribution == "tapegrad"} == {
+        "math", "activations", "layers", "losses", "tasks"
+    }
 
 
 def test_import_tapegrad_alone_loads_no_plugin(pytester):
@@ -526,7 +528,7 @@ def test_entry_points_named_tapegrad_or_runtime_are_reserved(plugin_dir):
     assert {p.name: p.status for p in registry.plugins() if p.distribution == "tgtest-reserved"} == {
         "tapegrad": "failed", "runtime": "failed"
     }
-    assert {p.name for p in registry.require("tapegrad")} == {"math", "activations", "layers", "losses"}
+    assert {p.name for p in registry.require("tapegrad")} == {"math", "activations", "layers", "losses", "tasks"}
     registry.register_operation(type("StillFine", (tg.Operation,), {}))
     assert registry.resolve("runtime:StillFine").__name__ == "StillFine"
 

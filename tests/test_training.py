@@ -8,6 +8,7 @@ from tapegrad.cli import main
 from tapegrad.datasets import load_digits
 from tapegrad.models import MLP
 from tapegrad.optim import SGD, Adam
+from tapegrad.training import Metric
 
 
 @pytest.fixture(scope="module")
@@ -265,3 +266,165 @@ def test_scalar_data_is_a_shape_error_naming_what_was_expected(fitted, call, mat
 def test_non_numeric_data_is_a_training_error_naming_it_and_its_dtype(fitted, call, match):
     with pytest.raises(tg.TrainingError, match=match):  # (a ValueError, as before)
         call(fitted)
+
+
+# -- sequence batches, metrics, callbacks (issue 20) -----------------------------------------------------
+class TokenModel:
+    """Embedding -> (times a per-sample scale, an extra input) -> Affine -> SoftmaxLoss over positions,
+    labels padded with -1: a sequence model whose inputs are integer ids (N, T) and scales (N, 1, 1)."""
+
+    def __init__(self, vocab=6, width=4, seed=0, ignore_index=-1, scaled=True, dtype=np.float64):
+        self.graph = tg.Graph("tokens", seed=seed, dtype=dtype)
+        self.embed = self.graph.get_operation("Embedding", [vocab, width])
+        self.multiply = self.graph.get_operation("Multiply") if scaled else None
+        self.out = self.graph.get_operation("Affine", [width, vocab])
+        self.softmax_loss = self.graph.get_operation("SoftmaxLoss", ignore_index=ignore_index)
+        self.output_size, self.ignore_index = vocab, ignore_index
+        self.seen = []
+
+    def forward(self, ids, scale=None):
+        self.seen.append(ids.dtype)
+        h = self.embed(ids)
+        if self.multiply is not None:
+            h = self.multiply(h, scale)
+        return self.softmax_loss(self.out(h))
+
+    def loss(self, target):
+        return self.softmax_loss.loss(target)
+
+
+def token_data(n=24, steps=5, vocab=6, seed=0):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, vocab, size=(n, steps))
+    labels = (ids + 1) % vocab  # the next id: learnable from the id alone
+    labels[::3, -2:] = -1  # padding
+    scale = rng.uniform(0.5, 1.5, size=(n, 1, 1))
+    return ids, labels, scale
+
+
+@pytest.mark.parametrize("capture", [True, False])
+def test_sequence_batches_keep_integer_ids_and_extra_inputs_and_padded_labels(capture):
+    ids, labels, scale = token_data()
+    model = TokenModel()
+    steps = []
+    trainer = tg.Trainer(model, Adam(model.graph.parameter, 0.05), batch_size=8, verbose=False, progress=False,
+                         capture=capture)
+    history = trainer.train((ids, scale), labels, (ids, scale), labels, epochs=30,
+                            on_step=lambda epoch, step, loss: steps.append((epoch, step, loss)))
+    assert set(model.seen) == {np.dtype(np.int64)}, "ids reach the model as integers"
+    assert [(e, s) for e, s, _ in steps] == [(e, s) for e in range(1, 31) for s in (1, 2, 3)]
+    assert [loss for _, _, loss in steps] == history.step_losses
+    assert all(len(r.step_losses) == 3 for r in history)
+    # the epoch's loss is the batches' losses weighted by their sizes (three batches of 8)
+    assert history[0].train_loss == pytest.approx(sum(history[0].step_losses) / 3, rel=1e-12)
+    assert history[-1].metrics["accuracy"] == 1.0 and history[0].metrics["accuracy"] < 0.6
+    counted = labels != -1
+    predicted = trainer.predict((ids, scale))
+    assert predicted.shape == labels.shape and np.array_equal(predicted[counted], labels[counted])
+
+
+def test_the_trainer_names_a_label_out_of_range_even_with_padding():
+    ids, labels, scale = token_data()
+    labels[4, 1] = 6
+    model = TokenModel()
+    trainer = tg.Trainer(model, SGD(model.graph.parameter, 0.1), verbose=False)
+    with pytest.raises(tg.TrainingError, match=r"label 6 is out of range \[0, 6\) \(positions labelled ignore_index=-1"):
+        trainer.train((ids, scale), labels, epochs=1)
+    labels[4, 1] = -2
+    with pytest.raises(tg.TrainingError, match=r"label -2 is out of range"):
+        trainer.train((ids, scale), labels, epochs=1)
+
+
+def test_inputs_of_a_tuple_must_agree_on_the_sample_count():
+    ids, labels, scale = token_data()
+    model = TokenModel()
+    trainer = tg.Trainer(model, SGD(model.graph.parameter, 0.1), verbose=False)
+    with pytest.raises(tg.TrainingError, match=r"x\[0\] has 24 samples but x\[1\] has 23"):
+        trainer.train((ids, scale[:-1]), labels, epochs=1)
+    with pytest.raises(tg.TrainingError, match=r"x\[1\] holds a non-finite value \(nan at \[2, 0, 0\]\)"):
+        bad = scale.copy()
+        bad[2] = np.nan
+        trainer.train((ids, bad), labels, epochs=1)
+
+
+def test_labels_of_another_task_are_left_to_the_model_and_a_model_check_replaces_the_trainers():
+    ids, labels, scale = token_data()
+    model = TokenModel()
+    model.task = "sequence"
+    labels[0, 0] = 17  # nothing but the loss knows: it says so when the step runs
+    trainer = tg.Trainer(model, SGD(model.graph.parameter, 0.1), verbose=False, capture=False)
+    with pytest.raises(tg.OutOfRangeError, match="17"):
+        trainer.train((ids, scale), labels, epochs=1, )
+    checked = []
+
+    def check_target(y, where):
+        checked.append(where)
+        if (y > 5).any():
+            raise tg.TrainingError(f"{where}: my own message")
+        return y
+
+    model.check_target = check_target
+    with pytest.raises(tg.TrainingError, match="Trainer.train: my own message"):
+        trainer.train((ids, scale), labels, epochs=1)
+    assert checked == ["Trainer.train"]
+
+
+class Twice(Metric):
+    name = "errors"
+    higher_is_better = False
+
+    def __call__(self, outputs, targets, *, inputs, loss):
+        wrong = outputs.argmax(-1) != targets
+        return {"errors": float(wrong.sum()), "rows with an error": float(wrong.any(axis=-1).sum())}
+
+
+def test_the_model_names_its_metric_and_the_summary_shows_every_value(capsys):
+    from tapegrad.training import Perplexity
+
+    ids, labels, scale = token_data()
+    labels[labels == -1] = 0
+    model = TokenModel(ignore_index=None)
+    model.metric = Perplexity()
+    trainer = tg.Trainer(model, Adam(model.graph.parameter, 0.05), batch_size=8, progress=False)
+    history = trainer.train((ids, scale), labels, (ids, scale), labels, epochs=2, held_out="validation")
+    model.graph.eval()
+    model.forward(ids, scale)
+    expected = np.exp(model.loss(labels))
+    model.graph.train()
+    assert history[-1].metric == pytest.approx(expected, rel=1e-12)
+    assert f"=== Epoch 2 Summary === train loss: {history[-1].train_loss:.4f} validation perplexity {expected:.4f}" in capsys.readouterr().out
+    batched = tg.Trainer(model, None, eval_batch_size=5, verbose=False).evaluate((ids, scale), labels)
+    assert batched["perplexity"] == pytest.approx(expected, rel=1e-12)  # every sample counts five positions
+    model.metric = Twice()
+    values = tg.Trainer(model, None, verbose=False, eval_batch_size=7).evaluate((ids, scale), labels)
+    assert list(values) == ["errors", "rows with an error"]
+    wrong = trainer.predict((ids, scale)) != labels
+    assert values == {"errors": wrong.sum(), "rows with an error": wrong.any(axis=-1).sum()}
+    assert tg.Trainer(model, None, verbose=False).test((ids, scale), labels) == wrong.sum()
+
+
+def test_a_metric_that_is_not_one_is_refused():
+    model = MLP(4, 3, 2)
+    model.metric = "accuracy"
+    with pytest.raises(tg.InputTypeError, match="metric must be a tapegrad.training.Metric, got str"):
+        tg.Trainer(model, None)
+
+
+def test_predict_during_a_forward_in_flight_leaves_the_pairing_alone(digits):
+    x_train, x_test, y_train, y_test = digits
+    model = MLP(64, 8, 10, seed=0)
+    trainer = tg.Trainer(model, SGD(model.graph.parameter, 0.1), verbose=False)
+    trainer.train(x_train[:50], y_train[:50], epochs=1)  # the captured steps exist
+    reference = MLP(64, 8, 10, seed=0)
+    reference.graph.parameter.load_state_dict(model.graph.parameter.state_dict())
+    reference.forward(x_train[:4])
+    expected = reference.loss(y_train[:4])
+    reference.graph.backward()
+
+    model.forward(x_train[:4])  # a forward in flight, in train mode
+    trainer.predict(x_test[:7])  # and a prediction meanwhile, in eval mode
+    trainer.test(x_test, y_test)
+    assert model.loss(y_train[:4]) == expected  # pairs with the train-mode forward, not the prediction
+    model.graph.backward()
+    for name, v in model.graph.parameter.variable_dict.items():
+        assert np.array_equal(v.grad, reference.graph.parameter[name].grad)
