@@ -15,6 +15,7 @@ import numpy as np
 
 import tapegrad as tg
 from tapegrad import ArgumentError, ShapeError
+from tapegrad.training import Metric
 
 from .decode import greedy_decode
 
@@ -66,13 +67,31 @@ def digit_strings(
     return DigitStrings(x, (IMAGE * sizes).astype(np.int64), targets)
 
 
+class CharacterErrorRate(Metric):
+    """The character error rate of greedy decoding (edit distance over the reference length), and the
+    sequence accuracy beside it, from CTC outputs (N, T, C), the input lengths (the inputs' second
+    array) and targets padded with -1 (classes: the digit + 1)."""
+
+    name, higher_is_better = "character error rate", False
+
+    def __call__(self, outputs: Any, targets: np.ndarray, *, inputs: tuple[np.ndarray, ...], loss: float | None) -> dict[str, float]:
+        decoded = CTCDigits.decode(outputs, inputs[1])
+        references = [[int(c) - 1 for c in row if c >= 0] for row in targets]
+        cer, accuracy = error_rates(decoded, references)
+        return {"character error rate": cer, "sequence accuracy": accuracy}
+
+
 class CTCDigits:
     """LSTM (8, hidden) -> Affine (hidden, 11) -> CTCLoss (blank 0).
 
     ``forward(x, lengths)`` takes columns (N, T, 8) and each string's length (N,) and returns the
     log-probabilities (N, T, 11); ``loss(targets)`` is CTC's mean loss against classes padded with -1;
-    ``decode(log_probs, lengths)`` gives the digits read, greedily.
+    ``decode(log_probs, lengths)`` gives the digits read, greedily. For ``tapegrad.Trainer`` it names
+    its metric (``CharacterErrorRate``) and leaves its labels to CTCLoss (``task = "ctc"``).
     """
+
+    task = "ctc"
+    metric = CharacterErrorRate()
 
     def __init__(self, hidden_size: int = 128, *, seed: int | None = None, dtype: Any = np.float64) -> None:
         self.hidden_size = hidden_size

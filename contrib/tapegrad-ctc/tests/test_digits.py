@@ -102,3 +102,17 @@ def test_the_model_reads_strings_in_eval_mode_and_decodes_classes_to_digits():
         log_probs[0, t, c] = 0.0
     assert model.decode(log_probs, np.array([6])) == [[2, 2, 0]]
     assert model.decode(log_probs, np.array([2])) == [[2]]
+
+
+def test_the_readmes_digit_strings_example_runs_as_written_on_a_few_batches():
+    import pathlib
+    import re
+
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.findall(r"```python\n(.*?)```", readme, flags=re.S)[1]
+    assert block.count("range(0, len(train), 32)") == 1
+    block = block.replace("range(0, len(train), 32)", "range(0, 96, 32)")
+    namespace: dict = {}
+    exec(compile(block, "README.md example", "exec"), namespace)
+    assert 0 < namespace["cer"] <= 1.5 and 0 <= namespace["sequence_accuracy"] <= 1
+    assert len(namespace["train"]) == 4000 and len(namespace["test"]) == 500

@@ -18,6 +18,7 @@ import numpy as np
 
 import tapegrad as tg
 from tapegrad import ArgumentError, InputTypeError, ShapeError
+from tapegrad.training import Perplexity
 
 
 class Vocabulary:
@@ -73,6 +74,18 @@ def windows(data: np.ndarray, steps: int) -> Iterator[tuple[np.ndarray, np.ndarr
         yield data[:, begin:end], data[:, begin + 1 : end + 1]
 
 
+def samples(ids: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """``ids`` cut into consecutive windows of ``steps`` characters, as independent samples:
+    (inputs (n, steps), targets (n, steps)), each target the character after its input (the few
+    ids left over are dropped). What ``tapegrad.Trainer`` trains on: it shuffles samples, so each
+    window starts from a zero state."""
+    count = (len(ids) - 1) // steps
+    if count < 1:
+        raise ShapeError(f"samples: {len(ids)} ids cannot make one window of {steps} characters and the one after it")
+    used = count * steps
+    return ids[:used].reshape(count, steps), ids[1 : used + 1].reshape(count, steps)
+
+
 def unigram_perplexity(train_ids: np.ndarray, ids: np.ndarray, vocab_size: int) -> float:
     """The perplexity on ``ids`` of the character-frequency model of ``train_ids`` (add-one smoothed,
     so that a character never seen in training has a probability above 0)."""
@@ -85,14 +98,19 @@ class CharLSTM:
     """Embedding (vocab, embed) -> LSTM (embed, hidden) -> Affine (hidden, vocab) -> SoftmaxLoss.
 
     ``forward(ids, h0, c0)`` takes ids (N, T) and the states (N, hidden) the previous window ended
-    with, and returns (probabilities (N, T, vocab), h_T, c_T) as Variables; ``loss(targets)`` is the
-    mean cross-entropy (natural log) of the last forward against the next characters (N, T).
+    with (zeros when absent), and returns (probabilities (N, T, vocab), h_T, c_T) as Variables;
+    ``loss(targets)`` is the mean cross-entropy (natural log) of the last forward against the next
+    characters (N, T). For ``tapegrad.Trainer`` it names its metric (``Perplexity``) and its
+    ``output_size`` (the vocabulary: labels are checked against it).
     """
+
+    metric = Perplexity()
 
     def __init__(
         self, vocab_size: int, embed_size: int = 32, hidden_size: int = 256, *, seed: int | None = None, dtype: Any = np.float64
     ) -> None:
         self.vocab_size, self.embed_size, self.hidden_size = vocab_size, embed_size, hidden_size
+        self.output_size = vocab_size
         self.graph = tg.Graph("CharLSTM", seed=seed, dtype=dtype)
         # Qualified names: another plugin offering one of these names must not change this model.
         self.embedding = self.graph.get_operation("layers:Embedding", [vocab_size, embed_size])
@@ -105,8 +123,9 @@ class CharLSTM:
         zeros = np.zeros((batch, self.hidden_size), dtype=self.graph.dtype)
         return zeros, zeros.copy()
 
-    def forward(self, ids: Any, h0: Any, c0: Any) -> tuple[tg.Variable, tg.Variable, tg.Variable]:
-        hidden, h_T, c_T = self.lstm(self.embedding(ids), h0, c0)
+    def forward(self, ids: Any, h0: Any = None, c0: Any = None) -> tuple[tg.Variable, tg.Variable, tg.Variable]:
+        states = () if h0 is None and c0 is None else (h0, c0)
+        hidden, h_T, c_T = self.lstm(self.embedding(ids), *states)
         return self.softmax_loss(self.out(hidden)), h_T, c_T
 
     def loss(self, targets: Any) -> float:

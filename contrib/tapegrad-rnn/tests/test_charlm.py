@@ -183,3 +183,19 @@ def test_sample_starts_with_the_prime_draws_known_characters_and_is_seeded():
     assert sample(model, vocabulary, "ab", 30, seed=3) == text
     with pytest.raises(tg.ArgumentError, match="prime"):
         sample(model, vocabulary, "", 5)
+
+
+def test_the_readmes_language_model_example_runs_as_written_on_a_few_windows():
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.findall(r"```python\n(.*?)```", readme, flags=re.S)[1]
+    assert block.count("windows(data, 64):") == 1
+    block = block.replace("windows(data, 64):", "list(windows(data, 64))[:3]:")
+    results: list = []
+    namespace: dict = {"print": lambda *values: results.append(values)}
+    exec(compile(block, "README.md example", "exec"), namespace)
+    (model_perplexity, unigram), (text,) = results
+    assert 1 < model_perplexity < 96 and 25 < unigram < 35  # three steps: nearly uniform over 96 characters
+    assert text.startswith("Return the") and len(text) == 210
+    assert len(namespace["step"].records) == 1
