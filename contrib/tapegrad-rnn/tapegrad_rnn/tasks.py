@@ -26,7 +26,7 @@ MAX_SIZE = 100_000  # hidden or embedding units; a 100000-unit LSTM already hold
 
 class CharLSTMTask(Task):
     """A character language model: Embedding -> LSTM -> Affine -> SoftmaxLoss, Adam at 2e-3, batches of
-    32 windows of 64 characters, 5 epochs; validation perplexity per epoch against a character-frequency
+    32 windows of 64 characters, 3 epochs; validation perplexity per epoch against a character-frequency
     model's, a sampled text at the end."""
 
     name = "char-lstm"
@@ -35,7 +35,7 @@ class CharLSTMTask(Task):
         "(or --text FILE); validation perplexity, a sampled text"
     )
     held_out = "validation"
-    epochs, batch_size, lr, optimizer = 5, 32, 2e-3, "adam"
+    epochs, batch_size, lr, optimizer = 3, 32, 2e-3, "adam"
     eval_batch_size = 256
 
     @classmethod
