@@ -34,9 +34,11 @@ _seed = number(int, 0, maximum=2**32 - 1)  # what scikit-learn's split accepts
 _hidden = hidden_size  # (kept for callers of the earlier name)
 __all__ = ["add_commands", "cmd_train", "cmd_evaluate", "available_memory", "MAX_HIDDEN"]
 
-# Options that say where output goes or how it looks: a resumed run may change them freely.
+# Options that say where output goes or how it looks, or how steps run (captured and eager steps give the
+# same numbers): a resumed run may change them freely.
 _NOT_CONFIGURATION = {
-    "command", "func", "task", "parser", "epochs", "save", "plot", "draw", "profile", "no_progress", "gradcheck", "checkpoint",
+    "command", "func", "task", "parser", "written", "epochs", "save", "plot", "draw", "profile", "no_progress",
+    "gradcheck", "checkpoint", "no_capture",
 }
 
 
@@ -53,11 +55,9 @@ def requested_model(argv: Sequence[str] | None, command: str) -> str | None:
 
 def _task_for(name: str) -> tuple[type[Task] | None, str]:
     """The Task class of model ``name``, or None and why."""
-    from .registry import UnknownModelError
-
     try:
         return find_task(name), ""
-    except (UnknownModelError, PluginUnavailableError) as exc:
+    except PluginUnavailableError as exc:
         return None, str(exc)
 
 
@@ -168,7 +168,7 @@ def _train_parser(sub: Any, task: type[Task] | None, problem: str, full: bool) -
     )
     if task is not None:
         task.add_arguments(p.add_argument_group(f"options of model {task.name}"), "train")
-    p.set_defaults(func=cmd_train, task=task, parser=p)
+    p.set_defaults(func=cmd_train, task=task, parser=p, written=[])
 
 
 def _evaluate_parser(sub: Any, task: type[Task] | None, problem: str, full: bool) -> None:
@@ -197,12 +197,12 @@ def available_memory() -> tuple[int, str] | None:
         soft, _ = resource.getrlimit(resource.RLIMIT_AS)
         if soft != resource.RLIM_INFINITY and soft > 0:
             used = _mapped_bytes()
-            bounds.append((max(0, soft - used), f"its address-space limit (ulimit -v) of {_size(soft)}, {_size(used)} of it mapped already"))
+            bounds.append((max(0, soft - used), f"its address-space limit, ulimit -v: {_size(soft)}, {_size(used)} of it mapped already"))
     except (ImportError, OSError, ValueError):  # no resource module (Windows), or no limit to read
         pass
     available = _meminfo_available()
     if available is not None:
-        bounds.append((available, "the memory available on this machine (MemAvailable in /proc/meminfo)"))
+        bounds.append((available, "the machine's available memory, MemAvailable in /proc/meminfo"))
     return min(bounds) if bounds else None
 
 
@@ -407,14 +407,16 @@ def _error(command: str, message: str) -> None:
     print(f"tapegrad {command}: error: {message}", file=sys.stderr)
 
 
-def _save_or_rescue(parameter: Any, path: str) -> bool:
-    """Save to ``path``; if that fails, say why in one line and save to a temporary file instead."""
+def _save_or_rescue(parameter: Any, path: str, written: list[str]) -> bool:
+    """Save to ``path``; if that fails, say why in one line and save to a temporary file instead.
+    ``written`` gets what was written (for the message when standard output failed)."""
     try:
         saved = parameter.save(path)
     except OSError as exc:
         reason = f"cannot write parameters to {path!r}: {exc.strerror or exc}"
     else:
         print(f"saved parameters to {saved}")
+        written.append(f"--save {str(saved)!r}")
         return True
     try:
         fd, rescue = tempfile.mkstemp(prefix="tapegrad-parameters-", suffix=".npz")
@@ -598,8 +600,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"\nprofile of the training ({'eager' if args.no_capture else 'captured'} steps, times of each op's own code):")
         print(prof.table(), end="")
     ok = True
+    written: list[str] = args.written
+    if args.checkpoint is not None:
+        written.append(f"--checkpoint {args.checkpoint!r}")
     if args.save is not None:
-        ok = _save_or_rescue(model.graph.parameter, args.save)
+        ok = _save_or_rescue(model.graph.parameter, args.save, written)
     if plot is not None:
         target, fmt = plot
         try:
@@ -608,6 +613,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(image)
             print(f"wrote {target}")
+            written.append(f"--plot {str(target)!r}")
         except OSError as exc:
             _error("train", f"cannot write --plot {str(target)!r}: {exc.strerror or exc}")
             ok = False
@@ -619,6 +625,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         try:
             _draw_step(model, *_first_batch(data, size, args.dtype), not args.no_capture, target)
             print(f"wrote {target}" + (f" (and its DOT text, {dot_file})" if dot_file != target else ""))
+            written.append(f"--draw {str(target)!r}")
         except OSError as exc:
             _error("train", f"cannot write --draw {str(target)!r}: {exc.strerror or exc}")
             ok = False

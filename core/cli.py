@@ -274,28 +274,42 @@ def _say(message: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    output = _GuardedOutput(sys.stdout, keep_going="train" in argv)
+    output = _GuardedOutput(sys.stdout, keep_going=False)
     sys.stdout = output  # type: ignore[assignment]
-    command = "?"
+    # (the command as given, for messages before argparse has parsed it: `tapegrad train --help`)
+    command = next((token for token in argv if not token.startswith("-")), "")
+    args, stopped = None, None
+    code = EXIT_FAILED
     try:
         parser = build_parser(argv)
         args, unknown = parser.parse_known_args(argv)
         command = args.command
+        output.keep_going = command == "train"
         if unknown:
             _unrecognized(getattr(args, "parser", parser), args, unknown)
         code = _run(args)
-        output.flush()
     except _OutputFailed:
-        code = EXIT_FAILED
+        pass
+    except SystemExit as stop:  # argparse's --help, --version and usage errors
+        stopped = stop
     finally:
+        output.keep_going = True
+        output.flush()  # (now, not at exit: a failure is reported here)
         sys.stdout = output.stream
     failure = output.failure
-    if failure is None:
-        return code
-    if isinstance(failure, BrokenPipeError):
-        return 141  # the reader went away (`tapegrad ops | head`): quietly, as other command-line tools do
-    went_on = "; training went on without printing and wrote the files it was asked for" if command == "train" else ""
-    _say(f"tapegrad {command}: error: cannot write to standard output: {failure.strerror or failure}{went_on}")
+    if failure is None or isinstance(failure, BrokenPipeError):
+        if stopped is not None:
+            raise stopped
+        # a reader that went away (`tapegrad ops | head`): quietly, as other command-line tools do
+        return code if failure is None else 141
+    went_on = ""
+    if args is not None and args.command == "train" and stopped is None:
+        written = getattr(args, "written", [])
+        went_on = "; training went on without printing" + (f" and wrote {', '.join(written)}" if written else "")
+    prog = f"tapegrad {command}" if command else "tapegrad"
+    _say(f"{prog}: error: cannot write to standard output: {failure.strerror or failure}{went_on}")
+    if stopped is not None:
+        raise SystemExit(EXIT_FAILED) from None
     return code or EXIT_FAILED
 
 

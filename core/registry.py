@@ -35,7 +35,6 @@ from .errors import (
     PluginUnavailableError,
     PluginWarning,
     RegistrationError,
-    TapegradError,
     UnknownOperationError,
 )
 from .operation import Loss, Operation
@@ -45,7 +44,6 @@ __all__ = [
     "PluginInfo",
     "OperationInfo",
     "ModelInfo",
-    "UnknownModelError",
     "default_registry",
     "register_operation",
 ]
@@ -128,10 +126,6 @@ def model_name_problem(name: object) -> str | None:
             "a letter (like 'char-lstm'), so --model could not ask for it"
         )
     return None
-
-
-class UnknownModelError(TapegradError, ValueError):
-    """No installed plugin offers a model of the requested name (or several do; qualify it)."""
 
 
 class _PluginFailed(Exception):
@@ -225,14 +219,16 @@ class PluginInfo:
 
 
 class Registry:
-    """Maps operation names to classes, from entry-point plugins and run-time registration.
+    """Maps operation names to classes, and model names to Task classes, from entry-point plugins and
+    run-time registration.
 
     ``entry_points=False`` gives an empty registry (for tests and embedding). Entry points
     are read on first use; ``TAPEGRAD_DISABLE_PLUGINS=a,b`` blocks plugins by entry-point or
     distribution name and ``TAPEGRAD_AUTOLOAD=0`` loads the first-party plugins only.
 
     Queries: ``lookup``/``resolve`` (one name), ``operations`` (optionally of some plugins),
-    ``plugins`` (with their status) and ``require`` (the named plugins, all loaded). Every
+    ``lookup_model``/``models`` (runnable models, ``tapegrad.tasks``), ``plugins`` (with their status)
+    and ``require`` (the named plugins, all loaded). Every
     method is thread-safe; a plugin must not wait at import for another thread that uses
     the registry (that thread waits for the load to finish).
     """
@@ -609,8 +605,8 @@ class Registry:
         return sorted(rows, key=lambda p: (p.name, p.plugin))
 
     def lookup_model(self, name: str) -> ModelInfo:
-        """The ``ModelInfo`` for ``"name"`` or ``"plugin:name"``; ``UnknownModelError`` (with close matches
-        and the plugins that did not load) when none or several plugins offer it."""
+        """The ``ModelInfo`` for ``"name"`` or ``"plugin:name"``; ``PluginUnavailableError`` (with close
+        matches and the plugins that did not load) when no loaded plugin offers it, or several do."""
         self.load()
         with self._lock:
             if ":" in name:
@@ -620,11 +616,11 @@ class Registry:
                     return found
                 info = self._plugins.get(plugin)
                 if info is None:
-                    raise UnknownModelError(f"no plugin named {plugin!r} (for model {name!r}); see `tapegrad plugins`")
+                    raise PluginUnavailableError(f"no plugin named {plugin!r} (for model {name!r}); see `tapegrad plugins`")
                 if info.status != "ok":
-                    raise UnknownModelError(f"plugin {info.label} is unavailable ({info.status_text}), so model {name!r} is too")
+                    raise PluginUnavailableError(f"plugin {info.label} is unavailable ({info.status_text}), so model {name!r} is too")
                 offered = ", ".join(info.models) or "none"
-                raise UnknownModelError(f"plugin {plugin!r} offers no model {short!r}; its models: {offered}")
+                raise PluginUnavailableError(f"plugin {plugin!r} offers no model {short!r}; its models: {offered}")
             providers = self._model_providers.get(name, [])
             if len(providers) == 1:
                 return providers[0]
@@ -632,7 +628,7 @@ class Registry:
                 listed = "; ".join(
                     f"{p.provider}: use --model {p.qualified_name}" for p in sorted(providers, key=lambda p: p.qualified_name)
                 )
-                raise UnknownModelError(f"model {name!r} is offered by {len(providers)} plugins ({listed})")
+                raise PluginUnavailableError(f"model {name!r} is offered by {len(providers)} plugins ({listed})")
             known = sorted(self._model_providers)
             message = f"unknown model {name!r}"
             close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
@@ -641,7 +637,7 @@ class Registry:
             unavailable = [p for p in self._plugins.values() if p.status != "ok"]
             if unavailable:
                 message += " (not loaded: " + ", ".join(f"{p.name} [{p.status_text}]" for p in unavailable) + ")"
-            raise UnknownModelError(message)
+            raise PluginUnavailableError(message)
 
     def __contains__(self, name: object) -> bool:
         try:

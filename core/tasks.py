@@ -37,6 +37,12 @@ required, everything else has a default::
     def tapegrad_models():
         return [CharLSTM]
 
+Also overridable: ``describe(model, data)`` (the model in a few words, for the first line printed),
+``epoch_report(model, record)`` (a line after each epoch's summary), ``memory_estimate(data)`` (what a
+run would hold, refused before anything is built when it cannot fit), ``model_for_file(source, data)``
+(the model ``evaluate`` loads a file into) and ``eval_batch_size`` (held-out passes in batches).
+``tapegrad.tasks.number(int, 1, maximum=...)`` is an argparse type for bounded numeric options.
+
 **The model** a task builds is what ``tapegrad.Trainer`` trains: ``.graph``, ``forward(*inputs)`` and
 ``loss(target)``; it names its ``metric`` (a ``tapegrad.training.Metric``: ``Accuracy``,
 ``Perplexity``, or one of the task's own, such as a character error rate) and may define
@@ -235,15 +241,15 @@ class Task:
 def find_task(name: str, registry: Any = None) -> type[Task]:
     """The Task class of model ``name`` (or ``plugin:name``), from the registry's plugins. A model of
     a contrib pack that is not installed raises PluginUnavailableError naming what to install; an
-    unknown name raises ``tapegrad.registry.UnknownModelError`` with close matches."""
-    from .registry import UnknownModelError, default_registry
+    unknown name raises PluginUnavailableError too, with close matches."""
+    from .registry import default_registry
 
     registry = registry if registry is not None else default_registry()
     try:
         return registry.lookup_model(name).cls  # type: ignore[no-any-return]
-    except UnknownModelError:
+    except PluginUnavailableError:
         packs = PACK_MODELS.get(name)
-        if packs is None:
+        if packs is None or any(row.name == name for row in registry.models()):  # (offered twice: ambiguous)
             raise
     installed = {p.distribution: p for p in registry.plugins() if p.distribution}
     missing = [pack for pack in packs if pack not in installed]

@@ -9,7 +9,7 @@ import pytest
 import tapegrad as tg
 from conftest import make_dist, op_module
 from tapegrad.cli import main
-from tapegrad.registry import Registry, UnknownModelError
+from tapegrad.registry import Registry
 from tapegrad.tasks import LinearTask, MLPTask, Task, TaskData, find_task
 
 
@@ -159,7 +159,7 @@ def test_two_plugins_offering_one_model_are_asked_for_by_qualified_name(plugin_d
     make_dist(plugin_dir, "tgtest-one", "1.0", {"one": "tgtest_one"}, {"tgtest_one": task_module("one")})
     make_dist(plugin_dir, "tgtest-two", "1.0", {"two": "tgtest_two"}, {"tgtest_two": task_module("two")})
     registry = Registry()
-    with pytest.raises(UnknownModelError, match=r"offered by 2 plugins.*--model one:toy-task.*--model two:toy-task"):
+    with pytest.raises(tg.PluginUnavailableError, match=r"offered by 2 plugins.*--model one:toy-task.*--model two:toy-task"):
         registry.lookup_model("toy-task")
     assert registry.lookup_model("two:toy-task").summary == "a toy: two classes, two"
     code, _, err = run(capsys, "train", "--model", "toy-task")
@@ -233,3 +233,13 @@ def test_a_task_without_its_required_methods_says_which():
         task.load_data()
     with pytest.raises(NotImplementedError, match=r"Bare must define build_model\(data\)"):
         task.build_model(None)
+
+
+def test_the_built_in_tasks_plugin_gives_way_to_an_entry_point_the_tapegrad_distribution_declares(plugin_dir):
+    # (what an install whose metadata declares tapegrad's own entry point "tasks" looks like)
+    source = task_module("declared").replace('name = "toy-task"', 'name = "declared-task"')
+    make_dist(plugin_dir, "tapegrad", "0.0.1", {"tasks": "tgtest_declared"}, {"tgtest_declared": source})
+    registry = Registry()
+    rows = {r.name: r for r in registry.models()}
+    assert "declared-task" in rows and "mlp" not in rows  # the declared entry point, not the built-in one
+    assert rows["declared-task"].plugin == "tasks" and rows["declared-task"].distribution == "tapegrad"

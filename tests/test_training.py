@@ -428,3 +428,34 @@ def test_predict_during_a_forward_in_flight_leaves_the_pairing_alone(digits):
     model.graph.backward()
     for name, v in model.graph.parameter.variable_dict.items():
         assert np.array_equal(v.grad, reference.graph.parameter[name].grad)
+
+
+@pytest.mark.parametrize("name", ["mlp", "linear"])
+def test_the_shipped_models_capture_cleanly_and_their_captured_runs_equal_eager(digits, name):
+    import argparse
+    import warnings
+
+    from tapegrad.tasks import find_task
+
+    x_train, x_test, y_train, y_test = digits
+    results = []
+    for capture in (True, False):
+        options = argparse.Namespace(seed=0, limit=None, dtype=np.dtype(np.float64), hidden=8, batch_size=16, optimizer="sgd")
+        task = find_task(name)(options)
+        model = task.build_model(task.load_data())
+        trainer = tg.Trainer(model, SGD(model.graph.parameter, 0.3), batch_size=16, verbose=False, capture=capture)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", tg.CaptureWarning)
+            history = trainer.train(x_train[:200], y_train[:200], x_test, y_test, epochs=2)
+            from tapegrad.training import MeanLoss
+
+            trainer.metric = MeanLoss()  # a held-out pass that computes the loss in eval mode, captured too
+            held_out = trainer.evaluate(x_test, y_test)
+        from tapegrad.capture import CapturedStep
+
+        steps = (trainer._train_step, trainer._predict_step, trainer._evaluate_step)
+        assert all(isinstance(step, CapturedStep) == capture for step in steps)  # no fallback to eager
+        results.append((history.step_losses, history.metric, held_out, [v.value.copy() for v in model.graph.parameter]))
+    (losses, metric, held, params), (losses2, metric2, held2, params2) = results
+    assert losses == losses2 and metric == metric2 and held == held2
+    assert all(np.array_equal(a, b) for a, b in zip(params, params2))
