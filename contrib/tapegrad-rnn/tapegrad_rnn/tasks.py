@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from tapegrad import ParameterLoadError
+from tapegrad import ParameterLoadError, TrainingError
 from tapegrad.parameter import ParameterFile
 from tapegrad.tasks import MemoryEstimate, Task, TaskData, number
 
@@ -68,9 +68,9 @@ class CharLSTMTask(Task):
         try:
             text = Path(path).read_text(encoding="utf-8")
         except UnicodeDecodeError as exc:
-            raise ParameterLoadError(f"char-lstm: --text {path!r} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+            raise TrainingError(f"char-lstm: --text {path!r} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
         except OSError as exc:
-            raise ParameterLoadError(f"char-lstm: cannot read --text {path!r}: {exc.strerror or exc}") from None
+            raise TrainingError(f"char-lstm: cannot read --text {path!r}: {exc.strerror or exc}") from None
         return text, Path(path).name
 
     def load_data(self) -> TaskData:
@@ -78,7 +78,7 @@ class CharLSTMTask(Task):
         window = self.options.window
         train, valid = split_text(text)
         if len(valid) < window + 1 or len(train) < window + 1:
-            raise ParameterLoadError(
+            raise TrainingError(
                 f"char-lstm: the text ({source}, {len(text)} characters) is too short for windows of {window} "
                 f"characters: its last 5% ({len(valid)} characters), the validation text, needs at least {window + 1}; "
                 "give a longer text or a smaller --window"

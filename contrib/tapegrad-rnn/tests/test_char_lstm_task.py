@@ -96,7 +96,9 @@ def test_refusals_name_the_problem(tmp_path, capsys):
     short = tmp_path / "short.txt"
     short.write_text("far too short", encoding="utf-8")
     code, _, err = run(capsys, "train", "--model", "char-lstm", "--text", str(short))
-    assert code != 0 and "too short for windows of 64 characters" in err
+    assert code == 1 and err.splitlines()[-1].startswith(
+        "tapegrad train: error: char-lstm: the text (short.txt, 13 characters) is too short for windows of 64 characters"
+    )
     latin = tmp_path / "latin1.txt"
     latin.write_bytes("caf\xe9".encode("latin-1") * 100)
     code, _, err = run(capsys, "train", "--model", "char-lstm", "--text", str(latin))
