@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .errors import PluginUnavailableError, TapegradError
-from .tasks import MAX_HIDDEN, PACK_MODELS, MemoryEstimate, Task, TaskData, find_task, hidden_size, number
+from .tasks import PACK_MODELS, MemoryEstimate, Task, TaskData, find_task, number
 
 DEFAULT_LR = {"sgd": 0.3, "adam": 0.001, "adamw": 0.001}
 OPTIMIZERS = tuple(DEFAULT_LR)
@@ -31,8 +31,7 @@ MAX_COUNT = 10**9  # epochs, batch size: far beyond any use (a batch larger than
 _positive_int = number(int, 1, maximum=MAX_COUNT)
 _positive_float = number(float, 0.0, inclusive=False)
 _seed = number(int, 0, maximum=2**32 - 1)  # what scikit-learn's split accepts
-_hidden = hidden_size  # (kept for callers of the earlier name)
-__all__ = ["add_commands", "cmd_train", "cmd_evaluate", "available_memory", "MAX_HIDDEN"]
+__all__ = ["add_commands", "cmd_train", "cmd_evaluate", "available_memory"]
 
 # Options that say where output goes or how it looks, or how steps run (captured and eager steps give the
 # same numbers): a resumed run may change them freely.

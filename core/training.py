@@ -412,9 +412,9 @@ class Trainer:
             self.graph.clear()
             self._train_step, self._predict_step = self._step, self._forward
             self._evaluate_step = self._forward_and_loss
-            kind = "training" if which == "_train_step" else "evaluation"
+            kind = {"_train_step": "training", "_predict_step": "prediction"}.get(which, "held-out evaluation")
             warnings.warn(
-                f"Trainer: this model's {kind} step cannot be captured, so training and evaluation run eagerly "
+                f"Trainer: this model's {kind} step cannot be captured, so training and prediction run eagerly "
                 f"from now on ({exc}). Pass Trainer(capture=False) to choose that.",
                 CaptureWarning,
                 stacklevel=3,
