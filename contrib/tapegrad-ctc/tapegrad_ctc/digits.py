@@ -9,7 +9,8 @@ strings (character error rate: edit distance over the reference length, and sequ
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -24,7 +25,8 @@ CLASSES = 11  # the blank and the ten digits, digit d being class d + 1
 IMAGE = 8  # scikit-learn's digits are 8x8, values 0..16
 
 
-class DigitStrings(NamedTuple):
+@dataclass(frozen=True)
+class DigitStrings:
     """A batch of digit strings: ``x`` (N, T, 8) columns, scaled to [0, 1] and padded with zeros to
     T = 8 x the longest string; ``lengths`` (N,) each string's columns; ``targets`` (N, S) its
     classes (digit + 1) padded with -1; ``digits`` the strings as lists of digits."""
