@@ -116,3 +116,12 @@ def test_the_readmes_digit_strings_example_runs_as_written_on_a_few_batches():
     exec(compile(block, "README.md example", "exec"), namespace)
     assert 0 < namespace["cer"] <= 1.5 and 0 <= namespace["sequence_accuracy"] <= 1
     assert len(namespace["train"]) == 4000 and len(namespace["test"]) == 500
+
+
+def test_every_parameters_gradient_matches_central_differences_through_the_whole_model():
+    """LSTM, Affine and CTCLoss with input lengths together, float64."""
+    pictures, labels = images()
+    data = digit_strings(pictures, labels, 3, np.random.default_rng(4))
+    model = CTCDigits(hidden_size=3, seed=1)
+    report = tg.numerical_gradient_check(model, [data.x, data.lengths], tg.Variable(data.targets), verbose=False)
+    assert report and len(report) == 5 and not model.graph.tape.entries

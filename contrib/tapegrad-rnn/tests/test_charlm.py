@@ -199,3 +199,14 @@ def test_the_readmes_language_model_example_runs_as_written_on_a_few_windows():
     assert 1 < model_perplexity < 96 and 25 < unigram < 35  # three steps: nearly uniform over 96 characters
     assert text.startswith("Return the") and len(text) == 210
     assert len(namespace["step"].records) == 1
+
+
+def test_every_parameters_gradient_matches_central_differences_through_the_whole_model():
+    """Embedding, LSTM (from given states too), Affine and SoftmaxLoss together, float64."""
+    model = CharLSTM(7, embed_size=3, hidden_size=4, seed=5)
+    rng = np.random.default_rng(6)
+    ids, targets = rng.integers(0, 7, (3, 5)), rng.integers(0, 7, (3, 5))
+    h0, c0 = rng.standard_normal((3, 4)), rng.standard_normal((3, 4))
+    report = tg.numerical_gradient_check(model, [ids, h0, c0], tg.Variable(targets), verbose=False)
+    assert report and len(report) == 6 and not model.graph.tape.entries  # W, W_ih, W_hh, b, W, b
+    assert tg.numerical_gradient_check(model, [ids], tg.Variable(targets), verbose=False)  # from zero states
