@@ -48,14 +48,14 @@ class CTCDigitsTask(Task):
         seed = self.options.seed
         x_train, x_test, y_train, y_test = load_digits(seed=seed)  # features / 16: back to 0..16 below
         count = getattr(self.options, "strings", 0)  # (tapegrad evaluate makes none)
-        limit = getattr(self.options, "limit", None)
-        count = min(count, limit) if limit is not None else count
-        # Disjoint images for training and test strings; the test strings do not depend on --strings or --limit.
+        # Disjoint images for training and test strings; the test strings do not depend on --strings or --limit,
+        # and --limit N keeps the first N of the training strings (cheap to make: all are made).
         train = digit_strings(x_train * 16, y_train, count, np.random.default_rng([seed, 0]), shortest=SHORTEST, longest=LONGEST)
         test = digit_strings(
             x_test * 16, y_test, self.options.test_strings, np.random.default_rng([seed, 1]), shortest=SHORTEST, longest=LONGEST
         )
-        return TaskData((train.x, train.lengths), train.targets, (test.x, test.lengths), test.targets, info={"test": test})
+        data = TaskData((train.x, train.lengths), train.targets, (test.x, test.lengths), test.targets, info={"test": test})
+        return data.limited(getattr(self.options, "limit", None))
 
     def build_model(self, data: TaskData) -> CTCDigits:
         return CTCDigits(self.options.hidden, seed=self.options.seed, dtype=self.options.dtype)

@@ -85,6 +85,7 @@ def test_the_test_strings_come_from_the_test_images_and_do_not_depend_on_the_tra
     full, limited, fewer = data(), data(limit=10), data(strings=7)
     assert full.train_samples == 4000 and limited.train_samples == 10 and fewer.train_samples == 7
     assert np.array_equal(full.x_test[0], limited.x_test[0]) and np.array_equal(full.y_test, fewer.y_test)
+    assert np.array_equal(limited.x_train[0], full.x_train[0][:10]) and np.array_equal(limited.y_train, full.y_train[:10])
     x_train, x_test, _, _ = load_digits(seed=0)
     # every 8-column block of a test string is a test image's columns
     test_images = {tuple(np.round(img.reshape(8, 8).T.ravel() * 16).astype(int)) for img in x_test}
