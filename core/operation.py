@@ -298,7 +298,7 @@ class Operation(events.Reported):
                 array = x
             else:
                 array = as_array(x, f"{self.label} input {index}")
-                if array.dtype.kind == "f":
+                if array.dtype.kind == "f" and isinstance(x, (list, tuple, int, float)):  # Python data: the graph's
                     array = array.astype(dtype, copy=False)
             if type(array) is not ndarray:
                 array = plain_array(self, array, f"input {index}")

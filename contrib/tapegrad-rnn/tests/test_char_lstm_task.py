@@ -14,7 +14,7 @@ import tapegrad as tg
 from tapegrad.cli import main
 from tapegrad.optim import Adam
 from tapegrad.parameter import ParameterFile
-from tapegrad.tasks import find_task
+from tapegrad.registry import find_task
 
 
 def run(capsys, *argv):
