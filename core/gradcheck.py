@@ -22,7 +22,7 @@ import numpy as np
 from .arguments import check_number
 from .draw import scaled_norm
 from .errors import InputTypeError
-from .graph import Graph
+from .graph import Graph, graph_of
 from .operation import Operation
 from .variable import Variable
 
@@ -295,10 +295,8 @@ def _find_graph(fn: Any, graph: Graph | None) -> Graph:
     if graph is not None:
         return graph
     for candidate in (fn, getattr(fn, "__self__", None)):
-        if isinstance(candidate, Graph):
-            return candidate
-        found = getattr(candidate, "graph", None)
-        if isinstance(found, Graph):
+        found = graph_of(candidate)
+        if found is not None:
             return found
     raise InputTypeError(
         "gradcheck: cannot tell which Graph this callable uses; pass graph=... "
@@ -409,8 +407,8 @@ def numerical_gradient_check(
     ``<name> match`` or ``<name> NOT MATCH !`` with the numbers. Leaves the tape clear.
     """
     h, atol, rtol, _ = _check_arguments(h, atol, rtol, 0)
-    graph = model if isinstance(model, Graph) else getattr(model, "graph", None)
-    if not isinstance(graph, Graph):
+    graph = graph_of(model)
+    if graph is None:
         raise InputTypeError(
             "numerical_gradient_check: expected a model with a .graph (or a Graph subclass), "
             f"got {type(model).__name__}"

@@ -20,7 +20,7 @@ from .variable import Variable
 if TYPE_CHECKING:
     from .registry import Registry
 
-__all__ = ["Graph"]
+__all__ = ["Graph", "graph_of"]
 
 
 class Graph(events.Reported):
@@ -176,6 +176,15 @@ class Graph(events.Reported):
             f"Graph({self.name!r}, {mode}, {len(self.operations)} ops, "
             f"{len(self.parameter)} variables, tape={len(self.forward_ops)})"
         )
+
+
+def graph_of(obj: Any) -> Graph | None:
+    """``obj`` if it is a Graph, else its ``.graph`` (a model's, a Trainer's, a captured step's) if that is
+    one; None otherwise. (Everything that accepts "a Graph or a model" finds the graph so.)"""
+    if isinstance(obj, Graph):
+        return obj
+    found = getattr(obj, "graph", None)
+    return found if isinstance(found, Graph) else None
 
 
 def _float_dtype(name: str, dtype: Any) -> np.dtype:

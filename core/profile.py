@@ -69,10 +69,10 @@ class Profile(events.Observer):
     """
 
     def __init__(self, graph: Any = None) -> None:
-        from .graph import Graph
+        from .graph import graph_of
 
-        found = graph if graph is None or isinstance(graph, Graph) else getattr(graph, "graph", None)
-        if graph is not None and not isinstance(found, Graph):
+        found = None if graph is None else graph_of(graph)
+        if graph is not None and found is None:
             raise InputTypeError(
                 f"tapegrad.profile: expected a Graph, a model with a .graph, or None, got {type(graph).__name__}"
             )

@@ -32,7 +32,7 @@ from .errors import (
     TapegradError,
     TrainingError,
 )
-from .graph import Graph
+from .graph import Graph, graph_of
 from .optim import LRScheduler, Optimizer
 from .variable import Variable
 
@@ -192,8 +192,8 @@ class History(list):  # type: ignore[type-arg]
 
 
 def _graph_of(model: Any) -> Graph:
-    graph = model if isinstance(model, Graph) else getattr(model, "graph", None)
-    if not isinstance(graph, Graph):
+    graph = graph_of(model)
+    if graph is None:
         raise TrainingError(f"Trainer: the model must have a .graph (or be a Graph), got {type(model).__name__}")
     return graph
 

@@ -132,10 +132,8 @@ def _float_labels(op: Operation, target: np.ndarray, classes: int, what: str) ->
 
 
 # -- floating-point range -------------------------------------------------------------------
-#: numpy's overflow signals when the caller asked for them (np.errstate raise, or a warnings
-#: filter turning its RuntimeWarning into an error). An op that can compute a representable
-#: result another way catches them and does (the common path pays nothing).
-FLOAT_SIGNALS = (FloatingPointError, RuntimeWarning)
+# (numpy's overflow signals, when the caller asked for them: tapegrad.FLOAT_SIGNALS. An op that can compute
+# a representable result another way catches them and does: the common path pays nothing.)
 
 def scaled_mean(x: np.ndarray, axis: Any = None, keepdims: bool = False) -> np.ndarray:
     """``x.mean(axis)`` for any ``x``, with no overflow signal unless the mean itself is beyond the

@@ -6,7 +6,8 @@ losses with ``==``. Each parity test also counts the calls of the step function,
 if nothing was ever replayed (a first call records, the second one verifies, later ones replay).
 This file also holds the cache, nesting, copies and pickles, errors inside a replay, and the
 Trainer and estimators; the other files ``test_capture_*.py`` hold the refusals and their messages
-(``_refusals``), issue 19's reproducers (``_issue19``) and what a hostile probe found (``_probes``).
+(``_refusals``), never silently wrong on many calls (``_guarantees``) and what a hostile probe found
+(``_probes``).
 They import their helpers from this module.
 """
 
@@ -1605,7 +1606,7 @@ def test_sklearn_estimator_fits_identically_and_as_eager(digits, monkeypatch):
             assert_same_array(group[0].predict_proba(x_test), other.predict_proba(x_test))
 
 
-# -- regressions from the review --------------------------------------------------------------
+# -- optimizers and models the step holds -----------------------------------------------------
 def test_a_users_optimizer_keeping_its_own_list_still_updates_the_model():
     from tapegrad.optim import Optimizer
 

@@ -19,7 +19,7 @@ import tapegrad as tg
 from tapegrad.errors import CaptureError, InputTypeError
 from tapegrad.optim import SGD, Adam
 from test_capture import Counted, Net, assert_same_array, assert_same_graphs, data
-from test_capture_issue19 import batches, never_silently_wrong, same
+from test_capture_guarantees import batches, never_silently_wrong, same
 
 
 def _train(net: Net, opt: Any) -> Any:

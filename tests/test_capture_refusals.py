@@ -816,4 +816,4 @@ def test_hand_written_clipping_is_refused_with_clip_grad_norm_as_the_fix():
     assert where("clipping") in message and "reads Variable 'affine_0.W''s gradient" in message
     assert "tapegrad.optim.clip_grad_norm" in message
     assert info.value.eager_result == make(twin, opts[1])(x, y)
-    assert_same_graphs(net.graph, twin.graph)  # (the fix, clip_grad_norm, is tested in test_capture_issue19.py)
+    assert_same_graphs(net.graph, twin.graph)  # (the fix, clip_grad_norm, is tested in test_capture_guarantees.py)

@@ -140,7 +140,7 @@ def test_checkpoint_must_be_writable_and_not_another_output(capsys, tmp_path, no
     assert code == 2 and "--save" in err and "--checkpoint" in err and "are the same file" in err
 
 
-# -- output that cannot be written (issue 22, section 3) ---------------------------------------------------
+# -- output that cannot be written ---------------------------------------------------------------------------
 class FullStream:
     """A standard output on a full disk: writes are buffered, and flushing fails."""
 
@@ -222,7 +222,7 @@ def test_a_closed_pipe_ends_quietly(tmp_path):
     assert done.stdout == "name      " and done.stderr == ""
 
 
-# -- runs too large to fit (issue 22, section 3) ----------------------------------------------------------
+# -- runs too large to fit ------------------------------------------------------------------------------
 @pytest.fixture
 def no_model(monkeypatch):
     from tapegrad import models

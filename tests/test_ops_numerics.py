@@ -1,5 +1,5 @@
 """First-party ops at the edges of floating point: NaN and infinity in, huge and tiny finite
-values, results beyond the float range, 0-d inputs, and constructor arguments (issue 13).
+values, results beyond the float range, 0-d inputs, and constructor arguments.
 
 The rule under test: right numbers, or tapegrad's own error naming the op; NaN never becomes a
 plausible finite value; no numpy RuntimeWarning (the suite turns them into errors)."""
@@ -80,7 +80,7 @@ def test_cases_cover_every_first_party_op():
     assert names - {"Embedding"} == set(CASES)
 
 
-# -- huge and tiny finite inputs (item 4) ------------------------------------------------------
+# -- huge and tiny finite inputs --------------------------------------------------------------
 @pytest.mark.parametrize(
     "row",
     [
@@ -223,7 +223,7 @@ def test_loss_beyond_the_float_range_is_not_blamed_on_nan():
             op.loss(target)
 
 
-# -- NaN and infinity in (items 1 and 3) -------------------------------------------------------
+# -- NaN and infinity in ----------------------------------------------------------------------
 ELEMENTWISE = ["Exp", "Log", "Sigmoid", "Tanh", "Relu", "LeakyRelu", "Sum", "Mean", "Transpose", "Reshape"]
 
 
@@ -366,7 +366,7 @@ def test_softmax_loss_needs_a_class():
         apply("SoftmaxLoss", np.zeros((2, 0)), target=np.zeros(2, dtype=int))
 
 
-# -- 0-d samples (item 20) ---------------------------------------------------------------------
+# -- 0-d samples -----------------------------------------------------------------------------
 SCALAR_OPS = ["Add", "Subtract", "Multiply", "Divide", "Exp", "Log", "Sigmoid", "Tanh", "Relu", "LeakyRelu",
               "Dropout", "Sum", "Mean", "Reshape", "Transpose"]
 
@@ -459,7 +459,7 @@ def test_ops_of_any_number_of_inputs_need_one(name):
         op()
 
 
-# -- issue 22: a handled overflow signals nothing; NaN does not derail a scaled fallback ---------
+# -- a handled overflow signals nothing; NaN does not derail a scaled fallback -----------------
 def quietly(func):
     """``func()`` with every warning recorded (none may be emitted) under the caller's default
     floating-point settings, then again where numpy is asked to raise: both results."""

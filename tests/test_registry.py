@@ -191,7 +191,7 @@ def test_unknown_name_suggests_close_matches():
         tg.Graph().get_operation("Nothing")
 
 
-# -- thread safety (issue 13, item 14) ------------------------------------------------------
+# -- thread safety ------------------------------------------------------------------------------
 GATED_PLUGIN = op_module("Gated") + '''
 import tgtest_gate
 tgtest_gate.entered.set()
@@ -332,7 +332,7 @@ def test_a_plugin_registering_at_import_time_does_not_deadlock_the_first_load(pl
     assert type(g.get_operation("tgtest_early:Early")).__name__ == "Early"
 
 
-# -- plugins that must fail alone (issue 13, item 16) -----------------------------------------
+# -- plugins that must fail alone -------------------------------------------------------------
 HOOK = (
     "import itertools, sys\nimport tapegrad as tg\n"
     + op_module("Inner").split("@tg.hookimpl")[0]
@@ -535,7 +535,7 @@ def test_register_plugin_object_that_breaks_a_rule_is_recorded_as_failed():
         registry.require(["endless"])
 
 
-# -- queries (issue 11) ---------------------------------------------------------------------------
+# -- queries --------------------------------------------------------------------------------------
 def test_require_names_every_missing_failed_or_blocked_plugin(plugin_dir, monkeypatch):
     make_dist(
         plugin_dir, "tgtest-kaputt", "0.1", {"tgtest_kaputt": "tgtest_kaputt"},

@@ -182,7 +182,8 @@ def test_an_unknown_model_is_a_usage_error_with_close_matches(capsys):
     assert code == 2
     installed = ", ".join(sorted(row.name for row in default_registry().models()))  # (packs' too, where installed)
     assert err.splitlines()[-1] == (
-        f"tapegrad train: error: argument --model: unknown model 'mpl'; did you mean 'mlp'? Installed models: {installed}"
+        "tapegrad train: error: argument --model: unknown model 'mpl'; did you mean 'mlp'? "
+        f"Installed models: {installed}"
     )
     code, _, err = run(capsys, "evaluate", "--model", "linearr", "--load", "x.npz")
     assert code == 2 and "did you mean 'linear'" in err

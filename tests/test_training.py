@@ -278,7 +278,7 @@ def test_non_numeric_data_is_a_training_error_naming_it_and_its_dtype(fitted, ca
         call(fitted)
 
 
-# -- sequence batches, metrics, callbacks (issue 20) -----------------------------------------------------
+# -- sequence batches, metrics, callbacks ------------------------------------------------------------------
 class TokenModel:
     """Embedding -> (times a per-sample scale, an extra input) -> Affine -> SoftmaxLoss over positions,
     labels padded with -1: a sequence model whose inputs are integer ids (N, T) and scales (N, 1, 1)."""

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ..capture.check import first_difference
 from ..errors import ContractError
 from ..graph import Graph
 from ..operation import Operation, Sample
@@ -482,14 +483,8 @@ def _step_arguments(case: OperationCase, arrays: list[np.ndarray]) -> tuple[Any,
 
 
 def _bitwise(a: Any, b: Any) -> bool:
-    if isinstance(a, Variable):
-        a, b = a.value, b.value
-    if isinstance(a, float) or isinstance(b, float):
-        return bool(a == b)
-    if a is None or b is None:
-        return a is None and b is None
-    a, b = np.asarray(a), np.asarray(b)
-    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+    """Bit for bit the same (Variables: value and gradient), by the one comparison captured steps use."""
+    return first_difference(a, b, "") is None
 
 
 @requires(check_gradient_structure)

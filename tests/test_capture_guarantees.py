@@ -1,5 +1,6 @@
-"""Issue 19's reproducers (items 1-5), each with a sibling, and what the issue asks of the check, of
-memory and of the generated program.
+"""Captured steps are never silently wrong: Python that changes state in the step, the check never
+replacing what the user holds, gradients of returned outputs, clipping and schedules, arguments and
+returns; and what is asked of the check, of memory and of the generated program.
 
 Every reproducer runs a captured step and an eager twin through many calls and asserts that each call
 either equals eager bit for bit (results, parameters and their gradients, optimizer and generator
@@ -100,7 +101,7 @@ def batches(n: int, rows: int = 5, seed: int = 0) -> list[tuple[np.ndarray, np.n
     return [(x[s : s + rows], y[s : s + rows]) for s in starts]
 
 
-# -- item 1: Python that changes state in the step ----------------------------------------------------
+# -- Python that changes state in the step --------------------------------------------------------------
 
 
 def test_item1_halving_the_learning_rate_in_the_step_is_never_silently_wrong():
@@ -196,7 +197,7 @@ def test_item1_changing_an_ops_attribute_in_the_step_is_refused_at_the_first_cal
     assert outcomes == ["refused"] * 6
 
 
-# -- item 2: the check never replaces what the user holds ---------------------------------------------------
+# -- the check never replaces what the user holds ----------------------------------------------------------
 
 
 class UsesVariable(tg.Operation):
@@ -352,7 +353,7 @@ def test_item2_an_op_holding_a_user_object_keeps_it(sibling):
         assert owner.graph is step.graph and owner.both["opt"] is opt and owner.both["graph"] is step.graph
 
 
-# -- item 3: gradients of returned op outputs --------------------------------------------------------------
+# -- gradients of returned op outputs --------------------------------------------------------------
 
 
 @pytest.mark.parametrize("producer", ["SoftmaxLoss", "sibling-Softmax-used-twice"])
@@ -412,7 +413,7 @@ def test_item3_an_output_reused_in_a_second_pass_gets_both_passes_gradients(seed
     assert outcomes == ["equal"] * 8
 
 
-# -- item 4: clipping ---------------------------------------------------------------------------------------
+# -- clipping and schedules ---------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("how", ["clip_grad_norm", "sibling-clip_grad_value"])
@@ -507,7 +508,7 @@ def test_item4_schedulers_stepped_inside_and_outside_the_step_equal_eager(where)
     assert schedulers[0][0].last_epoch == schedulers[1][0].last_epoch == (12 if where != "outside" else 0)
 
 
-# -- item 5: the smaller ones ------------------------------------------------------------------------------
+# -- arguments, returns, seeds and the profiler ------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("check", [False, True], ids=["check-False", "sibling-check-True"])
