@@ -506,3 +506,19 @@ def test_draw_renders_with_graphviz(drawn_graph, tmp_path, fmt, magic):
     pytest.importorskip("graphviz")
     written = tg.draw(drawn_graph, tmp_path / f"tape.{fmt}")
     assert magic in written.read_bytes()[:400]
+
+
+@pytest.mark.parametrize("name", ["nul\x00here", "lone \udcff surrogate", 'quote " and \\ backslash', "tab\there\x07"])
+def test_any_name_is_escaped_into_dot_graphviz_accepts(name, tmp_path):
+    g = tg.Graph(name, seed=0)
+    w = g.get_variable(name + ".w", (2,), init="ones")
+    mul = g.get_operation("Multiply", name=name)
+    loss = g.get_operation("SquareLoss")
+    loss(mul(tg.Variable(np.ones(2), name=name), w))
+    loss.loss(np.zeros(2))
+    g.backward()
+    text = g.to_dot()
+    text.encode("utf-8")  # no lone surrogate: writable as UTF-8
+    assert "\x00" not in text and "\x07" not in text and "\t" not in text
+    parse_dot(text)  # quoted strings still close where they should
+    assert tg.draw(g, tmp_path / "tape.dot").read_text(encoding="utf-8") == text

@@ -233,3 +233,64 @@ def test_context_saved_is_empty_until_forward_saves_something():
     g = tg.Graph()
     g.get_operation(Peek)(tg.Variable(np.ones(2)))
     assert seen == [()]
+
+
+# -- bad arguments get errors that say what arrived ----------------------------------------------------------
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"dtype": "bogus"}, tg.InputTypeError, r"Graph 'g': dtype must be a numpy float type .*got 'bogus'"),
+        ({"dtype": np.int64}, tg.InputTypeError, r"Graph 'g': dtype must be a float type, got int64"),
+        ({"seed": -1}, tg.ArgumentError, r"Graph 'g': seed must be at least 0, got -1"),
+        ({"seed": 1.5}, tg.InputTypeError, r"Graph 'g': seed must be a whole number, got float 1.5"),
+        ({"seed": "0"}, tg.InputTypeError, r"Graph 'g': seed must be a whole number, got str '0'"),
+    ],
+)
+def test_bad_graph_arguments_are_named(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        tg.Graph("g", **kwargs)
+
+
+@pytest.mark.parametrize(
+    "shape, error, match",
+    [
+        ((-1,), tg.ShapeError, r"parameter 'w': dimensions cannot be negative, got \(-1,\)"),
+        ((2.5,), tg.InputTypeError, r"parameter 'w': every dimension must be a whole number, got 2.5"),
+        ((True, 2), tg.InputTypeError, r"every dimension must be a whole number, got True"),
+        ("ab", tg.InputTypeError, r"every dimension must be a whole number, got 'a'"),
+        (None, tg.InputTypeError, r"a shape is needed to create it"),
+        (object(), tg.InputTypeError, r"expected a shape"),
+    ],
+)
+def test_a_parameter_shape_is_whole_numbers_or_a_clear_error(shape, error, match):
+    graph = tg.Graph("g")
+    with pytest.raises(error, match=match):
+        graph.get_variable("w", shape)
+    assert "w" not in graph.parameter  # nothing was made
+
+
+def test_a_parameter_shape_of_numpy_integers_is_accepted():
+    graph = tg.Graph("g")
+    assert graph.get_variable("w", (np.int64(2), 3)).shape == (2, 3)
+    assert graph.get_variable("v", np.int32(4)).shape == (4,)
+
+
+# -- eval mode leaves the tape alone: a loss pairs with the latest application of its own mode ----------------
+def test_a_prediction_during_a_pass_in_flight_changes_nothing_of_that_pass():
+    graph = tg.Graph("g", seed=0)
+    affine, loss = graph.get_operation("Affine", [3, 2]), graph.get_operation("SoftmaxLoss")
+    x, y = np.random.default_rng(0).standard_normal((4, 3)), np.array([0, 1, 1, 0])
+    twin = tg.Graph("g", seed=0)
+    t_affine, t_loss = twin.get_operation("Affine", [3, 2]), twin.get_operation("SoftmaxLoss")
+    loss(affine(x))
+    t_loss(t_affine(x))
+    graph.eval()
+    prediction = loss(affine(np.ones((7, 3))))  # a prediction of another batch, in eval mode
+    assert loss.loss(np.zeros(7, dtype=int)) > 0  # a validation loss pairs with that eval application
+    graph.train()
+    assert prediction.shape == (7, 2) and len(graph.forward_ops) == 2  # the tape holds the pass in flight only
+    assert loss.loss(y) == t_loss.loss(y)  # the train-mode loss pairs with the train-mode forward
+    graph.backward()
+    t_loss.loss(y)
+    twin.backward()
+    assert np.array_equal(affine.W.grad, t_affine.W.grad)

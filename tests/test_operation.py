@@ -214,3 +214,36 @@ def test_ctx_keeps_per_call_state_so_reuse_is_correct(graph):
     graph.backward(grads={y1: np.ones(1), y2: np.ones(1)})
     assert np.allclose(x1.grad, 0.5)
     assert np.allclose(x2.grad, 1 / (1 + np.exp(-2.0)))
+
+
+# -- subclasses of numpy's array are computed on as plain arrays --------------------------------------------
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")  # (numpy's, for np.matrix itself)
+def test_a_matrix_input_is_multiplied_elementwise_as_an_array_is(graph):
+    multiply = graph.get_operation("Multiply")
+    m = np.matrix([[1.0, 2.0], [3.0, 4.0]])
+    out = multiply(m, m)
+    assert type(out.value) is np.ndarray and np.array_equal(out.value, np.array([[1.0, 4.0], [9.0, 16.0]]))
+    v = tg.Variable(m)
+    assert np.array_equal(multiply(v, v).value, [[1.0, 4.0], [9.0, 16.0]])
+
+
+def test_a_masked_array_with_masked_entries_is_refused_naming_the_op(graph):
+    total = graph.get_operation("Sum")
+    masked = np.ma.masked_array([1.0, 2.0, 3.0], mask=[False, True, False])
+    with pytest.raises(tg.InputTypeError, match=r"Sum \(sum_0\) input 0: a masked array with 1 masked entries"):
+        total(masked)
+    with pytest.raises(tg.InputTypeError, match=r"SquareLoss \(square_loss_0\) target: a masked array"):
+        loss = graph.get_operation("SquareLoss")
+        loss(np.ones(3))
+        loss.loss(masked)
+    unmasked = np.ma.masked_array([1.0, 2.0, 3.0], mask=False)
+    assert float(total(unmasked).value) == 6.0  # nothing masked: its data
+
+
+def test_integer_lists_become_the_graphs_floats_and_array_likes_keep_their_dtype(graph):
+    class ArrayLike:
+        def __array__(self, dtype=None, copy=None):
+            return np.array([1, 2, 3], dtype=np.float32)
+
+    assert tg.Variable([1, 2, 3]).dtype == np.float64  # Python data
+    assert tg.Variable(ArrayLike()).dtype == np.float32  # an array-like's own dtype
