@@ -82,6 +82,11 @@ __all__ = [
 # -- the Variables an optimizer or a clipping function is given ----------------------------------------
 
 
+#: Entries of a parameter past which a step updates it a part at a time (see ``_apply_in_parts``): its
+#: temporaries then take at most this many entries (1 MiB of float64), not the parameter's size.
+PART = 1 << 17
+
+
 def _variables(where: str, given: Any, *, reusable: bool = False) -> list[Variable]:
     """``given`` (a Parameter store, a model with ``.graph``, a dict, one Variable or an iterable of
     them) as a list of Variables. ``reusable``: refuse one-shot iterators (a generator), which a
@@ -298,6 +303,10 @@ class _ElementwiseOptimizer(Optimizer):
         """What a loaded state lacks for a step under ``hyperparameters`` (None: nothing)."""
         return None
 
+    def _makes_state(self, state: list[Any]) -> bool:
+        """Whether a step would make one of the state's arrays now (then its update is made whole)."""
+        return any(s is None for s in state)
+
     def _apply(self, variables: list[Variable], grads: list[np.ndarray | None], states: list[list[Any]]) -> None:
         """Update each Variable's value in place where its gradient is not None, advancing its state."""
         raise NotImplementedError
@@ -361,8 +370,29 @@ class _ElementwiseOptimizer(Optimizer):
         rehearsed = not largest <= self._limit
         if rehearsed:
             self._rehearse(grads)
-        self._apply(self.variables, grads, self._state)
+        self._apply_in_parts(grads)
         self._state_bounds = self._measured_state_bounds() if rehearsed else bounds
+
+    def _apply_in_parts(self, grads: list[np.ndarray | None]) -> None:
+        """``_apply`` to every Variable, a large one ``PART`` entries at a time: the update is elementwise, so
+        each part's numbers are those of the whole, and its temporaries stay of a part's size (not the
+        parameter's). A part's state is a slice of the state's arrays (updated in place) and a copy of its
+        numbers (a step count), the last part's kept. A Variable whose state is not made yet (its first
+        step), or whose value is not contiguous, is updated whole."""
+        for v, grad, state in zip(self.variables, grads, self._state):
+            if grad is None:
+                continue
+            value = v.value
+            if value.size <= PART or not value.flags.c_contiguous or self._makes_state(state):
+                self._apply([v], [grad], [state])
+                continue
+            flat_value, flat_grad = value.reshape(-1), grad.reshape(-1)
+            flat_state = [s.reshape(-1) if isinstance(s, np.ndarray) else s for s in state]
+            for begin in range(0, value.size, PART):
+                part = slice(begin, begin + PART)
+                numbers = [s[part] if isinstance(s, np.ndarray) else s for s in flat_state]
+                self._apply([Variable(flat_value[part])], [flat_grad[part]], [numbers])
+            state[:] = [s if isinstance(s, np.ndarray) else n for s, n in zip(state, numbers)]
 
     def _rehearse(self, grads: list[np.ndarray | None]) -> None:
         """Every update applied to copies, a slice at a time, under numpy's raising errstate; the first
@@ -579,6 +609,9 @@ class SGD(_ElementwiseOptimizer):
     @property
     def _decay_reads_values(self) -> bool:
         return self.weight_decay > 0
+
+    def _makes_state(self, state: list[Any]) -> bool:
+        return bool(self.momentum) and state[0] is None
 
     def _largest(self, grad_bound: float, value_bound: float) -> tuple[float, tuple[float, ...]]:
         lr, momentum, values = self.lr, self.momentum, value_bound

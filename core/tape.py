@@ -90,8 +90,10 @@ class Context:
         self.saved = arrays
 
     def release(self) -> None:
-        """Drop what the application's code kept (``saved`` and the author's own attributes)."""
-        self.saved = ()
+        """Drop what the application kept: what its code saved, the author's own attributes, and its inputs
+        and outputs (backward is done with it)."""
+        self.saved = self.inputs = ()
+        self.outputs = None
         self.__dict__.clear()
 
     @property
@@ -353,6 +355,8 @@ class Tape:
         observer = events.observer
         if observer is not None:
             observer.backward(self, seeds, loss_grad)
+        # what the pass did, as plain data for drawings (taken while everything is alive)
+        self.last_pass = Pass.of(entries, losses, self.targets, consumed=True)
         ctx: Context | None = None
         self.inside += 1  # ops an op's backward applies are part of it (see the module docstring)
         try:
@@ -368,6 +372,7 @@ class Tape:
                 else:
                     grad = outputs.peek_grad()
                 if grad is None:
+                    ctx.release()
                     continue  # nothing reached this application's outputs
                 op = ctx.op
                 if observer is None:
@@ -383,6 +388,8 @@ class Tape:
                             raise _gradient_error(op, 0, in_grads, x, exc) from None
                 elif in_grads is not None:
                     self._route(ctx, in_grads)
+                # done with it: its activations and its outputs' gradients go now, not when the walk ends
+                ctx.release()
         except BackwardError:
             raise
         except (*FLOAT_SIGNALS, *AUTHOR_ERRORS, AttributeError) as exc:
@@ -391,8 +398,7 @@ class Tape:
             raise backward_error(ctx.op, exc) from exc
         finally:
             self.inside -= 1
-            # cleared, whatever happened; what the pass did stays as plain data, for drawings
-            self.last_pass = Pass.of(entries, losses, self.targets, consumed=True)
+            # cleared, whatever happened (what the pass did stays as plain data, for drawings)
             self.entries, self.losses, self.targets = [], [], []
             self.latest = dict.fromkeys(self.latest)
 

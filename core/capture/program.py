@@ -461,6 +461,7 @@ class _Writer:
                 call = self.call("backward", backward, op, [ctx, loss_grad])
                 self.emit(f"r = {call}  # {type(app.op).__name__}", app=i, stage="backward")
                 self.write_routes(event, i, 2)
+                self.write_done(i)
                 continue
             slots = [f"d_{name}" for k, name in enumerate(self.out_names[i]) if (i, k) in self.slotted]
             if not slots:
@@ -477,6 +478,17 @@ class _Writer:
             call = self.call("backward", backward, op, [ctx, grad])
             self.emit(f"r = {call}  # {type(app.op).__name__}", 3, app=i, stage="backward")
             self.write_routes(event, i, 3)
+            self.write_done(i)
+
+    def write_done(self, i: int) -> None:
+        """Application i's backward is done: what it saved, its outputs and their gradients go now, not when
+        the replay returns (a returned output stays)."""
+        names = []
+        for k, out in enumerate(self.out_names[i]):
+            if (i, k) not in self.returned_outputs:
+                names += [out, f"d_{out}"] if (i, k) in self.slotted else [out]
+        dropped = f"; {' = '.join(names)} = None" if names else ""
+        self.emit(f"{self.program.contexts[i]}.saved = (){dropped}")
 
     def write_routes(self, event: Backward, i: int, depth: int) -> None:
         """Add what application i's backward returned (``r``) where each input's gradient goes."""
