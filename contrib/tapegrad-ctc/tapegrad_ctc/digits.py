@@ -55,7 +55,9 @@ def digit_strings(
     images = np.asarray(images, dtype=np.float64).reshape(-1, IMAGE, IMAGE)
     labels = np.asarray(labels)
     if len(images) != len(labels) or not len(images):
-        raise ShapeError(f"digit_strings: expected as many labels as images (at least one), got {len(images)} and {len(labels)}")
+        raise ShapeError(
+            f"digit_strings: expected as many labels as images (at least one), got {len(images)} and {len(labels)}"
+        )
     if not 1 <= shortest <= longest:
         raise ArgumentError(f"digit_strings: expected 1 <= shortest <= longest, got {shortest} and {longest}")
     sizes = rng.integers(shortest, longest + 1, size=count)
@@ -76,7 +78,9 @@ class CharacterErrorRate(Metric):
 
     name, higher_is_better = "character error rate", False
 
-    def __call__(self, outputs: Any, targets: np.ndarray, *, inputs: tuple[np.ndarray, ...], loss: float | None) -> dict[str, float]:
+    def __call__(
+        self, outputs: Any, targets: np.ndarray, *, inputs: tuple[np.ndarray, ...], loss: float | None
+    ) -> dict[str, float]:
         decoded = CTCDigits.decode(outputs, inputs[1])
         references = [[int(c) - 1 for c in row if c >= 0] for row in targets]
         cer, accuracy = error_rates(decoded, references)
@@ -147,7 +151,10 @@ def error_rates(decoded: Sequence[Sequence[int]], references: Sequence[Sequence[
     """(character error rate, sequence accuracy): the edit distances summed over the reference
     lengths summed, and the share of strings read exactly."""
     if len(decoded) != len(references) or not references:
-        raise ShapeError(f"error_rates: expected as many decoded strings as references (at least one), got {len(decoded)} and {len(references)}")
+        raise ShapeError(
+            "error_rates: expected as many decoded strings as references (at least one), "
+            f"got {len(decoded)} and {len(references)}"
+        )
     total = sum(len(r) for r in references)
     if not total:
         raise ShapeError("error_rates: the references are all empty: no character to count errors against")

@@ -20,7 +20,9 @@ def check_input_lengths(where: str, lengths: np.ndarray, batch: int, steps: int)
     (integral floats are accepted). Raises ShapeError, InputTypeError, NonFiniteError or
     OutOfRangeError, each naming ``where``."""
     if lengths.shape != (batch,):
-        raise ShapeError(f"{where}: expected input_lengths of shape ({batch},), one per sequence, got shape {lengths.shape}")
+        raise ShapeError(
+            f"{where}: expected input_lengths of shape ({batch},), one per sequence, got shape {lengths.shape}"
+        )
     if lengths.dtype.kind == "f":
         if np.isnan(lengths).any():
             raise NonFiniteError(f"{where}: input_lengths hold NaN")
@@ -118,13 +120,16 @@ class CTCLoss(tg.Loss):
     def __init__(self, blank: int = 0, reduction: str = "mean", zero_infinity: bool = False) -> None:
         self.blank = int(tg.check_number(self.label, "blank", blank, low=0, integer=True))
         if not isinstance(reduction, str):
-            raise InputTypeError(f"{self.label}: reduction must be 'mean' or 'sum', got {type(reduction).__name__} {reduction!r}")
+            raise InputTypeError(
+                f"{self.label}: reduction must be 'mean' or 'sum', got {type(reduction).__name__} {reduction!r}"
+            )
         if reduction not in REDUCTIONS:
             raise ArgumentError(f"{self.label}: reduction must be 'mean' or 'sum', got {reduction!r}")
         self.reduction = reduction
         if not isinstance(zero_infinity, (bool, np.bool_)):
             raise InputTypeError(
-                f"{self.label}: zero_infinity must be True or False, got {type(zero_infinity).__name__} {zero_infinity!r}"
+                f"{self.label}: zero_infinity must be True or False, "
+                f"got {type(zero_infinity).__name__} {zero_infinity!r}"
             )
         self.zero_infinity = bool(zero_infinity)
 
@@ -148,7 +153,9 @@ class CTCLoss(tg.Loss):
             if np.isnan(targets).any():
                 raise NonFiniteError(f"{self.label}: the targets hold NaN")
             if np.any(np.floor(targets) != targets):
-                raise InputTypeError(f"{self.label}: targets must be integers, got non-integral values of dtype {targets.dtype}")
+                raise InputTypeError(
+                    f"{self.label}: targets must be integers, got non-integral values of dtype {targets.dtype}"
+                )
             outside = (targets < -1) | (targets >= classes)
             if outside.any():
                 raise self._bad_label(targets[outside][0], classes)
@@ -176,7 +183,9 @@ class CTCLoss(tg.Loss):
         log_probs, input_lengths, _ = ctx.saved
         n, steps, classes = log_probs.shape
         if n == 0:
-            raise ShapeError(f"{self.label}: the batch is empty (logits shape {log_probs.shape}); a loss needs at least one sequence")
+            raise ShapeError(
+                f"{self.label}: the batch is empty (logits shape {log_probs.shape}); a loss needs at least one sequence"
+            )
         targets, target_lengths = self._targets(targets, n, classes)
         logp = log_probs.astype(np.float64)
         width = 2 * targets.shape[1] + 1
@@ -195,8 +204,9 @@ class CTCLoss(tg.Loss):
             rows = np.flatnonzero(impossible)
             raise OperationError(
                 f"{self.label}: batch element {rows[0]} (of {rows.tolist()}) has a target of length "
-                f"{target_lengths[rows[0]]} needing {target_lengths[rows[0]] + repeats[rows[0]]} steps, but its input has "
-                f"{input_lengths[rows[0]]}; no alignment exists (pass zero_infinity=True to ignore such elements)"
+                f"{target_lengths[rows[0]]} needing {target_lengths[rows[0]] + repeats[rows[0]]} steps, "
+                f"but its input has {input_lengths[rows[0]]}; "
+                "no alignment exists (pass zero_infinity=True to ignore such elements)"
             )
 
         with np.errstate(invalid="ignore"):  # NaN logits give a NaN likelihood, reported next
@@ -249,7 +259,12 @@ class CTCLoss(tg.Loss):
             target=np.array([[1, 2, -1], [3, 3, 1], [-1, -1, -1]]),
             name="padded_repeats_empty",
         )
-        yield tg.Sample(kwargs={"blank": 2}, inputs=[rng.standard_normal((2, 5, 3))], target=np.array([[0, 1], [1, -1]]), name="blank2")
+        yield tg.Sample(
+            kwargs={"blank": 2},
+            inputs=[rng.standard_normal((2, 5, 3))],
+            target=np.array([[0, 1], [1, -1]]),
+            name="blank2",
+        )
         yield tg.Sample(
             inputs=[rng.standard_normal((3, 6, 4)), np.array([6, 4, 2])],
             target=np.array([[1, 2, -1], [3, 3, 1], [2, -1, -1]]),

@@ -50,23 +50,34 @@ class CTCDigitsTask(Task):
         count = getattr(self.options, "strings", 0)  # (tapegrad evaluate makes none)
         # Disjoint images for training and test strings; the test strings do not depend on --strings or --limit,
         # and --limit N keeps the first N of the training strings (cheap to make: all are made).
-        train = digit_strings(x_train * 16, y_train, count, np.random.default_rng([seed, 0]), shortest=SHORTEST, longest=LONGEST)
-        test = digit_strings(
-            x_test * 16, y_test, self.options.test_strings, np.random.default_rng([seed, 1]), shortest=SHORTEST, longest=LONGEST
+        train = digit_strings(
+            x_train * 16, y_train, count, np.random.default_rng([seed, 0]), shortest=SHORTEST, longest=LONGEST
         )
-        data = TaskData((train.x, train.lengths), train.targets, (test.x, test.lengths), test.targets, info={"test": test})
+        test = digit_strings(
+            x_test * 16, y_test, self.options.test_strings, np.random.default_rng([seed, 1]),
+            shortest=SHORTEST, longest=LONGEST,
+        )
+        data = TaskData(
+            (train.x, train.lengths), train.targets, (test.x, test.lengths), test.targets, info={"test": test}
+        )
         return data.limited(getattr(self.options, "limit", None))
 
     def build_model(self, data: TaskData) -> CTCDigits:
         return CTCDigits(self.options.hidden, seed=self.options.seed, dtype=self.options.dtype)
 
     def describe(self, model: Any, data: TaskData) -> str:
-        return f"LSTM {IMAGE}-{model.hidden_size} + Affine {model.hidden_size}-{CLASSES} + CTC on strings of {SHORTEST}-{LONGEST} digits"
+        return (
+            f"LSTM {IMAGE}-{model.hidden_size} + Affine {model.hidden_size}-{CLASSES} "
+            f"+ CTC on strings of {SHORTEST}-{LONGEST} digits"
+        )
 
     def final_report(self, model: Any, data: TaskData) -> str | None:
         test: DigitStrings = data.info["test"]
         shown = test.take(slice(0, 5))
-        lines = [f"read {''.join(map(str, got))!s:>6} for {''.join(map(str, want))}" for got, want in zip(model.read(shown), shown.digits)]
+        lines = [
+            f"read {''.join(map(str, got))!s:>6} for {''.join(map(str, want))}"
+            for got, want in zip(model.read(shown), shown.digits)
+        ]
         return "the first held-out strings:\n  " + "\n  ".join(lines)
 
     def memory_estimate(self, data: TaskData) -> MemoryEstimate:
@@ -82,7 +93,9 @@ class CTCDigitsTask(Task):
         train_batch = min(self.options.batch_size, data.train_samples)
         test_batch = min(self.eval_batch_size, data.test_samples)
         training, held_out = train_batch * per_sample, test_batch * per_sample // 2
-        return MemoryEstimate(parameters, itemsize * max(training, held_out), train_batch if training >= held_out else test_batch)
+        return MemoryEstimate(
+            parameters, itemsize * max(training, held_out), train_batch if training >= held_out else test_batch
+        )
 
     def model_for_file(self, source: ParameterFile, data: TaskData) -> Any:
         """The model the file describes: its hidden size read from it (``--hidden`` must agree when given)."""
@@ -91,7 +104,8 @@ class CTCDigitsTask(Task):
         given = self.options.hidden
         if found is not None and given is not None and found != given:
             raise ParameterLoadError(
-                f"{source.label} does not fit these parameters (nothing was loaded): --hidden {given} given, the file's is {found}"
+                f"{source.label} does not fit these parameters (nothing was loaded): "
+                f"--hidden {given} given, the file's is {found}"
             )
         self.options.hidden = given if given is not None else found if found is not None else 1
         return super().model_for_file(source, data)

@@ -66,7 +66,9 @@ def test_matches_a_brute_force_sum_over_alignments(targets, blank, input_lengths
     g, _, x, log_probs, value = ctc(logits, targets, input_lengths, blank=blank, reduction=reduction)
     lengths = [5] * len(targets) if input_lengths is None else input_lengths
     nll = [
-        brute_force_nll(log_probs.value[i, : lengths[i]], [c for c in row if c >= 0], blank) if lengths[i] else (0.0 if (row < 0).all() else np.inf)
+        brute_force_nll(log_probs.value[i, : lengths[i]], [c for c in row if c >= 0], blank)
+        if lengths[i]
+        else (0.0 if (row < 0).all() else np.inf)
         for i, row in enumerate(targets)
     ]
     assert value == pytest.approx(reduced(nll, targets, reduction), rel=1e-10)
@@ -207,7 +209,9 @@ def test_a_nan_logit_raises_non_finite_error_naming_the_batch_element():
     logits = np.random.default_rng(0).standard_normal((2, 5, 3))
     logits[1, 3, 2] = np.nan
     for zero_infinity in (False, True):
-        with pytest.raises(tg.NonFiniteError, match=r"CTCLoss \(ctc_loss_0\): the logits of batch element 1 \(of \[1\]\)"):
+        with pytest.raises(
+            tg.NonFiniteError, match=r"CTCLoss \(ctc_loss_0\): the logits of batch element 1 \(of \[1\]\)"
+        ):
             ctc(logits, np.array([[1, 2], [2, 1]]), zero_infinity=zero_infinity)
 
 
@@ -283,7 +287,8 @@ def test_constructor_arguments_name_the_op(kwargs, error, match):
 
 def test_readme_example_runs_as_written():
     readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
-    block = re.findall(r"```python\n(.*?)```", readme, flags=re.S)[0]  # (the first: the ops; test_*task*.py run the models')
+    # (the first: the ops; test_*task*.py run the models')
+    block = re.findall(r"```python\n(.*?)```", readme, flags=re.S)[0]
     namespace: dict = {}
     exec(compile(block, "README.md example", "exec"), namespace)
     assert namespace["value"] > 0 and namespace["graph"].forward_ops == []

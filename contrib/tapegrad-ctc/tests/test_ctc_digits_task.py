@@ -34,8 +34,8 @@ def test_ctc_digits_is_the_ctc_plugins_model():
 
 def test_one_epoch_on_a_slice_prints_the_error_rates_and_some_strings_read(tmp_path, capsys):
     saved = tmp_path / "ctc.npz"
-    code, out, err = run(capsys, "train", "--model", "ctc-digits", "--limit", "96", "--epochs", "1", "--test-strings", "100",
-                         "--no-progress", "--save", str(saved))
+    code, out, err = run(capsys, "train", "--model", "ctc-digits", "--limit", "96", "--epochs", "1",
+                         "--test-strings", "100", "--no-progress", "--save", str(saved))
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0] == (
@@ -43,7 +43,8 @@ def test_one_epoch_on_a_slice_prints_the_error_rates_and_some_strings_read(tmp_p
         "1 epochs, seed 0 (96 train / 100 test samples)"
     )
     summary = re.fullmatch(
-        r"=== Epoch 1 Summary === train loss: \d+\.\d{4} test character error rate (\d\.\d{4}) sequence accuracy (\d\.\d{4})",
+        r"=== Epoch 1 Summary === train loss: \d+\.\d{4} "
+        r"test character error rate (\d\.\d{4}) sequence accuracy (\d\.\d{4})",
         lines[1],
     )
     assert summary, lines[1]
@@ -57,14 +58,17 @@ def test_one_epoch_on_a_slice_prints_the_error_rates_and_some_strings_read(tmp_p
 
     code, out, err = run(capsys, "evaluate", "--model", "ctc-digits", "--load", str(saved), "--test-strings", "100")
     assert code == 0, err
-    assert out.splitlines()[0] == f"test character error rate: {cer:.4f}, sequence accuracy: {accuracy:.4f} (100 samples, seed 0)"
+    assert out.splitlines()[0] == (
+        f"test character error rate: {cer:.4f}, sequence accuracy: {accuracy:.4f} (100 samples, seed 0)"
+    )
     assert out.splitlines()[1:] == lines[3:9]  # the same strings, read the same way
 
 
 def test_float32_and_the_hidden_size_read_from_the_file(tmp_path, capsys):
     saved = tmp_path / "small.npz"
-    code, out, err = run(capsys, "train", "--model", "ctc-digits", "--dtype", "float32", "--hidden", "6", "--strings", "40",
-                         "--test-strings", "10", "--epochs", "2", "--batch-size", "16", "--no-progress", "--save", str(saved))
+    code, out, err = run(capsys, "train", "--model", "ctc-digits", "--dtype", "float32", "--hidden", "6",
+                         "--strings", "40", "--test-strings", "10", "--epochs", "2", "--batch-size", "16",
+                         "--no-progress", "--save", str(saved))
     assert code == 0, err
     assert "LSTM 8-6 + Affine 6-11" in out and "float32" in out.splitlines()[0] and out.count("Summary ===") == 2
     with ParameterFile(saved) as arrays:
@@ -85,7 +89,9 @@ def test_the_test_strings_come_from_the_test_images_and_do_not_depend_on_the_tra
     full, limited, fewer = data(), data(limit=10), data(strings=7)
     assert full.train_samples == 4000 and limited.train_samples == 10 and fewer.train_samples == 7
     assert np.array_equal(full.x_test[0], limited.x_test[0]) and np.array_equal(full.y_test, fewer.y_test)
-    assert np.array_equal(limited.x_train[0], full.x_train[0][:10]) and np.array_equal(limited.y_train, full.y_train[:10])
+    assert (
+        np.array_equal(limited.x_train[0], full.x_train[0][:10]) and np.array_equal(limited.y_train, full.y_train[:10])
+    )
     x_train, x_test, _, _ = load_digits(seed=0)
     # every 8-column block of a test string is a test image's columns
     test_images = {tuple(np.round(img.reshape(8, 8).T.ravel() * 16).astype(int)) for img in x_test}

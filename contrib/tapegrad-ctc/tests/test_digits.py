@@ -22,7 +22,10 @@ def test_digit_strings_put_the_digits_side_by_side_column_by_column():
     square = pictures.reshape(-1, 8, 8)
     for row in range(50):
         digits = data.digits[row]
-        assert len(digits) * 8 == data.lengths[row] and data.targets[row, len(digits) :].tolist() == [-1] * (5 - len(digits))
+        assert (
+            len(digits) * 8 == data.lengths[row]
+            and data.targets[row, len(digits) :].tolist() == [-1] * (5 - len(digits))
+        )
         assert (data.targets[row, : len(digits)] == np.array(digits) + 1).all()
         assert not data.x[row, data.lengths[row] :].any()  # padding
         for k, digit in enumerate(digits):

@@ -62,7 +62,9 @@ def streams(ids: np.ndarray, count: int) -> np.ndarray:
     independent pieces of text and the state carried from one window to the next continues each."""
     length = len(ids) // count
     if length < 2:
-        raise ShapeError(f"streams: {len(ids)} ids cannot make {count} streams of at least 2 (an input and its next character)")
+        raise ShapeError(
+            f"streams: {len(ids)} ids cannot make {count} streams of at least 2 (an input and its next character)"
+        )
     return ids[: count * length].reshape(count, length)
 
 
@@ -107,7 +109,13 @@ class CharLSTM:
     metric = Perplexity()
 
     def __init__(
-        self, vocab_size: int, embed_size: int = 32, hidden_size: int = 256, *, seed: int | None = None, dtype: Any = np.float64
+        self,
+        vocab_size: int,
+        embed_size: int = 32,
+        hidden_size: int = 256,
+        *,
+        seed: int | None = None,
+        dtype: Any = np.float64,
     ) -> None:
         self.vocab_size, self.embed_size, self.hidden_size = vocab_size, embed_size, hidden_size
         self.output_size = vocab_size

@@ -90,7 +90,9 @@ def read_entries() -> list[Docstring]:
         entries.append(Docstring(module, qualname, text[position : position + int(length)]))
         position += int(length) + len(SEPARATOR)
     if position - len(SEPARATOR) != len(text):
-        raise ValueError(f"{INDEX} does not describe {TEXT}: it covers {position - len(SEPARATOR)} characters of {len(text)}")
+        raise ValueError(
+            f"{INDEX} does not describe {TEXT}: it covers {position - len(SEPARATOR)} characters of {len(text)}"
+        )
     return entries
 
 
@@ -115,7 +117,9 @@ def write(entries: list[Docstring], folder: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", action="store_true", help="print this Python's docstrings as JSON")
-    parser.add_argument("--write", nargs="+", metavar="PYTHON", help="interpreters to extract with; writes the shipped files")
+    parser.add_argument(
+        "--write", nargs="+", metavar="PYTHON", help="interpreters to extract with; writes the shipped files"
+    )
     args = parser.parse_args(argv)
     if args.json:
         json.dump([list(entry) for entry in extract()], sys.stdout)
@@ -128,7 +132,10 @@ def main(argv: list[str] | None = None) -> int:
         extractions.append([Docstring(*entry) for entry in json.loads(out)])
     entries = common(extractions)
     write(entries, Path(__file__).parent / "data")
-    print(f"{len(entries)} docstrings, {sum(len(e.text) for e in entries) + len(SEPARATOR) * (len(entries) - 1)} characters")
+    print(
+        f"{len(entries)} docstrings, "
+        f"{sum(len(e.text) for e in entries) + len(SEPARATOR) * (len(entries) - 1)} characters"
+    )
     return 0
 
 

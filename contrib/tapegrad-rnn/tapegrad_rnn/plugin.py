@@ -105,7 +105,9 @@ def _lstm_step_backward(
     return dz, dc * f
 
 
-def _lstm_parameters(op: tg.Operation, input_size: int, hidden_size: int) -> tuple[tg.Variable, tg.Variable, tg.Variable]:
+def _lstm_parameters(
+    op: tg.Operation, input_size: int, hidden_size: int
+) -> tuple[tg.Variable, tg.Variable, tg.Variable]:
     """The LSTM family's parameters: W_ih (D, 4H), W_hh (H, 4H) and b (4H,), gates (i, f, g, o)."""
     return (
         op.parameter("W_ih", (input_size, 4 * hidden_size)),
@@ -117,13 +119,16 @@ def _lstm_parameters(op: tg.Operation, input_size: int, hidden_size: int) -> tup
 class LSTMCell(tg.Operation):
     """One LSTM step, gates (i, f, g, o) as in ``torch.nn.LSTMCell``.
     (x (N, D), h_prev (N, H), c_prev (N, H)) -> (h, c), both (N, H), with z = x W_ih + h_prev W_hh
-    + b split into the gates (torch.nn.LSTMCell's weights load as LSTM's do; see there). Saves the inputs and the gate activations."""
+    + b split into the gates (torch.nn.LSTMCell's weights load as LSTM's do; see there). Saves the
+    inputs and the gate activations."""
 
     def __init__(self, input_size: int, hidden_size: int) -> None:
         self.input_size, self.hidden_size = _sizes(self, input_size, hidden_size)
         self.W_ih, self.W_hh, self.b = _lstm_parameters(self, self.input_size, self.hidden_size)
 
-    def forward(self, ctx: tg.Context, x: np.ndarray, h_prev: np.ndarray, c_prev: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def forward(
+        self, ctx: tg.Context, x: np.ndarray, h_prev: np.ndarray, c_prev: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         _check(self, "x", x, (None, self.input_size))
         _check(self, "h_prev", h_prev, (x.shape[0], self.hidden_size))
         _check(self, "c_prev", c_prev, (x.shape[0], self.hidden_size))
@@ -147,7 +152,9 @@ class LSTMCell(tg.Operation):
     def samples(cls, rng: np.random.Generator) -> Iterator[tg.Sample]:
         for n, name in ((1, "batch1"), (4, "batch4")):
             yield tg.Sample(
-                args=[3, 2], inputs=[rng.standard_normal((n, 3)), rng.standard_normal((n, 2)), rng.standard_normal((n, 2))], name=name
+                args=[3, 2],
+                inputs=[rng.standard_normal((n, 3)), rng.standard_normal((n, 2)), rng.standard_normal((n, 2))],
+                name=name,
             )
 
 
@@ -245,9 +252,12 @@ class LSTM(tg.Operation):
         yield tg.Sample(args=[2, 3], inputs=[rng.standard_normal((3, 4, 2)), rng.standard_normal((3, 3))], name="h0")
         yield tg.Sample(
             args=[2, 3], kwargs={"return_state": True},
-            inputs=[rng.standard_normal((2, 4, 2)), rng.standard_normal((2, 3)), rng.standard_normal((2, 3))], name="state",
+            inputs=[rng.standard_normal((2, 4, 2)), rng.standard_normal((2, 3)), rng.standard_normal((2, 3))],
+            name="state",
         )
-        yield tg.Sample(args=[3, 2], kwargs={"return_state": True}, inputs=[rng.standard_normal((2, 3, 3))], name="state_from_zeros")
+        yield tg.Sample(
+            args=[3, 2], kwargs={"return_state": True}, inputs=[rng.standard_normal((2, 3, 3))], name="state_from_zeros"
+        )
 
 
 @tg.hookimpl

@@ -44,20 +44,24 @@ class CharLSTMTask(Task):
             "--text", metavar="FILE",
             help="train on this UTF-8 text instead of the pack's corpus (the ASCII docstrings of Python's standard "
             "library; see tapegrad-rnn's README); its last 5%% is the validation text"
-            + ("; evaluate needs the file the parameters were trained on (it makes the vocabulary)" if command == "evaluate" else ""),
+            + ("; evaluate needs the file the parameters were trained on (it makes the vocabulary)"
+               if command == "evaluate" else ""),
         )
         sizes = "default 256" if command == "train" else "default: read from the file"
-        parser.add_argument("--hidden", type=number(int, 1, maximum=MAX_SIZE), default=256 if command == "train" else None,
-                            help=f"LSTM units ({sizes})")
-        parser.add_argument("--embed", type=number(int, 1, maximum=MAX_SIZE), default=32 if command == "train" else None,
-                            help=f"embedding size ({'default 32' if command == 'train' else 'default: read from the file'})")
+        parser.add_argument("--hidden", type=number(int, 1, maximum=MAX_SIZE),
+                            default=256 if command == "train" else None, help=f"LSTM units ({sizes})")
+        parser.add_argument("--embed", type=number(int, 1, maximum=MAX_SIZE),
+                            default=32 if command == "train" else None,
+                            help="embedding size "
+                            f"({'default 32' if command == 'train' else 'default: read from the file'})")
         parser.add_argument("--window", type=number(int, 1, maximum=10**6), default=64,
                             help="characters per training sample, each read from a zero state (default 64)")
         parser.add_argument("--sample", metavar="N", type=number(int, 0, maximum=10**6), default=300,
                             help="characters to sample at the end (default 300; 0: none)")
         parser.add_argument("--temperature", type=number(float, 0.0, inclusive=False), default=0.8,
                             help="sampling temperature: below 1 sharper, above 1 flatter (default 0.8)")
-        parser.add_argument("--prime", default="Return the", help="the text sampling starts from (default 'Return the')")
+        parser.add_argument("--prime", default="Return the",
+                            help="the text sampling starts from (default 'Return the')")
 
     # -- data -----------------------------------------------------------------------------------------
     def _text(self) -> tuple[str, str]:
@@ -68,7 +72,9 @@ class CharLSTMTask(Task):
         try:
             text = Path(path).read_text(encoding="utf-8")
         except UnicodeDecodeError as exc:
-            raise TrainingError(f"char-lstm: --text {path!r} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+            raise TrainingError(
+                f"char-lstm: --text {path!r} is not UTF-8 text ({exc.reason} at byte {exc.start})"
+            ) from None
         except OSError as exc:
             raise TrainingError(f"char-lstm: cannot read --text {path!r}: {exc.strerror or exc}") from None
         return text, Path(path).name
@@ -98,7 +104,9 @@ class CharLSTMTask(Task):
     # -- the model ------------------------------------------------------------------------------------
     def build_model(self, data: TaskData) -> CharLSTM:
         vocabulary = data.info["vocabulary"]
-        return CharLSTM(vocabulary.size, self.options.embed, self.options.hidden, seed=self.options.seed, dtype=self.options.dtype)
+        return CharLSTM(
+            vocabulary.size, self.options.embed, self.options.hidden, seed=self.options.seed, dtype=self.options.dtype
+        )
 
     def describe(self, model: Any, data: TaskData) -> str:
         return (
@@ -111,7 +119,9 @@ class CharLSTMTask(Task):
         return None if value is None else f"  {value / self.unigram:.3f}x the perplexity of a character-frequency model"
 
     def final_report(self, model: Any, data: TaskData) -> str | None:
-        lines = [f"character-frequency (unigram) model: {self.held_out} perplexity {data.info['unigram_perplexity']:.4f}"]
+        lines = [
+            f"character-frequency (unigram) model: {self.held_out} perplexity {data.info['unigram_perplexity']:.4f}"
+        ]
         if self.options.sample:
             text = sample(model, data.info["vocabulary"], self._prime(data), self.options.sample,
                           temperature=self.options.temperature, seed=self.options.seed)
@@ -136,7 +146,9 @@ class CharLSTMTask(Task):
         train_batch = min(self.options.batch_size, data.train_samples)
         test_batch = min(self.eval_batch_size, data.test_samples)
         training, held_out = train_batch * window * per_position, test_batch * window * (per_position // 2)
-        return MemoryEstimate(parameters, itemsize * max(training, held_out), train_batch if training >= held_out else test_batch)
+        return MemoryEstimate(
+            parameters, itemsize * max(training, held_out), train_batch if training >= held_out else test_batch
+        )
 
     def model_for_file(self, source: ParameterFile, data: TaskData) -> Any:
         """The CharLSTM the file describes: embedding and hidden sizes read from it (``--embed``/``--hidden``

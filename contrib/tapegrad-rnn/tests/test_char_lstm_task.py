@@ -43,10 +43,14 @@ def test_one_epoch_on_a_slice_prints_perplexity_against_the_unigram_model_and_a_
         "tapegrad train: CharLSTM (vocabulary 96, embedding 32, LSTM 64) on Python's docstrings, windows of 64 "
         "characters, adam lr=0.002, batch size 32, 1 epochs, seed 0 (64 train / 516 validation samples)"
     )
-    summary = re.fullmatch(r"=== Epoch 1 Summary === train loss: (\d+\.\d{4}) validation perplexity (\d+\.\d{4})", lines[1])
+    summary = re.fullmatch(
+        r"=== Epoch 1 Summary === train loss: (\d+\.\d{4}) validation perplexity (\d+\.\d{4})", lines[1]
+    )
     assert summary, lines[1]
     perplexity = float(summary.group(2))
-    unigram = float(re.fullmatch(r"character-frequency \(unigram\) model: validation perplexity (\d+\.\d{4})", lines[4]).group(1))
+    unigram = float(
+        re.fullmatch(r"character-frequency \(unigram\) model: validation perplexity (\d+\.\d{4})", lines[4]).group(1)
+    )
     ratio = float(re.fullmatch(r"  (\d\.\d{3})x the perplexity of a character-frequency model", lines[2]).group(1))
     assert ratio == pytest.approx(perplexity / unigram, abs=1e-3)
     assert lines[3].startswith(f"final validation perplexity: {perplexity:.4f} (")
@@ -69,9 +73,9 @@ def test_float32_a_text_of_ones_own_and_the_model_options(tmp_path, capsys):
     text = tmp_path / "poem.txt"
     text.write_text("the quick brown fox jumps over the lazy dog; " * 40 + "été", encoding="utf-8")
     saved = tmp_path / "poem.npz"
-    code, out, err = run(capsys, "train", "--model", "char-lstm", "--text", str(text), "--dtype", "float32", "--epochs", "2",
-                         "--hidden", "12", "--embed", "5", "--window", "16", "--batch-size", "8", "--sample", "20",
-                         "--prime", "the", "--no-progress", "--save", str(saved))
+    code, out, err = run(capsys, "train", "--model", "char-lstm", "--text", str(text), "--dtype", "float32",
+                         "--epochs", "2", "--hidden", "12", "--embed", "5", "--window", "16", "--batch-size", "8",
+                         "--sample", "20", "--prime", "the", "--no-progress", "--save", str(saved))
     assert code == 0, err
     assert out.splitlines()[0].startswith(
         "tapegrad train: CharLSTM (vocabulary 29, embedding 5, LSTM 12) on poem.txt, windows of 16 characters, "
@@ -80,15 +84,19 @@ def test_float32_a_text_of_ones_own_and_the_model_options(tmp_path, capsys):
     assert "(107 train / 5 validation samples)" in out.splitlines()[0]
     assert out.count("Summary ===") == 2 and "\nthe" in out
     with ParameterFile(saved) as arrays:
-        assert set(arrays.dtypes) == {"embedding_0.W", "lstm_0.W_ih", "lstm_0.W_hh", "lstm_0.b", "affine_0.W", "affine_0.b"}
+        assert set(arrays.dtypes) == {
+            "embedding_0.W", "lstm_0.W_ih", "lstm_0.W_hh", "lstm_0.b", "affine_0.W", "affine_0.b"
+        }
         assert set(arrays.dtypes.values()) == {np.dtype(np.float32)}
         assert arrays.shapes["lstm_0.W_hh"] == (12, 48) and arrays.shapes["embedding_0.W"] == (29, 5)
     # another text (other characters): refused, naming what differs
     code, _, err = run(capsys, "evaluate", "--model", "char-lstm", "--load", str(saved))
     assert code != 0 and "trained on a text of 29 distinct characters, but Python's docstrings has 96" in err
-    code, _, err = run(capsys, "evaluate", "--model", "char-lstm", "--load", str(saved), "--text", str(text), "--hidden", "13")
+    code, _, err = run(capsys, "evaluate", "--model", "char-lstm", "--load", str(saved), "--text", str(text),
+                       "--hidden", "13")
     assert code != 0 and "--hidden 13 given, the file's is 12" in err
-    code, out, err = run(capsys, "evaluate", "--model", "char-lstm", "--load", str(saved), "--text", str(text), "--sample", "0")
+    code, out, err = run(capsys, "evaluate", "--model", "char-lstm", "--load", str(saved), "--text", str(text),
+                         "--sample", "0")
     assert code == 0 and out.startswith("validation perplexity: "), err
 
 
@@ -97,7 +105,8 @@ def test_refusals_name_the_problem(tmp_path, capsys):
     short.write_text("far too short", encoding="utf-8")
     code, _, err = run(capsys, "train", "--model", "char-lstm", "--text", str(short))
     assert code == 1 and err.splitlines()[-1].startswith(
-        "tapegrad train: error: char-lstm: the text (short.txt, 13 characters) is too short for windows of 64 characters"
+        "tapegrad train: error: char-lstm: the text (short.txt, 13 characters) is too short "
+        "for windows of 64 characters"
     )
     latin = tmp_path / "latin1.txt"
     latin.write_bytes("caf\xe9".encode("latin-1") * 100)

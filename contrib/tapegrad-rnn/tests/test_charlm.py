@@ -53,7 +53,9 @@ def test_the_licence_shipped_with_the_corpus_is_the_psf_licence_as_cpython_ships
     """CPython 3.10.13, 3.11.7 and 3.12.1 ship this LICENSE.txt byte for byte (3.13 updated its years)."""
     text = (DATA / corpus.LICENSE).read_text(encoding="utf-8")
     assert "PYTHON SOFTWARE FOUNDATION LICENSE VERSION 2" in text
-    assert hashlib.sha256(text.encode()).hexdigest() == "3b2f81fe21d181c499c59a256c8e1968455d6689d269aa85373bfb6af41da3bf"
+    assert hashlib.sha256(text.encode()).hexdigest() == (
+        "3b2f81fe21d181c499c59a256c8e1968455d6689d269aa85373bfb6af41da3bf"
+    )
 
 
 def test_extract_reads_docstrings_from_source_in_order_without_importing(tmp_path):

@@ -79,7 +79,9 @@ def test_lstm_equals_lstm_cell_unrolled_through_the_graph_states_and_gradients_i
         getattr(cell, name).value[...] = getattr(lstm, name).value
     xv2, hv2, cv2 = tg.Variable(x), tg.Variable(h0), tg.Variable(c0)
     hs, h_last, c_last = unrolled(cell, xv2, hv2, cv2)
-    g2.backward(grads={**{h_t: seeds[:, t] for t, h_t in enumerate(hs[:-1])}, h_last: seeds[:, -1] + seed_h, c_last: seed_c})
+    g2.backward(
+        grads={**{h_t: seeds[:, t] for t, h_t in enumerate(hs[:-1])}, h_last: seeds[:, -1] + seed_h, c_last: seed_c}
+    )
 
     assert np.allclose(out.value, np.stack([h.value for h in hs], axis=1), rtol=1e-13)
     assert np.array_equal(h_T.value, out.value[:, -1]) and np.allclose(c_T.value, c_last.value, rtol=1e-13)
@@ -166,7 +168,13 @@ def old_layout(op):
 
 def model(seed):
     g = tg.Graph("seq", seed=seed)
-    return g, g.get_operation("RNNCell", [3, 5]), g.get_operation("LSTMCell", [3, 4]), g.get_operation("LSTM", [3, 6]), g.get_operation("Affine", [6, 2])
+    return (
+        g,
+        g.get_operation("RNNCell", [3, 5]),
+        g.get_operation("LSTMCell", [3, 4]),
+        g.get_operation("LSTM", [3, 6]),
+        g.get_operation("Affine", [6, 2]),
+    )
 
 
 def test_a_file_of_the_old_gate_layout_is_refused_then_converted(tmp_path):
@@ -182,11 +190,18 @@ def test_a_file_of_the_old_gate_layout_is_refused_then_converted(tmp_path):
 
     fresh, *_ = model(seed=1)
     before = fresh.parameter.state_dict()
-    with pytest.raises(tg.ParameterLoadError, match=r"missing: lstm_0\.W_hh, lstm_0\.W_ih, lstm_cell_0\.W_hh, lstm_cell_0\.W_ih; unexpected: lstm_0\.U, lstm_0\.W, lstm_cell_0\.U, lstm_cell_0\.W"):
+    with pytest.raises(
+        tg.ParameterLoadError,
+        match=(
+            r"missing: lstm_0\.W_hh, lstm_0\.W_ih, lstm_cell_0\.W_hh, lstm_cell_0\.W_ih; "
+            r"unexpected: lstm_0\.U, lstm_0\.W, lstm_cell_0\.U, lstm_cell_0\.W"
+        ),
+    ):
         fresh.parameter.load(old_file)
     assert all(np.array_equal(v, before[k]) for k, v in fresh.parameter.state_dict().items())  # nothing was loaded
 
-    assert sorted(convert_lstm_parameters(old_file, tmp_path / "new.npz")) == ["lstm_0", "lstm_cell_0"]  # not the RNNCell
+    # not the RNNCell
+    assert sorted(convert_lstm_parameters(old_file, tmp_path / "new.npz")) == ["lstm_0", "lstm_cell_0"]
     fresh.parameter.load(tmp_path / "new.npz")
     for name, value in g.parameter.state_dict().items():
         assert np.array_equal(fresh.parameter[name].value, value), name
@@ -282,7 +297,11 @@ def test_sizes_are_checked_when_the_op_is_made(name, args, error, match):
 
 def _inputs(name, x):
     n = x.shape[0]
-    return {"RNNCell": [x, np.zeros((n, 3))], "LSTMCell": [x, np.zeros((n, 3)), np.zeros((n, 3))], "LSTM": [x[:, None, :]]}[name]
+    return {
+        "RNNCell": [x, np.zeros((n, 3))],
+        "LSTMCell": [x, np.zeros((n, 3)), np.zeros((n, 3))],
+        "LSTM": [x[:, None, :]],
+    }[name]
 
 
 @pytest.mark.parametrize("name", ["RNNCell", "LSTMCell", "LSTM"])
@@ -320,7 +339,8 @@ def test_nan_infinity_and_tiny_inputs_stay_in_their_row_and_nan_stays_nan(name, 
 
 def test_readme_example_runs_as_written():
     readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
-    block = re.findall(r"```python\n(.*?)```", readme, flags=re.S)[0]  # (the first: the ops; test_*task*.py run the models')
+    # (the first: the ops; test_*task*.py run the models')
+    block = re.findall(r"```python\n(.*?)```", readme, flags=re.S)[0]
     namespace: dict = {}
     exec(compile(block, "README.md example", "exec"), namespace)
     assert namespace["h"].shape == (32, 16) and namespace["c"].shape == (32, 16)
