@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import tracemalloc
 from collections.abc import Callable
 
@@ -30,7 +31,7 @@ class Net:
     def __init__(self, sizes: list[int]) -> None:
         self.graph = tg.Graph("MLP", seed=0)
         self.layers = []
-        for i, (a, b) in enumerate(zip(sizes, sizes[1:])):
+        for i, (a, b) in enumerate(itertools.pairwise(sizes)):
             self.layers.append(self.graph.get_operation("layers:Affine", [a, b]))
             if i < len(sizes) - 2:
                 self.layers.append(self.graph.get_operation("activations:Relu"))

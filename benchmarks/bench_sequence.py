@@ -103,7 +103,9 @@ def char_lstm_contenders(dtype: str) -> dict[str, Callable[[], object]]:
             for _ in range(STEPS):
                 ids, targets = (torch.from_numpy(a) for a in next(source))
                 hidden, (h, c) = module.lstm(module.embedding(ids), state[0])
-                loss = torch.nn.functional.cross_entropy(module.out(hidden).reshape(-1, vocabulary.size), targets.reshape(-1))
+                loss = torch.nn.functional.cross_entropy(
+                    module.out(hidden).reshape(-1, vocabulary.size), targets.reshape(-1)
+                )
                 optimizer.zero_grad()
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(module.parameters(), CLIP)
@@ -175,7 +177,10 @@ def ctc_digits_contenders(dtype: str) -> dict[str, Callable[[], object]]:
                 hidden, _ = module.lstm(torch.from_numpy(x))
                 log_probs = torch.log_softmax(module.out(hidden), dim=-1).transpose(0, 1)  # (T, N, C)
                 loss = torch.nn.functional.ctc_loss(
-                    log_probs, torch.from_numpy(np.maximum(targets, 0)), torch.from_numpy(lengths), torch.from_numpy(target_lengths)
+                    log_probs,
+                    torch.from_numpy(np.maximum(targets, 0)),
+                    torch.from_numpy(lengths),
+                    torch.from_numpy(target_lengths),
                 )
                 optimizer.zero_grad()
                 loss.backward()
@@ -204,9 +209,14 @@ def main() -> None:
     threads = os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS")
     if threads:
         torch.set_num_threads(int(threads))
-    print(f"BLAS threads: {blas_threads()}; PyTorch {torch.__version__} threads: {torch.get_num_threads()}; {args.dtype}")
+    print(
+        f"BLAS threads: {blas_threads()}; PyTorch {torch.__version__} threads: {torch.get_num_threads()}; {args.dtype}"
+    )
     for name in args.models:
-        runs = [compare(MODELS[name](args.dtype), "PyTorch nn.LSTM", chunks=args.chunks, chunk_seconds=0.5) for _ in range(args.runs)]
+        runs = [
+            compare(MODELS[name](args.dtype), "PyTorch nn.LSTM", chunks=args.chunks, chunk_seconds=0.5)
+            for _ in range(args.runs)
+        ]
         report_runs(f"{name}: per training step", runs, per=STEPS)
 
 
