@@ -379,12 +379,15 @@ class _ElementwiseOptimizer(Optimizer):
         parameter's). A part's state is a slice of the state's arrays (updated in place) and a copy of its
         numbers (a step count), the last part's kept. A Variable whose state is not made yet (its first
         step), or whose value is not contiguous, is updated whole."""
+        whole: tuple[list[Any], list[Any], list[Any]] = ([], [], [])  # (the common case: one call for all)
         for v, grad, state in zip(self.variables, grads, self._state):
             if grad is None:
                 continue
             value = v.value
             if value.size <= PART or not value.flags.c_contiguous or self._makes_state(state):
-                self._apply([v], [grad], [state])
+                whole[0].append(v)
+                whole[1].append(grad)
+                whole[2].append(state)
                 continue
             flat_value, flat_grad = value.reshape(-1), grad.reshape(-1)
             flat_state = [s.reshape(-1) if isinstance(s, np.ndarray) else s for s in state]
@@ -393,6 +396,8 @@ class _ElementwiseOptimizer(Optimizer):
                 numbers = [s[part] if isinstance(s, np.ndarray) else s for s in flat_state]
                 self._apply([Variable(flat_value[part])], [flat_grad[part]], [numbers])
             state[:] = [s if isinstance(s, np.ndarray) else n for s, n in zip(state, numbers)]
+        if whole[0]:
+            self._apply(*whole)
 
     def _rehearse(self, grads: list[np.ndarray | None]) -> None:
         """Every update applied to copies, a slice at a time, under numpy's raising errstate; the first

@@ -169,7 +169,7 @@ class Pass:
             refs = []
             for x in ctx.inputs:
                 ref = where.get(id(x))
-                if ref is None:
+                if ref is None:  # (a leaf: an input no application of the pass made)
                     ref = where[id(x)] = len(found)
                     found.append(x)
                 refs.append(ref)
