@@ -160,7 +160,7 @@ def _check_specs(where: str, saved: Any, variables: list[Variable]) -> None:
             there = tuple(there) if isinstance(there, list) else there  # (a shape read back from JSON, say)
             if there != here:
                 raise ParameterLoadError(
-                    f"{where}: {_label(v, position)} (position {position}) has {key} {here} here and "
+                    f"{where}: {_label(v, position)}{f' (position {position})' if v.name else ''} has {key} {here} here and "
                     f"{there} in the state dict"
                 )
 
@@ -350,12 +350,13 @@ class _ElementwiseOptimizer(Optimizer):
         is applied; underflow is not checked.
         """
         grads = [v.peek_grad() if v.trainable else None for v in self.variables]
-        total, value_bound = 0.0, self._value_bound
+        total, value_bound, large = 0.0, self._value_bound, False
         try:
             for grad in grads:
                 if grad is not None:
                     flat = grad.reshape(-1)
                     total += float(flat.dot(flat))
+                    large = large or flat.size > PART
             if self._decay_reads_values:
                 squares = 0.0
                 for v, grad in zip(self.variables, grads):
@@ -370,7 +371,10 @@ class _ElementwiseOptimizer(Optimizer):
         rehearsed = not largest <= self._limit
         if rehearsed:
             self._rehearse(grads)
-        self._apply_in_parts(grads)
+        if large:
+            self._apply_in_parts(grads)
+        else:  # (the common case, in one call)
+            self._apply(self.variables, grads, self._state)
         self._state_bounds = self._measured_state_bounds() if rehearsed else bounds
 
     def _apply_in_parts(self, grads: list[np.ndarray | None]) -> None:

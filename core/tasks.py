@@ -3,7 +3,7 @@
 A task knows a data set, a network for it, how to measure it and the settings it trains with by
 default. Plugins offer tasks through the hook ``tapegrad_models()`` (``tapegrad.hookspecs``), in the
 same entry-point group as operations; tapegrad's own ``mlp`` and ``linear`` arrive the same way, from
-this module. ``tapegrad train --help`` lists every installed one.
+``tapegrad.models`` (entry point ``models``). ``tapegrad train --help`` lists every installed one.
 
 **Writing one.** Subclass ``Task``; ``name``, ``summary``, ``load_data`` and ``build_model`` are
 required, everything else has a default::

@@ -434,8 +434,8 @@ def plain_float(value: float) -> float:
 class Recording(events.Observer):
     """Collects what the eager run of a step does, and guards it (see the module docstring).
 
-    ``leaves`` are the step's array and Variable arguments, in order; ``arguments(args, kwargs)`` gives the
-    arguments to run the step with (array leaves as ``TracedArray`` views). Use as a context manager around
+    ``leaves`` are the step's array and Variable arguments, in order; ``traced`` holds what the step
+    receives in their place (array leaves as ``TracedArray`` views; ``signature.rebuild`` puts them in). Use as a context manager around
     the run; ``template(result)`` then maps what the step returned onto the record, and ``finish()`` drops
     what only recording needed.
     """
