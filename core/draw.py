@@ -3,7 +3,8 @@
 A drawing has one node per op application (its name, class and output shapes), one per input
 and parameter (name and shape; after ``backward``, the norm of its gradient), a loss application
 whose loss was computed drawn as the loss (its target one more input), with edges along the data
-flow: input or parameter -> application -> application ... -> loss. Parameters are the op's ``parameters()``, drawn as inputs of each application of the op.
+flow: input or parameter -> application -> application ... -> loss. Parameters are the op's
+``parameters()``, drawn as inputs of each application of the op.
 
 Drawings read plain data: the tape's pass in flight, or the ``Pass`` the latest backward left
 (``tape.py``: the ops, how they were connected, shapes, and weak references to the leaf Variables,

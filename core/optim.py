@@ -160,8 +160,8 @@ def _check_specs(where: str, saved: Any, variables: list[Variable]) -> None:
             there = tuple(there) if isinstance(there, list) else there  # (a shape read back from JSON, say)
             if there != here:
                 raise ParameterLoadError(
-                    f"{where}: {_label(v, position)}{f' (position {position})' if v.name else ''} has {key} {here} here and "
-                    f"{there} in the state dict"
+                    f"{where}: {_label(v, position)}{f' (position {position})' if v.name else ''} has {key} {here} "
+                    f"here and {there} in the state dict"
                 )
 
 

@@ -435,9 +435,9 @@ class Recording(events.Observer):
     """Collects what the eager run of a step does, and guards it (see the module docstring).
 
     ``leaves`` are the step's array and Variable arguments, in order; ``traced`` holds what the step
-    receives in their place (array leaves as ``TracedArray`` views; ``signature.rebuild`` puts them in). Use as a context manager around
-    the run; ``template(result)`` then maps what the step returned onto the record, and ``finish()`` drops
-    what only recording needed.
+    receives in their place (array leaves as ``TracedArray`` views; ``signature.rebuild`` puts them in).
+    Use as a context manager around the run; ``template(result)`` then maps what the step returned onto
+    the record, and ``finish()`` drops what only recording needed.
     """
 
     def __init__(self, graph: Graph, leaves: list[Any]) -> None:
