@@ -18,21 +18,17 @@ a checkpoint, of another format version, or whose arrays are larger than ``max_b
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import json
-import os
-import secrets
-import stat
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
 from .errors import ParameterLoadError
+from .files import write_atomically
 
 __all__ = ["FORMAT", "VERSION", "Checkpoint", "read", "write", "encode", "decode"]
 
@@ -83,8 +79,10 @@ def encode(value: Any, arrays: dict[str, np.ndarray], where: str) -> Any:
                 raise TypeError(f"{where} has a key {key!r} that is not a str, which a checkpoint cannot hold")
             out[key] = encode(v, arrays, f"{where}[{key!r}]")
         return {"dict": out}
-    raise TypeError(f"{where} is a {type(value).__name__}, which a checkpoint cannot hold (numbers, strings, arrays, "
-                    "lists, tuples and dicts of them only)")
+    raise TypeError(
+        f"{where} is a {type(value).__name__}, which a checkpoint cannot hold (numbers, strings, arrays, "
+        "lists, tuples and dicts of them only)"
+    )
 
 
 def decode(value: Any, arrays: Mapping[str, np.ndarray]) -> Any:
@@ -108,40 +106,15 @@ def write(path: Path, content: Mapping[str, Any]) -> None:
     arrays: dict[str, np.ndarray] = {}
     encoded = encode(dict(content), arrays, "the checkpoint")
     text = json.dumps({"format": FORMAT, "version": VERSION, "content": encoded}).encode()
-    destination = Path(os.path.realpath(path)) if path.is_symlink() else path  # write through a link
-    if destination.is_dir():
-        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _create_beside(destination)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            with zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
-                archive.writestr(MANIFEST, text)
-                for member, array in arrays.items():
-                    with archive.open(member, "w", force_zip64=True) as out:
-                        np.lib.format.write_array(out, np.ascontiguousarray(array), allow_pickle=False)
-            handle.flush()
-            os.fsync(handle.fileno())
-        with contextlib.suppress(FileNotFoundError):
-            os.chmod(tmp, stat.S_IMODE(os.stat(destination).st_mode))
-        os.replace(tmp, destination)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
+    def fill(handle: IO[bytes]) -> None:
+        with zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+            archive.writestr(MANIFEST, text)
+            for member, array in arrays.items():
+                with archive.open(member, "w", force_zip64=True) as out:
+                    np.lib.format.write_array(out, np.ascontiguousarray(array), allow_pickle=False)
 
-def _create_beside(target: Path) -> tuple[int, Path]:
-    """A new empty file in ``target``'s folder (mode 0o666 less the umask, as ``open`` gives)."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    stem = target.name if len(target.name) <= 200 else "checkpoint"
-    for _ in range(100):
-        tmp = target.with_name(f".{stem}.{secrets.token_hex(4)}.tmp")
-        try:
-            return os.open(tmp, flags, 0o666), tmp
-        except FileExistsError:
-            continue
-    raise FileExistsError(errno.EEXIST, "no free temporary name", str(target.parent))
+    write_atomically(path, fill)
 
 
 def read(path: Path, max_bytes: int) -> Checkpoint:

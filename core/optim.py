@@ -354,15 +354,13 @@ class _ElementwiseOptimizer(Optimizer):
         try:
             for grad in grads:
                 if grad is not None:
-                    flat = grad.reshape(-1)
-                    total += float(flat.dot(flat))
-                    large = large or flat.size > PART
+                    total += float(np.vdot(grad, grad))
+                    large = large or grad.size > PART
             if self._decay_reads_values:
                 squares = 0.0
                 for v, grad in zip(self.variables, grads):
                     if grad is not None:
-                        flat = v.value.reshape(-1)
-                        squares += float(flat.dot(flat))
+                        squares += float(np.vdot(v.value, v.value))
                 value_bound = math.sqrt(squares)
         except (FloatingPointError, RuntimeWarning):  # a sum of squares overflowed: the caller asked numpy to raise
             total = math.inf

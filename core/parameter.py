@@ -14,7 +14,6 @@ import errno
 import math
 import os
 import re
-import secrets
 import stat
 import struct
 import zipfile
@@ -29,6 +28,7 @@ import numpy as np
 from .broadcast import as_shape
 from .errors import InputTypeError, ParameterLoadError, ShapeError
 from .events import replayable
+from .files import write_atomically
 from .variable import Variable
 from .variable import clear_grads as clear_variable_grads
 
@@ -385,19 +385,6 @@ def read_parameter_file(path: str | os.PathLike[str]) -> tuple[Path, dict[str, n
         return source.path, {name: source.read(name) for name in source.names}
 
 
-def _create_beside(target: Path) -> tuple[int, Path]:
-    """A new empty file in ``target``'s folder; created like ``open(..., "wb")``, so the umask applies."""
-    stem = target.name if len(target.name) <= 200 else "tapegrad"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    for _ in range(100):
-        tmp = target.with_name(f".{stem}.{secrets.token_hex(4)}.tmp")
-        try:
-            return os.open(tmp, flags, 0o666), tmp
-        except FileExistsError:
-            continue
-    raise FileExistsError(errno.EEXIST, "no free temporary name", str(target.parent))
-
-
 def _write_npz(handle: IO[bytes], names: list[str], values: list[np.ndarray]) -> None:
     members: list[tuple[str, np.ndarray]] = [
         (_NAMES, np.array(names, dtype=str) if names else np.array([], dtype="<U1")),
@@ -491,23 +478,7 @@ class Parameter:
         for name, value in zip(names, values):
             if value.dtype.hasobject:
                 raise InputTypeError(f"parameter {_show(name)} holds Python objects (dtype object): it cannot be saved")
-        destination = Path(os.path.realpath(target)) if target.is_symlink() else target  # write through a link
-        if destination.is_dir():
-            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(target))
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = _create_beside(destination)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                _write_npz(handle, names, values)
-                handle.flush()
-                os.fsync(handle.fileno())
-            with contextlib.suppress(FileNotFoundError):
-                os.chmod(tmp, stat.S_IMODE(os.stat(destination).st_mode))
-            os.replace(tmp, destination)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        write_atomically(target, lambda handle: _write_npz(handle, names, values))
         return target
 
     @replayable

@@ -129,40 +129,8 @@ class _PluginFailed(Exception):
 
 
 @dataclass(frozen=True)
-class OperationInfo:
-    """One registered operation: its class and who provides it."""
-
-    name: str
-    cls: type[Operation]
-    plugin: str
-    distribution: str | None = None
-    version: str | None = None
-
-    @property
-    def qualified_name(self) -> str:
-        return f"{self.plugin}:{self.name}"
-
-    @property
-    def provider(self) -> str:
-        """``plugin (distribution==version)``, for messages."""
-        if self.distribution:
-            return f"{self.plugin} ({self.distribution}=={self.version})"
-        return f"{self.plugin} (registered at run time from {self.cls.__module__})"
-
-    @property
-    def summary(self) -> str:
-        """The first line of the op's docstring ("" when it has none, or none that is text)."""
-        try:
-            doc = self.cls.__doc__
-        except Exception:  # a hostile class attribute must not take `tapegrad ops` down
-            return ""
-        lines = doc.strip().splitlines() if isinstance(doc, str) else []
-        return lines[0] if lines else ""
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """One registered runnable model (a ``tapegrad.tasks.Task`` subclass) and who provides it."""
+class _Provided:
+    """A registered class and who provides it: the plugin, and the distribution it came from."""
 
     name: str
     cls: type
@@ -180,6 +148,28 @@ class ModelInfo:
         if self.distribution:
             return f"{self.plugin} ({self.distribution}=={self.version})"
         return f"{self.plugin} (registered at run time from {self.cls.__module__})"
+
+
+@dataclass(frozen=True)
+class OperationInfo(_Provided):
+    """One registered operation: its class and who provides it."""
+
+    cls: type[Operation]
+
+    @property
+    def summary(self) -> str:
+        """The first line of the op's docstring ("" when it has none, or none that is text)."""
+        try:
+            doc = self.cls.__doc__
+        except Exception:  # a hostile class attribute must not take `tapegrad ops` down
+            return ""
+        lines = doc.strip().splitlines() if isinstance(doc, str) else []
+        return lines[0] if lines else ""
+
+
+@dataclass(frozen=True)
+class ModelInfo(_Provided):
+    """One registered runnable model (a ``tapegrad.tasks.Task`` subclass) and who provides it."""
 
     @property
     def summary(self) -> str:
