@@ -97,6 +97,7 @@ def _variables(where: str, given: Any, *, reusable: bool = False) -> list[Variab
         found: Any = given.variable_dict.values()
     elif isinstance(given, Mapping):
         found = given.values()
+    # (graph.graph_of's rule, by duck typing: graph.py reaches capture and drawing, which optim may not import)
     elif hasattr(given, "graph") and isinstance(getattr(given.graph, "parameter", None), Parameter):
         found = given.graph.parameter.variable_dict.values()
     elif isinstance(getattr(given, "parameter", None), Parameter):

@@ -10,6 +10,8 @@
    read as an attribute of something that is not the module's own. First-party plugins may use
    ``plugins/_util.py``.
 3. Every line of the project's Python is at most 120 characters (ruff's line length).
+4. The kernel (variable, tape, operation, parameter, optim) imports nothing of capture, drawing or
+   profiling, at any level, directly or through another module.
 """
 
 from __future__ import annotations
@@ -181,6 +183,34 @@ def test_no_import_cycle_among_tapegrads_modules():
     assert not found, "import cycles (counting imports inside functions):\n" + "\n".join(
         _describe_cycle(graph, c) for c in found
     )
+
+
+#: the kernel, and what observes it: a kernel module imports no observer, at any level (through a module
+#: that imports one neither)
+KERNEL = ("tapegrad.variable", "tapegrad.tape", "tapegrad.operation", "tapegrad.parameter", "tapegrad.optim")
+OBSERVERS = ("tapegrad.capture", "tapegrad.draw", "tapegrad.profile")
+
+
+def reachable(graph: dict[str, dict[str, int]], start: str) -> set[str]:
+    """Every module ``start`` imports, directly or through others."""
+    seen: set[str] = set()
+    stack = [start]
+    while stack:
+        for target in graph[stack.pop()]:
+            if target not in seen:
+                seen.add(target)
+                stack.append(target)
+    return seen
+
+
+def test_the_kernel_imports_no_observer():
+    graph = {name: imports(name) for name in MODULES}
+    assert "tapegrad.capture" in reachable(graph, "tapegrad.graph")  # (the finder sees a facade's import)
+    for name in KERNEL:
+        observers = sorted(
+            m for m in reachable(graph, name) if any(m == o or m.startswith(o + ".") for o in OBSERVERS)
+        )
+        assert not observers, f"{name} imports {observers} (directly or through other modules)"
 
 
 # -- private names -------------------------------------------------------------------------------------
