@@ -12,7 +12,6 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from tapegrad.sklearn import MLPClassifier, MLPRegressor
 
-
 # scikit-learn 1.7 (the newest on Python 3.10) parametrizes with a generator, which pytest 9 deprecates: a list
 _CHECKS = parametrize_with_checks([MLPClassifier(), MLPRegressor()])
 _CHECKS = pytest.mark.parametrize(_CHECKS.args[0], list(_CHECKS.args[1]), **_CHECKS.kwargs)
