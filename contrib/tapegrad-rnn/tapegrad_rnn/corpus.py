@@ -2,7 +2,7 @@
 
 The shipped text (``data/stdlib_docstrings.txt``) holds every ASCII docstring (module, class,
 function, in source order) of the top-level ``*.py`` modules of CPython's ``Lib/`` that is the same
-in CPython 3.10, 3.11, 3.12 and 3.13, one after another with a blank line between them. The
+in CPython 3.10.13, 3.11.7, 3.12.1 and 3.13.0, one after another with a blank line between them. The
 Python Software Foundation License (``data/PSF-LICENSE.txt``, copied from CPython 3.11's
 ``LICENSE.txt``) covers it. ``data/stdlib_docstrings.tsv`` lists each docstring's module,
 qualified name and length, so that its provenance can be checked on any of those Pythons
@@ -103,7 +103,8 @@ def load_text() -> str:
 
 def check_provenance(folder: Path | None = None) -> list[Docstring]:
     """The shipped docstrings not found, with their module and qualified name, in the standard library
-    at ``folder`` (default: this Python's); an empty list on CPython 3.10-3.13."""
+    at ``folder`` (default: this Python's): an empty list on the releases the corpus was made from
+    (CPython 3.10.13, 3.11.7, 3.12.1, 3.13.0); other patch releases change a few docstrings."""
     here = set(extract(folder))
     return [entry for entry in read_entries() if entry not in here]
 
