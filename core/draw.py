@@ -87,11 +87,6 @@ def _quote(text: str) -> str:
     return '"' + _CONTROL.sub(lambda m: f"\\\\x{ord(m.group()):02x}", text) + '"'
 
 
-def _alive(leaf: Leaf) -> Variable | None:
-    """The Variable behind a leaf, while it lives."""
-    return leaf.variable() if leaf.variable is not None else None
-
-
 def _shape(shape: Iterable[int]) -> str:
     return "(" + ", ".join(str(s) for s in shape) + ("," if len(tuple(shape)) == 1 else "") + ")"
 
@@ -149,7 +144,7 @@ def to_dot(summary: Pass, title: str) -> str:
 
     def leaf(index: int) -> str:
         value = summary.leaves[index]
-        variable = _alive(value)
+        variable = value.alive()
         key = id(variable) if variable is not None else id(value)
         if key not in nodes:
             nodes[key] = name = f"x{counts['x']}"
@@ -181,7 +176,7 @@ def to_dot(summary: Pass, title: str) -> str:
     computed = {app: target for app, target in summary.losses}
     for i, (op, refs, shapes, _multi) in enumerate(summary.apps):
         edges = [source(ref) for ref in refs]
-        inputs = {id(_alive(summary.leaves[r])) for r in refs if isinstance(r, int)}
+        inputs = {id(summary.leaves[r].alive()) for r in refs if isinstance(r, int)}
         for short, variable in op.parameters().items():
             if id(variable) not in inputs:  # (a parameter passed as an input is drawn once, as an input)
                 edges.append((parameter(variable, short), ""))

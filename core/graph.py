@@ -66,7 +66,6 @@ class Graph(events.Reported):
         self.train_state = False
         return self
 
-
     @property
     def forward_ops(self) -> list[Context]:
         """The tape (the seed's name): one Context per application recorded since the last backward."""

@@ -259,7 +259,6 @@ class Operation(events.Reported):
     def __call__(self, *inputs: Any) -> Any:
         return self.forward(*inputs)
 
-
     # -- what the framework and messages use -------------------------------------------------
     @property
     def label(self) -> str:

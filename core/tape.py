@@ -131,8 +131,12 @@ class Leaf:
             self.variable, self.name = None, None
             self.shape = value.shape if isinstance(value, ndarray) else tuple(np.shape(value))
 
+    def alive(self) -> Variable | None:
+        """The Variable behind this leaf, while it lives (None for an array)."""
+        return None if self.variable is None else self.variable()
+
     def __getstate__(self) -> tuple[Any, ...]:  # (a copy or a pickle holds the Variable itself, if it lives)
-        return (None if self.variable is None else self.variable(), self.shape, self.name)
+        return (self.alive(), self.shape, self.name)
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
         variable, self.shape, self.name = state
