@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .arguments import check_number
+from .arguments import check_flag, check_number
 from .broadcast import as_shape, broadcast_error, broadcast_shape, unbroadcast
 from .draw import draw
 from .errors import (
@@ -87,6 +87,7 @@ __all__ = [
     "as_shape",
     "broadcast_error",
     "broadcast_shape",
+    "check_flag",
     "check_number",
     "constant",
     "default_registry",

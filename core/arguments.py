@@ -11,9 +11,18 @@ import math
 import numbers
 from typing import Any
 
+import numpy as np
+
 from .errors import ArgumentError, InputTypeError
 
-__all__ = ["check_number"]
+__all__ = ["check_flag", "check_number"]
+
+
+def check_flag(where: str, name: str, value: Any) -> bool:
+    """``value`` as a bool; anything but True/False (an int, a string) raises InputTypeError."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise InputTypeError(f"{where}: {name} must be True or False, got {type(value).__name__} {value!r}")
+    return bool(value)
 
 
 def check_number(

@@ -59,7 +59,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .arguments import check_number
+from .arguments import check_flag, check_number
 from .errors import ArgumentError, InputTypeError, NonFiniteError, ParameterLoadError
 from .events import Reported, replayable
 from .parameter import Parameter
@@ -135,12 +135,6 @@ def _non_finite(array: np.ndarray) -> str:
     count = int(np.count_nonzero(bad))
     where = f" at {[int(i) for i in index]}" if array.ndim else ""
     return f"{array[index]}{where}" + (f" (and {count - 1} more)" if count > 1 else "")
-
-
-def _flag(where: str, name: str, value: Any) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise InputTypeError(f"{where}: {name} must be True or False, got {type(value).__name__} {value!r}")
-    return bool(value)
 
 
 def _specs(variables: list[Variable]) -> list[dict[str, Any]]:
@@ -561,7 +555,7 @@ class SGD(_ElementwiseOptimizer):
             "momentum": check_number(where, "momentum", values["momentum"], low=0.0, high=1.0, high_inclusive=False),
             "dampening": check_number(where, "dampening", values["dampening"], low=0.0, high=1.0),
             "weight_decay": check_number(where, "weight_decay", values["weight_decay"], low=0.0),
-            "nesterov": _flag(where, "nesterov", values["nesterov"]),
+            "nesterov": check_flag(where, "nesterov", values["nesterov"]),
         }
         if checked["nesterov"] and (checked["momentum"] == 0 or checked["dampening"] != 0):
             raise ArgumentError(
@@ -677,7 +671,7 @@ class Adam(_ElementwiseOptimizer):
             ),
             "eps": check_number(where, "eps", values["eps"], low=0.0, low_inclusive=False),
             "weight_decay": check_number(where, "weight_decay", values["weight_decay"], low=0.0),
-            "amsgrad": _flag(where, "amsgrad", values["amsgrad"]),
+            "amsgrad": check_flag(where, "amsgrad", values["amsgrad"]),
         }
 
     def _initial_state(self) -> list[Any]:

@@ -29,13 +29,6 @@ except ImportError:  # pragma: no cover - numpy 1.x
 
 
 # -- constructor arguments ------------------------------------------------------------------
-def check_flag(where: str, name: str, value: Any) -> bool:
-    """``value`` as a bool; anything but True/False (an int, a string) raises InputTypeError."""
-    if not isinstance(value, (bool, np.bool_)):
-        raise InputTypeError(f"{where}: {name} must be True or False, got {type(value).__name__} {value!r}")
-    return bool(value)
-
-
 def check_size(where: str, name: str, value: Any) -> int:
     """A layer size: a whole number of at least 1."""
     return int(check_number(where, name, value, low=1, integer=True))

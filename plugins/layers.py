@@ -10,7 +10,7 @@ import numpy as np
 import tapegrad as tg
 from tapegrad import NonFiniteError, ShapeError
 
-from ._util import check_flag, check_size, integer_labels, need_rank
+from ._util import check_size, integer_labels, need_rank
 
 
 class Affine(tg.Operation):
@@ -22,7 +22,7 @@ class Affine(tg.Operation):
     def __init__(self, input_size: int, output_size: int, bias: bool = True) -> None:
         self.input_size = check_size(self.label, "input_size", input_size)
         self.output_size = check_size(self.label, "output_size", output_size)
-        bias = check_flag(self.label, "bias", bias)
+        bias = tg.check_flag(self.label, "bias", bias)
         self.W = self.parameter("W", (self.input_size, self.output_size))
         self.b = self.parameter("b", (self.output_size,), init="zeros") if bias else None
 

@@ -23,7 +23,7 @@ from tapegrad import (
     unbroadcast,
 )
 
-from ._util import axes, check_axis, check_flag, need_rank, scaled_mean, scaled_sum
+from ._util import axes, check_axis, need_rank, scaled_mean, scaled_sum
 
 
 def _binary_samples(rng: np.random.Generator, positive_b: bool = False) -> Iterator[tg.Sample]:
@@ -184,7 +184,7 @@ class Sum(tg.Operation):
 
     def __init__(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> None:
         self.axis = check_axis(self.label, "axis", axis, allow_none=True, allow_tuple=True)
-        self.keepdims = check_flag(self.label, "keepdims", keepdims)
+        self.keepdims = tg.check_flag(self.label, "keepdims", keepdims)
 
     def forward(self, ctx: tg.Context, x: np.ndarray) -> np.ndarray:
         ax = axes(self, self.axis, x.ndim)
@@ -206,7 +206,7 @@ class Mean(tg.Operation):
 
     def __init__(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> None:
         self.axis = check_axis(self.label, "axis", axis, allow_none=True, allow_tuple=True)
-        self.keepdims = check_flag(self.label, "keepdims", keepdims)
+        self.keepdims = tg.check_flag(self.label, "keepdims", keepdims)
 
     def forward(self, ctx: tg.Context, x: np.ndarray) -> np.ndarray:
         ax = axes(self, self.axis, x.ndim)
@@ -494,11 +494,8 @@ class Unstack(tg.Operation):
         ctx.saved = (axis,)
         return tuple(np.moveaxis(x, axis, 0))
 
-    def backward(self, ctx: tg.Context, grads: tuple[np.ndarray, ...] | np.ndarray) -> np.ndarray:
+    def backward(self, ctx: tg.Context, grads: tuple[np.ndarray, ...]) -> np.ndarray:
         (axis,) = ctx.saved
-        # one output: the tape hands a 1-tuple, the contract's structure check a bare array
-        if isinstance(grads, np.ndarray):
-            grads = (grads,)
         return np.stack(grads, axis=axis)
 
     @classmethod

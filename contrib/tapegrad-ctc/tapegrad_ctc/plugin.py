@@ -126,12 +126,7 @@ class CTCLoss(tg.Loss):
         if reduction not in REDUCTIONS:
             raise ArgumentError(f"{self.label}: reduction must be 'mean' or 'sum', got {reduction!r}")
         self.reduction = reduction
-        if not isinstance(zero_infinity, (bool, np.bool_)):
-            raise InputTypeError(
-                f"{self.label}: zero_infinity must be True or False, "
-                f"got {type(zero_infinity).__name__} {zero_infinity!r}"
-            )
-        self.zero_infinity = bool(zero_infinity)
+        self.zero_infinity = tg.check_flag(self.label, "zero_infinity", zero_infinity)
 
     def forward(self, ctx: tg.Context, logits: np.ndarray, input_lengths: np.ndarray | None = None) -> np.ndarray:
         if logits.ndim != 3:

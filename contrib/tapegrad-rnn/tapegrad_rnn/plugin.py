@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 import tapegrad as tg
-from tapegrad import InputTypeError, ShapeError
+from tapegrad import ShapeError
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -33,12 +33,6 @@ def _sizes(op: tg.Operation, input_size: Any, hidden_size: Any) -> tuple[int, in
         int(tg.check_number(op.label, "input_size", input_size, low=1, integer=True)),
         int(tg.check_number(op.label, "hidden_size", hidden_size, low=1, integer=True)),
     )
-
-
-def _check_flag(where: str, name: str, value: Any) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise InputTypeError(f"{where}: {name} must be True or False, got {type(value).__name__} {value!r}")
-    return bool(value)
 
 
 def _forget_bias(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
@@ -182,7 +176,7 @@ class LSTM(tg.Operation):
 
     def __init__(self, input_size: int, hidden_size: int, return_state: bool = False) -> None:
         self.input_size, self.hidden_size = _sizes(self, input_size, hidden_size)
-        self.return_state = _check_flag(self.label, "return_state", return_state)
+        self.return_state = tg.check_flag(self.label, "return_state", return_state)
         self.W_ih, self.W_hh, self.b = _lstm_parameters(self, self.input_size, self.hidden_size)
 
     def forward(
