@@ -773,19 +773,33 @@ class AdamW(Adam):
 # -- gradient clipping -------------------------------------------------------------------------------------
 
 
-def _gradients(where: str, given: Any) -> list[tuple[int, Variable, np.ndarray]]:
-    """(position, Variable, gradient) of every trainable Variable with a gradient, each checked finite."""
-    found = []
+def _gradients(where: str, given: Any, *, checked: bool = True) -> list[tuple[int, Variable, np.ndarray]]:
+    """(position, Variable, gradient) of every trainable Variable with a gradient, each checked finite
+    (``checked=False``: not yet; ``_check_finite`` does it)."""
     variables = _distinct(where, _variables(where, given, reusable=True), "it would be clipped twice")
-    for position, v in enumerate(variables):
-        grad = v.peek_grad()
-        if grad is not None and v.trainable:
-            if not np.isfinite(grad).all():
-                raise NonFiniteError(
-                    f"{where}: the gradient of {_label(v, position)} holds {_non_finite(grad)}; nothing was clipped"
-                )
-            found.append((position, v, grad))
+    found = [(position, v, v.peek_grad()) for position, v in enumerate(variables)]
+    found = [(position, v, grad) for position, v, grad in found if grad is not None and v.trainable]
+    if checked:
+        _check_finite(where, found)
     return found
+
+
+def _check_finite(where: str, found: list[tuple[int, Variable, np.ndarray]]) -> None:
+    """``NonFiniteError`` naming the first gradient of ``found`` with a NaN or an infinity."""
+    for position, v, grad in found:
+        if not np.isfinite(grad).all():
+            raise NonFiniteError(
+                f"{where}: the gradient of {_label(v, position)} holds {_non_finite(grad)}; nothing was clipped"
+            )
+
+
+def _squares(grad: np.ndarray) -> float:
+    """The sum of ``grad``'s squares: inf when it overflows (NaN when an entry is NaN)."""
+    flat = grad.reshape(-1)
+    try:
+        return float(flat.dot(flat))
+    except (FloatingPointError, RuntimeWarning):  # (the caller asked numpy to raise)
+        return math.inf
 
 
 def _norm(grad: np.ndarray, p: float) -> float:
@@ -793,11 +807,7 @@ def _norm(grad: np.ndarray, p: float) -> float:
     if p == math.inf:
         return max(float(grad.max()), -float(grad.min())) if grad.size else 0.0
     if p == 2.0:
-        flat = grad.reshape(-1)
-        try:
-            squares = float(flat.dot(flat))
-        except (FloatingPointError, RuntimeWarning):
-            squares = math.inf
+        squares = _squares(grad)
         if squares < math.inf:
             return math.sqrt(squares)
     with np.errstate(over="ignore", under="ignore"):  # scaled by the largest magnitude: the powers stay in range
@@ -826,8 +836,16 @@ def clip_grad_norm(variables: Any, max_norm: float, norm_type: float = 2.0) -> f
         if norm_type == math.inf
         else check_number(where, "norm_type", norm_type, low=0.0, low_inclusive=False)
     )
-    found = _gradients(where, variables)
-    norms = [_norm(grad, p) for _, _, grad in found]
+    found = _gradients(where, variables, checked=p != 2.0)
+    if p == 2.0:  # each gradient read once: a finite sum of squares proves every entry finite
+        squares = [_squares(grad) for _, _, grad in found]
+        if all(s < math.inf for s in squares):  # (false for NaN too)
+            norms = [math.sqrt(s) for s in squares]
+        else:
+            _check_finite(where, found)
+            norms = [_norm(grad, p) for _, _, grad in found]
+    else:
+        norms = [_norm(grad, p) for _, _, grad in found]
     if p == math.inf:
         total = max(norms, default=0.0)
     elif p == 2.0:

@@ -37,13 +37,18 @@ class DigitStrings:
 
     @property
     def digits(self) -> list[list[int]]:
-        return [[int(c) - 1 for c in row if c >= 0] for row in self.targets]
+        return _digits(self.targets)
 
     def __len__(self) -> int:
         return len(self.x)
 
     def take(self, index: Any) -> DigitStrings:
         return DigitStrings(self.x[index], self.lengths[index], self.targets[index])
+
+
+def _digits(targets: np.ndarray) -> list[list[int]]:
+    """Padded targets (classes: digit + 1, padding -1) as the strings' digits."""
+    return [[int(c) - 1 for c in row if c >= 0] for row in targets]
 
 
 def digit_strings(
@@ -82,7 +87,7 @@ class CharacterErrorRate(Metric):
         self, outputs: Any, targets: np.ndarray, *, inputs: tuple[np.ndarray, ...], loss: float | None
     ) -> dict[str, float]:
         decoded = CTCDigits.decode(outputs, inputs[1])
-        references = [[int(c) - 1 for c in row if c >= 0] for row in targets]
+        references = _digits(targets)
         cer, accuracy = error_rates(decoded, references)
         return {"character error rate": cer, "sequence accuracy": accuracy}
 
