@@ -201,36 +201,26 @@ def available_memory() -> tuple[int, str] | None:
 
         soft, _ = resource.getrlimit(resource.RLIMIT_AS)
         if soft != resource.RLIM_INFINITY and soft > 0:
-            used = _mapped_bytes()
+            used = _proc_bytes("/proc/self/status", "VmSize:") or 0  # (the OS may not say: none)
             bounds.append((
                 max(0, soft - used),
                 f"its address-space limit, ulimit -v: {_size(soft)}, {_size(used)} of it mapped already",
             ))
     except (ImportError, OSError, ValueError):  # no resource module (Windows), or no limit to read
         pass
-    available = _meminfo_available()
+    available = _proc_bytes("/proc/meminfo", "MemAvailable:")
     if available is not None:
         bounds.append((available, "the machine's available memory, MemAvailable in /proc/meminfo"))
     return min(bounds) if bounds else None
 
 
-def _mapped_bytes() -> int:
-    """The process's virtual size where the OS says (Linux), else 0."""
+def _proc_bytes(path: str, field: str) -> int | None:
+    """A size in kB that a Linux /proc file gives on the line starting with ``field``, in bytes; None where
+    the OS does not say."""
     try:
-        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
-            for line in status:
-                if line.startswith("VmSize:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
-
-
-def _meminfo_available() -> int | None:
-    try:
-        with open("/proc/meminfo", encoding="ascii", errors="replace") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
+        with open(path, encoding="ascii", errors="replace") as lines:
+            for line in lines:
+                if line.startswith(field):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass

@@ -203,6 +203,14 @@ def _optimized(where: str, given: Any) -> list[Variable]:
     return _distinct(where, variables, "a step would update it twice")
 
 
+def _replay_own(cls: type, names: tuple[str, ...]) -> None:
+    """A subclass's own methods ``names``, made replayable (those it defines undecorated)."""
+    for name in names:
+        method = cls.__dict__.get(name)
+        if method is not None and not hasattr(method, "__wrapped__"):
+            setattr(cls, name, replayable(method))
+
+
 class Optimizer(Reported):
     """Base class: ``variables`` (every Variable given, by position) and ``lr``.
 
@@ -217,10 +225,7 @@ class Optimizer(Reported):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        for name in ("step", "zero_grad"):
-            method = cls.__dict__.get(name)
-            if method is not None and not hasattr(method, "__wrapped__"):
-                setattr(cls, name, replayable(method))
+        _replay_own(cls, ("step", "zero_grad"))
 
     @property
     def trainable(self) -> list[Variable]:
@@ -777,8 +782,11 @@ def _gradients(where: str, given: Any, *, checked: bool = True) -> list[tuple[in
     """(position, Variable, gradient) of every trainable Variable with a gradient, each checked finite
     (``checked=False``: not yet; ``_check_finite`` does it)."""
     variables = _distinct(where, _variables(where, given, reusable=True), "it would be clipped twice")
-    found = [(position, v, v.peek_grad()) for position, v in enumerate(variables)]
-    found = [(position, v, grad) for position, v, grad in found if grad is not None and v.trainable]
+    found = []
+    for position, v in enumerate(variables):
+        grad = v.peek_grad()
+        if grad is not None and v.trainable:
+            found.append((position, v, grad))
     if checked:
         _check_finite(where, found)
     return found
@@ -903,9 +911,7 @@ class LRScheduler(Reported):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        method = cls.__dict__.get("step")
-        if method is not None and not hasattr(method, "__wrapped__"):
-            cls.step = replayable(method)  # type: ignore[method-assign]
+        _replay_own(cls, ("step",))
 
     def lr_at(self, epoch: int) -> float:
         """The learning rate of ``epoch`` (0 is the constructor's)."""
