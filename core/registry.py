@@ -511,10 +511,24 @@ class Registry:
         message = f"unknown operation {name!r}"
         if close:
             message += f"; did you mean {' or '.join(repr(c) for c in close)}"
+        return message + self._not_loaded() + ". Run `tapegrad ops` to list every operation."
+
+    def _not_loaded(self) -> str:
+        """`` (not loaded: plugin [why], ...)`` for messages ("" when every plugin loaded)."""
         unavailable = [p for p in self._plugins.values() if p.status != "ok"]
-        if unavailable:
-            message += " (not loaded: " + ", ".join(f"{p.name} [{p.status_text}]" for p in unavailable) + ")"
-        return message + ". Run `tapegrad ops` to list every operation."
+        if not unavailable:
+            return ""
+        return " (not loaded: " + ", ".join(f"{p.name} [{p.status_text}]" for p in unavailable) + ")"
+
+    def _rows(self, by_name: Mapping[str, list[Any]], plugin: str | Iterable[str] | None) -> list[Any]:
+        """Every provider in ``by_name`` (of the plugins ``plugin`` names, if given), sorted by name."""
+        self.load()
+        wanted = None if plugin is None else ({plugin} if isinstance(plugin, str) else set(plugin))
+        with self._lock:
+            rows = [p for providers in by_name.values() for p in providers]
+        if wanted is not None:
+            rows = [r for r in rows if r.plugin in wanted or r.distribution in wanted]
+        return sorted(rows, key=lambda p: (p.name.lower(), p.plugin))
 
     def operations(self, plugin: str | Iterable[str] | None = None) -> list[OperationInfo]:
         """Every registered operation (one row per provider), sorted by name.
@@ -522,22 +536,13 @@ class Registry:
         ``plugin`` keeps those of some plugins only: entry-point, run-time or distribution
         names, matched exactly.
         """
-        self.load()
-        wanted = None if plugin is None else ({plugin} if isinstance(plugin, str) else set(plugin))
-        with self._lock:
-            rows = [p for providers in self._providers.values() for p in providers]
-        if wanted is not None:
-            rows = [r for r in rows if r.plugin in wanted or r.distribution in wanted]
-        return sorted(rows, key=lambda p: (p.name.lower(), p.plugin))
+        return self._rows(self._providers, plugin)
 
     def plugins(self) -> list[PluginInfo]:
         """Every plugin seen, with its status (copies: changing them changes nothing here)."""
         self.load()
         with self._lock:
-            rows = [
-                dataclasses.replace(p, operations=list(p.operations), models=list(p.models))
-                for p in self._plugins.values()
-            ]
+            rows = [_copy(p) for p in self._plugins.values()]
         return sorted(rows, key=lambda p: (p.name, p.distribution or ""))
 
     def require(self, names: str | Iterable[str]) -> list[PluginInfo]:
@@ -559,7 +564,7 @@ class Registry:
                 if not rows:
                     missing.append(name)
                 unavailable += [p for p in rows if p.status != "ok"]
-                found += [dataclasses.replace(p, operations=list(p.operations), models=list(p.models)) for p in rows]
+                found += [_copy(p) for p in rows]
             known = ", ".join(sorted({p.name for p in self._plugins.values()})) or "none"
         if missing or unavailable:
             problems = [
@@ -576,13 +581,7 @@ class Registry:
     def models(self, plugin: str | Iterable[str] | None = None) -> list[ModelInfo]:
         """Every registered runnable model (one row per provider), sorted by name; ``plugin`` as for
         ``operations``."""
-        self.load()
-        wanted = None if plugin is None else ({plugin} if isinstance(plugin, str) else set(plugin))
-        with self._lock:
-            rows = [p for providers in self._model_providers.values() for p in providers]
-        if wanted is not None:
-            rows = [r for r in rows if r.plugin in wanted or r.distribution in wanted]
-        return sorted(rows, key=lambda p: (p.name, p.plugin))
+        return self._rows(self._model_providers, plugin)  # (model names are lowercase: sorted as they are)
 
     def lookup_model(self, name: str) -> ModelInfo:
         """The ``ModelInfo`` for ``"name"`` or ``"plugin:name"``; ``PluginUnavailableError`` (with close
@@ -619,10 +618,7 @@ class Registry:
             close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
             message += f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else "."
             message += f" Installed models: {', '.join(known) or 'none'}"
-            unavailable = [p for p in self._plugins.values() if p.status != "ok"]
-            if unavailable:
-                message += " (not loaded: " + ", ".join(f"{p.name} [{p.status_text}]" for p in unavailable) + ")"
-            raise PluginUnavailableError(message)
+            raise PluginUnavailableError(message + self._not_loaded())
 
     def __contains__(self, name: object) -> bool:
         try:
@@ -630,6 +626,11 @@ class Registry:
         except (UnknownOperationError, AmbiguousOperationError):
             return False
         return True
+
+
+def _copy(plugin: PluginInfo) -> PluginInfo:
+    """A copy of a plugin's record that callers may change (its lists too)."""
+    return dataclasses.replace(plugin, operations=list(plugin.operations), models=list(plugin.models))
 
 
 def _distribution(ep: EntryPoint) -> tuple[str | None, str | None]:
