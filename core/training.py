@@ -262,6 +262,10 @@ def _generator_state(rng: np.random.Generator) -> dict[str, Any]:
     return dict(rng.bit_generator.state)
 
 
+#: The Trainer's steps (captured unless ``capture=False``), each with the method it runs eagerly.
+_STEPS = {"_train_step": "_step", "_predict_step": "_forward", "_evaluate_step": "_forward_and_loss"}
+
+
 class Trainer:
     """Trains a model (``.graph``, ``forward(*inputs)``, ``loss(target)``) with an optimizer.
 
@@ -352,11 +356,9 @@ class Trainer:
         if metric is not None and not isinstance(metric, Metric):
             raise InputTypeError(f"Trainer: metric must be a tapegrad.training.Metric, got {type(metric).__name__}")
         self.metric = metric if metric is not None else self._model_metric()
-        self._train_step: Any = self.graph.capture(self._step) if self.capture else self._step
-        self._predict_step: Any = self.graph.capture(self._forward) if self.capture else self._forward
-        self._evaluate_step: Any = (
-            self.graph.capture(self._forward_and_loss) if self.capture else self._forward_and_loss
-        )
+        for step, eager in _STEPS.items():
+            function = getattr(self, eager)
+            setattr(self, step, self.graph.capture(function) if self.capture else function)
 
     def _model_metric(self) -> Metric:
         named = getattr(self.model, "metric", None)
@@ -405,7 +407,7 @@ class Trainer:
         tape = self.graph.tape
         if tape.entries or tape.losses:  # the user's pass in flight: not a reason to stop capturing
             if which != "_train_step":  # eval mode leaves the tape, and which forward a loss pairs with, alone
-                return (self._forward if which == "_predict_step" else self._forward_and_loss)(*args)
+                return getattr(self, _STEPS[which])(*args)
             raise TrainingError(
                 f"Trainer.train: graph {self.graph.name!r} has a forward pass in flight ({len(tape.entries)} "
                 "applications on its tape); call graph.backward() or graph.clear() before training"
@@ -416,8 +418,8 @@ class Trainer:
             # Every step goes eager: they share the model's forward, so what stops one from being
             # captured (Python work on the input, say) makes the others' records suspect too.
             self.graph.clear()
-            self._train_step, self._predict_step = self._step, self._forward
-            self._evaluate_step = self._forward_and_loss
+            for step, eager in _STEPS.items():
+                setattr(self, step, getattr(self, eager))
             kind = {"_train_step": "training", "_predict_step": "prediction"}.get(which, "held-out evaluation")
             warnings.warn(
                 f"Trainer: this model's {kind} step cannot be captured, so training and prediction run eagerly "
