@@ -77,11 +77,6 @@ hidden_size = number(int, 1, maximum=MAX_HIDDEN)
 # -- tapegrad's own: the seed's MLP and linear model on scikit-learn's digits -----------------------------
 
 
-def _parameter_copies(optimizer: str) -> int:
-    """Copies of the parameters a run holds: values and gradients, and the optimizer's state."""
-    return 2 + (2 if optimizer in ("adam", "adamw") else 0)
-
-
 class _Digits(Task):
     """scikit-learn's 8x8 digits (features / 16, a seeded 75/25 split), as the seed loads them."""
 
@@ -95,20 +90,11 @@ class _Digits(Task):
 
     def _estimate(self, data: TaskData, widths: list[int]) -> MemoryEstimate:
         """Affine layers of ``widths`` (input, hidden..., classes): parameters and the arrays of a pass."""
-        itemsize = np.dtype(self.options.dtype or np.float64).itemsize
         weights = [a * b for a, b in itertools.pairwise(widths)]
-        count = sum(weights) + sum(widths[1:])
-        parameters = itemsize * (count * _parameter_copies(self.options.optimizer) + max(weights))
         # Per sample: the input, and for each layer's output (an activation's too) its value, its
         # gradient and a temporary in training; its value and a temporary in a held-out pass.
         outputs = 2 * sum(widths[1:])
-        train_batch = min(self.options.batch_size, data.train_samples)
-        test_batch = min(self.eval_batch_size or data.test_samples, data.test_samples)
-        training = train_batch * (widths[0] + 3 * outputs)
-        held_out = test_batch * (widths[0] + 2 * outputs)
-        return MemoryEstimate(
-            parameters, itemsize * max(training, held_out), train_batch if training >= held_out else test_batch
-        )
+        return self.estimate(data, weights, sum(widths[1:]), widths[0] + 3 * outputs, widths[0] + 2 * outputs)
 
 
 class MLPTask(_Digits):

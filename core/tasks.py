@@ -39,7 +39,8 @@ required, everything else has a default::
 
 Also overridable: ``describe(model, data)`` (the model in a few words, for the first line printed),
 ``epoch_report(model, record)`` (a line after each epoch's summary), ``memory_estimate(data)`` (what a
-run would hold, refused before anything is built when it cannot fit), ``model_for_file(source, data)``
+run would hold, refused before anything is built when it cannot fit; ``self.estimate(...)`` makes one from
+the model's sizes), ``model_for_file(source, data)``
 (the model ``evaluate`` loads a file into) and ``eval_batch_size`` (held-out passes in batches).
 ``tapegrad.tasks.number(int, 1, maximum=...)`` is an argparse type for bounded numeric options.
 
@@ -205,8 +206,26 @@ class Task:
 
     def memory_estimate(self, data: TaskData) -> MemoryEstimate | None:
         """What training with ``options`` would hold at its peak, computed before anything is allocated;
-        None when the task cannot say (then nothing is refused)."""
+        None when the task cannot say (then nothing is refused). ``estimate`` makes one from sizes."""
         return None
+
+    def estimate(
+        self, data: TaskData, weights: list[int], others: int, per_sample: int, per_held_out_sample: int
+    ) -> MemoryEstimate:
+        """A ``MemoryEstimate`` from the model's sizes, in entries: its weight matrices (``weights``), its
+        other parameters (``others``: biases), and what one sample holds in a training step
+        (``per_sample``: outputs, saved arrays, gradients) and in a held-out pass. The parameters count
+        twice (values, gradients), four times with Adam's state, plus the step's temporary (the largest
+        weight); the batches are ``options.batch_size`` and ``eval_batch_size``, at most the data's."""
+        itemsize = np.dtype(self.options.dtype or np.float64).itemsize
+        copies = 4 if self.options.optimizer in ("adam", "adamw") else 2
+        parameters = itemsize * ((sum(weights) + others) * copies + max(weights))
+        train_batch = min(self.options.batch_size, data.train_samples)
+        test_batch = min(self.eval_batch_size or data.test_samples, data.test_samples)
+        training, held_out = train_batch * per_sample, test_batch * per_held_out_sample
+        return MemoryEstimate(
+            parameters, itemsize * max(training, held_out), train_batch if training >= held_out else test_batch
+        )
 
     def model_for_file(self, source: ParameterFile, data: TaskData) -> Any:
         """The model ``tapegrad evaluate`` measures: ``build_model(data)`` with the file's values loaded

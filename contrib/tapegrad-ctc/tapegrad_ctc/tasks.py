@@ -82,20 +82,12 @@ class CTCDigitsTask(Task):
 
     def memory_estimate(self, data: TaskData) -> MemoryEstimate:
         hidden = self.options.hidden
-        itemsize = np.dtype(self.options.dtype).itemsize
         weights = [IMAGE * 4 * hidden, hidden * 4 * hidden, hidden * CLASSES]
-        copies = 4 if self.options.optimizer in ("adam", "adamw") else 2  # values, gradients, optimizer state
-        parameters = itemsize * ((sum(weights) + 4 * hidden + CLASSES) * copies + max(weights))
-        steps = IMAGE * LONGEST
-        # per time step: the LSTM's pre-activations, gates, states and their gradients (about 22 H), the
-        # outputs, log-probabilities and CTC's forward-backward tables (about 10 C)
-        per_sample = steps * (2 * IMAGE + 22 * hidden + 10 * CLASSES)
-        train_batch = min(self.options.batch_size, data.train_samples)
-        test_batch = min(self.eval_batch_size, data.test_samples)
-        training, held_out = train_batch * per_sample, test_batch * per_sample // 2
-        return MemoryEstimate(
-            parameters, itemsize * max(training, held_out), train_batch if training >= held_out else test_batch
-        )
+        # per time step (IMAGE * LONGEST of them, an even count): the LSTM's pre-activations, gates, states
+        # and their gradients (about 22 H), the outputs, log-probabilities and CTC's forward-backward tables
+        # (about 10 C)
+        per_sample = IMAGE * LONGEST * (2 * IMAGE + 22 * hidden + 10 * CLASSES)
+        return self.estimate(data, weights, 4 * hidden + CLASSES, per_sample, per_sample // 2)
 
     def model_for_file(self, source: ParameterFile, data: TaskData) -> Any:
         """The model the file describes: its hidden size read from it (``--hidden`` must agree when given)."""

@@ -12,8 +12,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from tapegrad import ParameterLoadError, TrainingError
 from tapegrad.parameter import ParameterFile
 from tapegrad.tasks import MemoryEstimate, Task, TaskData, number
@@ -136,19 +134,11 @@ class CharLSTMTask(Task):
     def memory_estimate(self, data: TaskData) -> MemoryEstimate:
         vocab = data.info["vocabulary"].size
         embed, hidden, window = self.options.embed, self.options.hidden, self.options.window
-        itemsize = np.dtype(self.options.dtype).itemsize
         weights = [vocab * embed, embed * 4 * hidden, hidden * 4 * hidden, hidden * vocab]
-        copies = 4 if self.options.optimizer in ("adam", "adamw") else 2  # values, gradients, optimizer state
-        parameters = itemsize * ((sum(weights) + 4 * hidden + vocab) * copies + max(weights))
         # per character: the embedding, the LSTM's pre-activations, gates, states and their gradients
         # (about 22 H), the logits, probabilities and their gradients (about 5 V)
         per_position = 3 * embed + 22 * hidden + 5 * vocab
-        train_batch = min(self.options.batch_size, data.train_samples)
-        test_batch = min(self.eval_batch_size, data.test_samples)
-        training, held_out = train_batch * window * per_position, test_batch * window * (per_position // 2)
-        return MemoryEstimate(
-            parameters, itemsize * max(training, held_out), train_batch if training >= held_out else test_batch
-        )
+        return self.estimate(data, weights, 4 * hidden + vocab, window * per_position, window * (per_position // 2))
 
     def model_for_file(self, source: ParameterFile, data: TaskData) -> Any:
         """The CharLSTM the file describes: embedding and hidden sizes read from it (``--embed``/``--hidden``
